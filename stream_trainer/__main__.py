@@ -1,0 +1,3 @@
+from stream_trainer.cli import main
+
+raise SystemExit(main())

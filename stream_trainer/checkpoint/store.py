@@ -1,0 +1,115 @@
+"""Checkpoint files: ``<dir>/<pipeline>/ckpt-<seq>.pt``, newest last.
+
+Written to a temp file, fsynced, renamed over, and the directory fsynced, so a
+crash leaves either the old or the new file, never half of one. Loaded with
+``torch.load(weights_only=True)``; an unreadable newest file falls back to the
+previous one with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stream_trainer.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+KEYS = frozenset(
+    {
+        "format_version",
+        "pipeline",
+        "created",
+        "learner",
+        "featurizer",
+        "drift",
+        "policy",
+        "offsets",
+        "counters",
+    }
+)
+_NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
+
+
+class CheckpointStore:
+    def __init__(self, root: str | os.PathLike[str], pipeline: str, keep: int = 3) -> None:
+        self.dir = Path(root) / pipeline
+        self.pipeline = pipeline
+        self.keep = keep
+
+    def files(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        found = sorted((p for p in self.dir.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+        return found
+
+    def save(self, state: Mapping[str, Any]) -> Path:
+        """Write ``state`` (must have exactly :data:`KEYS`) durably; return its path."""
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "pipeline": self.pipeline,
+            "created": time.time(),
+            **state,
+        }
+        _check_keys(doc)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            existing = self.files()
+            seq = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
+            final = self.dir / f"ckpt-{seq:012d}.pt"
+            tmp = self.dir / f".{final.name}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as fh:
+                torch.save(doc, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot write checkpoint in {self.dir}: {err.strerror}; "
+                "check the directory exists, is writable and has space"
+            ) from None
+        for old in self.files()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return final
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """Newest readable checkpoint, or None when there is none at all."""
+        files = self.files()
+        for path in reversed(files):
+            try:
+                doc = torch.load(path, map_location="cpu", weights_only=True)
+                _check_keys(doc)
+                if doc["pipeline"] != self.pipeline:
+                    raise ValueError(f"belongs to pipeline {doc['pipeline']!r}")
+                return doc
+            except Exception as err:  # corrupt, truncated, foreign: fall back, never crash
+                log.warning(
+                    "skipping unreadable checkpoint",
+                    extra={"path": str(path), "error": f"{type(err).__name__}: {err}"[:200]},
+                )
+        if files:
+            log.warning("no readable checkpoint; starting fresh", extra={"dir": str(self.dir)})
+        return None
+
+
+def _check_keys(doc: Any) -> None:
+    if not isinstance(doc, dict):
+        raise ValueError("checkpoint is not a dict")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"format_version {doc.get('format_version')!r} != {FORMAT_VERSION}")
+    missing, unknown = KEYS - doc.keys(), doc.keys() - KEYS
+    if missing or unknown:
+        raise ValueError(f"checkpoint keys: missing {sorted(missing)}, unknown {sorted(unknown)}")

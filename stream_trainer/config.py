@@ -1,0 +1,224 @@
+"""Frozen, typed settings: YAML file + ``STREAM_TRAINER_*`` environment overrides.
+
+Environment overrides use ``__`` to walk into sections, e.g.
+``STREAM_TRAINER_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
+``STREAM_TRAINER_CHECKPOINT__EVERY_SECONDS=30``. Values are parsed as YAML scalars.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stream_trainer.errors import ConfigError
+
+ENV_PREFIX = "STREAM_TRAINER_"
+BUILTIN_KINDS = ("clicks", "ticks", "sensors")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_prefix: str = "stream-trainer"
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    max_poll_interval_ms: int = Field(30000, ge=1000)
+    max_poll_records: int = Field(2000, ge=1)
+    fetch_max_wait_ms: int = Field(20, ge=0)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    request_timeout_ms: int = Field(15000, ge=1000)
+    create_topics: bool = True
+    default_partitions: int = Field(2, ge=1)
+
+
+class MetricsSettings(_Frozen):
+    address: str = "127.0.0.1:9108"
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not (0 <= int(port) < 65536):
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9108 (port 0 picks a free one)")
+        return v
+
+
+class CheckpointSettings(_Frozen):
+    dir: Path = Path("checkpoints")
+    every_seconds: float = Field(10.0, gt=0)
+    keep: int = Field(3, ge=1)
+
+
+class BatchSettings(_Frozen):
+    max_size: int = Field(256, ge=1, le=65536)
+    max_latency_ms: float = Field(50.0, ge=0)
+
+
+class OptimizerSettings(_Frozen):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(0.003, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip_norm: float | None = Field(5.0, gt=0)
+
+
+DriftAction = Literal["reset_optimizer", "boost_lr"]
+
+
+class DriftSettings(_Frozen):
+    detector: Literal["adwin", "page_hinkley", "kswin", "none"] = "page_hinkley"
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+    actions: tuple[DriftAction, ...] = ("reset_optimizer", "boost_lr")
+    boost_factor: float = Field(3.0, ge=1.0)
+    boost_updates: int = Field(200, ge=1)
+    warmup_updates: int = Field(20, ge=0)
+
+
+class PipelineSettings(_Frozen):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,62}$")
+    kind: Literal["clicks", "ticks", "sensors", "custom"]
+    topics: tuple[str, ...] = Field(min_length=1)
+    dead_letter_topic: str | None = None
+    output_topic: str | None = None
+    featurizer: str | dict[str, Any] = Field(default_factory=dict)
+    model: str | dict[str, Any] = Field(default_factory=dict)
+    batch: BatchSettings = BatchSettings()
+    optimizer: OptimizerSettings = OptimizerSettings()
+    drift: DriftSettings = DriftSettings()
+    max_event_bytes: int = Field(1 << 20, ge=64)
+
+    @model_validator(mode="after")
+    def _custom_needs_paths(self) -> PipelineSettings:
+        if self.kind == "custom" and not (
+            isinstance(self.model, str) and isinstance(self.featurizer, str)
+        ):
+            raise ValueError(
+                "kind 'custom' needs model: 'pkg.module:factory' and "
+                "featurizer: 'pkg.module:Class' import paths"
+            )
+        return self
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.dead_letter_topic or f"{self.topics[0]}.dlq"
+
+    @property
+    def group_suffix(self) -> str:
+        return self.name
+
+
+class Settings(_Frozen):
+    kafka: KafkaSettings = KafkaSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(1, ge=1, le=256)
+    seed: int = 0
+    pipelines: tuple[PipelineSettings, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [p.name for p in self.pipelines]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"pipeline names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+def _set_path(doc: dict[str, Any], path: list[str], value: Any) -> None:
+    node = doc
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {key} is not a section")
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn ``STREAM_TRAINER_A__B=v`` variables into a nested dict ``{a: {b: v}}``.
+
+    Only known top-level sections/keys are taken, so unrelated CLI variables
+    (``STREAM_TRAINER_CONFIG``...) are not mistaken for settings.
+
+    >>> env_overrides({"STREAM_TRAINER_KAFKA__BOOTSTRAP_SERVERS": "h:1", "OTHER": "x"})
+    {'kafka': {'bootstrap_servers': 'h:1'}}
+    """
+    out: dict[str, Any] = {}
+    sections = set(Settings.model_fields) - {"pipelines"}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in sections or (
+            len(path) == 1 and path[0] in {"kafka", "metrics", "checkpoint"}
+        ):
+            continue
+        _set_path(out, path, yaml.safe_load(raw) if raw else raw)
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), Mapping):
+            merged[k] = _merge(dict(merged[k]), v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see `stream-trainer check-config --help`)"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def parse_settings(
+    doc: Mapping[str, Any], source: str = "config", overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping with a 'pipelines' list")
+    merged = _merge(dict(doc), overrides or {})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_settings(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read YAML at ``path``, apply env then explicit overrides, validate."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p} (pass --config PATH)") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {p}: {err.strerror}") from None
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    layered = _merge(env_overrides(os.environ if environ is None else environ), overrides or {})
+    return parse_settings(doc, str(p), layered)
+
+
+def dump_settings(settings: Settings) -> str:
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False)

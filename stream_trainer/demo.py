@@ -1,0 +1,199 @@
+"""``stream-trainer demo`` (``make run``): broker, topics, producers, daemon, live summary.
+
+Every process it starts runs in its own session and dies with the demo; on Ctrl-C
+(or after ``--duration``) they are stopped in order: producers, the daemon (final
+checkpoint), then the broker.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_trainer import procs
+from stream_trainer.broker import LocalBroker, free_port, port_in_use
+from stream_trainer.errors import StreamTrainerError
+from stream_trainer.kafka_common import create_topics
+
+CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+STREAMS = {  # kind -> (seed, drift every N events)
+    "clicks": (1, 60_000),
+    "ticks": (2, 40_000),
+    "sensors": (3, 30_000),
+}
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Fetch /metrics into {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        text = resp.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def per_pipeline(samples: dict, name: str, **match: str) -> dict[str, float]:
+    """{pipeline: summed value} of one sample name, filtered by extra labels."""
+    out: dict[str, float] = {}
+    for (n, labels), v in samples.items():
+        lab = dict(labels)
+        if n == name and "pipeline" in lab and all(lab.get(k) == x for k, x in match.items()):
+            out[lab["pipeline"]] = out.get(lab["pipeline"], 0.0) + v
+    return out
+
+
+class Demo:
+    def __init__(
+        self,
+        workdir: str = ".demo",
+        port: int = 9092,
+        metrics_address: str = "127.0.0.1:9108",
+        rate: float = 1000.0,
+        log_level: str = "info",
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.port, self.metrics_address, self.rate = port, metrics_address, rate
+        self.log_level = log_level
+        self.stop = threading.Event()
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def _say(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def run(self, duration: float | None = None) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop.set())
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        host, _, mport = self.metrics_address.rpartition(":")
+        if port_in_use(host, int(mport)):
+            raise StreamTrainerError(
+                f"metrics address {self.metrics_address} is in use; pass "
+                "--metrics-address HOST:PORT (or stop the other daemon)"
+            )
+        port = self.port
+        if port_in_use("127.0.0.1", port):
+            port = free_port()
+            self._say(f"port {self.port} is taken; the demo broker uses {port} instead")
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        broker = LocalBroker(port=port, log=open(logs / "broker.log", "wb"))  # noqa: SIM115
+        try:
+            broker.start()
+            self._say(f"broker      {broker.bootstrap} (Tansu, in memory)")
+            self._run(broker, duration, logs)
+        finally:
+            self._shutdown(broker)
+        return 0
+
+    def _run(self, broker: LocalBroker, duration: float | None, logs: Path) -> None:
+        bootstrap = broker.bootstrap
+        create_topics(bootstrap, {k: 2 for k in STREAMS})
+        config = yaml.safe_load(CONFIG.read_text())
+        config["kafka"]["bootstrap_servers"] = bootstrap
+        config["metrics"]["address"] = self.metrics_address
+        config["checkpoint"]["dir"] = str((self.workdir / "checkpoints").resolve())
+        cfg_path = self.workdir / "pipelines.yaml"
+        cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        daemon_log = open(logs / "daemon.log", "wb")  # noqa: SIM115
+        self.daemon = procs.spawn(
+            procs.python_module("run", "--config", str(cfg_path), "--log-level", self.log_level),
+            stdout=daemon_log,
+            stderr=daemon_log,
+        )
+        self.children.append(self.daemon)
+        for kind, (seed, every) in STREAMS.items():
+            log = open(logs / f"produce-{kind}.log", "wb")  # noqa: SIM115
+            self.children.append(
+                procs.spawn(
+                    procs.python_module(
+                        "produce",
+                        kind,
+                        "--bootstrap-servers",
+                        bootstrap,
+                        "--rate",
+                        str(self.rate),
+                        "--seed",
+                        str(seed),
+                        "--drift-every",
+                        str(every),
+                        "--quiet",
+                    ),
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+        url = f"http://{self.metrics_address}/metrics"
+        self._say(
+            f"producers   clicks, ticks, sensors at {self.rate:g} events/s each, "
+            "drift injected periodically"
+        )
+        self._say(f"daemon      config {cfg_path}, logs in {logs}/")
+        self._say(f"metrics     {url}  (also /healthz, /readyz)")
+        self._say("Ctrl-C to stop\n")
+        self._summary_loop(url, duration)
+
+    def _summary_loop(self, url: str, duration: float | None) -> None:
+        t_end = None if duration is None else time.monotonic() + duration
+        prev: dict[str, float] = {}
+        prev_t = time.monotonic()
+        header = (
+            f"{'pipeline':<9} {'events/s':>9} {'trained':>10} {'loss':>9} "
+            f"{'smoothed':>9} {'drifts':>6} {'rejected':>8}"
+        )
+        lines = 0
+        while not self.stop.wait(2.0):
+            if self.daemon.poll() is not None:
+                raise StreamTrainerError(
+                    f"the daemon exited (code {self.daemon.returncode}); "
+                    f"see {self.workdir}/logs/daemon.log"
+                )
+            try:
+                s = scrape(url)
+            except OSError:
+                continue  # the daemon is still starting
+            now = time.monotonic()
+            consumed = per_pipeline(s, "stream_trainer_events_consumed_total")
+            trained = per_pipeline(s, "stream_trainer_events_trained_total")
+            loss = per_pipeline(s, "stream_trainer_loss", window="batch")
+            smooth = per_pipeline(s, "stream_trainer_loss", window="smoothed")
+            drifts = per_pipeline(s, "stream_trainer_drift_detected_total")
+            rejected = per_pipeline(s, "stream_trainer_events_rejected_total")
+            if lines % 10 == 0:
+                self._say(header)
+            for name in sorted(consumed):
+                rate = (consumed[name] - prev.get(name, consumed[name])) / max(1e-9, now - prev_t)
+                self._say(
+                    f"{name:<9} {rate:>9.0f} {trained.get(name, 0):>10.0f} "
+                    f"{loss.get(name, float('nan')):>9.4f} "
+                    f"{smooth.get(name, float('nan')):>9.4f} "
+                    f"{drifts.get(name, 0):>6.0f} {rejected.get(name, 0):>8.0f}"
+                )
+            lines += 1
+            prev, prev_t = consumed, now
+            if t_end is not None and now >= t_end:
+                break
+
+    def _shutdown(self, broker: LocalBroker) -> None:
+        self._say("\nstopping: producers, daemon (final checkpoint), broker")
+        daemon = getattr(self, "daemon", None)
+        for child in self.children:
+            if child is not daemon:
+                procs.stop(child, timeout_s=5)
+        code = procs.stop(daemon, timeout_s=30) if daemon is not None else 0
+        broker.stop()
+        if code not in (0, None):
+            print(
+                f"the daemon exited with code {code}; see {self.workdir}/logs/daemon.log",
+                file=sys.stderr,
+            )
+        self._say("stopped")

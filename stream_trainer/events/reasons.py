@@ -1,0 +1,27 @@
+"""Rejection reasons: a small fixed set, so they make low-cardinality metric labels."""
+
+EMPTY = "empty"
+TOO_LARGE = "too_large"
+INVALID_UTF8 = "invalid_utf8"
+NOT_JSON = "not_json"
+TOO_DEEP = "too_deep"
+NOT_OBJECT = "not_object"
+MISSING_FIELD = "missing_field"
+WRONG_TYPE = "wrong_type"
+NON_FINITE = "non_finite"
+OUT_OF_RANGE = "out_of_range"
+BAD_TIMESTAMP = "bad_timestamp"
+
+ALL = (
+    EMPTY,
+    TOO_LARGE,
+    INVALID_UTF8,
+    NOT_JSON,
+    TOO_DEEP,
+    NOT_OBJECT,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    NON_FINITE,
+    OUT_OF_RANGE,
+    BAD_TIMESTAMP,
+)

@@ -1,0 +1,135 @@
+"""The featurizer interface and the keyed-state helpers the built-in ones share."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@dataclass
+class FeatureBatch:
+    """Examples made from a list of events.
+
+    ``index[j]`` is the position, in the input event list, of the event that made
+    example ``j``; events without an example (a key's warm-up) only updated state.
+    Model outputs map back to raw units as ``raw = out * scale + shift``.
+    """
+
+    inputs: dict[str, np.ndarray]
+    targets: np.ndarray
+    index: np.ndarray
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    keys: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+@runtime_checkable
+class Featurizer(Protocol):
+    """What the pipeline needs from a featurizer (built-in or ``pkg.module:Class``)."""
+
+    task: str  # "binary" (log loss) or "regression" (MSE)
+    input_spec: Mapping[str, Any]  # passed to the model factory
+
+    def featurize(self, events: Sequence[Mapping[str, Any]]) -> FeatureBatch: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def stable_hash(text: str, buckets: int, salt: int = 0) -> int:
+    """Deterministic across processes (unlike ``hash``); bucket 0 is reserved for padding.
+
+    >>> stable_hash("user-42", 1024) == stable_hash("user-42", 1024)
+    True
+    """
+    return 1 + zlib.crc32(text.encode("utf-8", "surrogatepass"), salt) % (buckets - 1)
+
+
+class KeyedSlots:
+    """Maps keys (symbols, sensor ids) to rows of growable per-key arrays."""
+
+    def __init__(self, **columns: tuple[tuple[int, ...], float]) -> None:
+        self._shapes = {name: shape for name, (shape, _) in columns.items()}
+        self._fill = {name: fill for name, (_, fill) in columns.items()}
+        self.slot: dict[str, int] = {}
+        self.arrays: dict[str, np.ndarray] = {
+            name: np.full((16, *shape), fill, dtype=np.float64)
+            for name, (shape, fill) in columns.items()
+        }
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+    def get(self, key: str) -> int:
+        row = self.slot.get(key)
+        if row is None:
+            row = len(self.slot)
+            self.slot[key] = row
+            cap = next(iter(self.arrays.values())).shape[0]
+            if row >= cap:
+                for name, arr in self.arrays.items():
+                    grown = np.full((cap * 2, *arr.shape[1:]), self._fill[name], arr.dtype)
+                    grown[:cap] = arr
+                    self.arrays[name] = grown
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        n = len(self.slot)
+        keys = sorted(self.slot, key=self.slot.__getitem__)
+        return {
+            "keys": keys,
+            "arrays": {k: torch.from_numpy(a[:n].copy()) for k, a in self.arrays.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        keys = list(state["keys"])
+        arrays = state["arrays"]
+        if set(arrays) != set(self.arrays):
+            raise ValueError(f"keyed state columns {sorted(arrays)} != {sorted(self.arrays)}")
+        self.slot = {}
+        for k in keys:
+            self.get(k)
+        for name, value in arrays.items():
+            arr = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if arr.shape[1:] != self._shapes[name] or arr.shape[0] != len(keys):
+                raise ValueError(f"keyed state column {name!r} has shape {arr.shape}")
+            self.arrays[name][: len(keys)] = arr
+
+
+class RunningMoments:
+    """Per-row exponentially weighted mean/variance; exact averages for the first 1/alpha.
+
+    Operates in place on ``mean``, ``var`` and ``count`` rows of a :class:`KeyedSlots`.
+
+    >>> slots = KeyedSlots(mean=((1,), 0.0), var=((1,), 0.0), count=((), 0.0))
+    >>> m = RunningMoments(alpha=0.01)
+    >>> r = slots.get("a")
+    >>> for x in (1.0, 2.0, 3.0):
+    ...     m.update(slots, r, np.array([x]))
+    >>> float(slots.arrays["mean"][r, 0]), round(float(slots.arrays["var"][r, 0]), 4)
+    (2.0, 0.6667)
+    """
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+
+    def update(self, slots: KeyedSlots, row: int, x: np.ndarray, center: bool = True) -> None:
+        a = slots.arrays
+        a["count"][row] += 1
+        w = max(self.alpha, 1.0 / a["count"][row])
+        mean = a["mean"][row]
+        if center:
+            delta = x - mean
+            mean += w * delta
+            a["var"][row] = (1 - w) * (a["var"][row] + w * delta * delta)
+        else:  # zero-mean assumption (returns): var is the mean square
+            a["var"][row] = (1 - w) * a["var"][row] + w * x * x

@@ -1,0 +1,42 @@
+"""The loop reports what happens through this small interface, never importing Prometheus.
+
+:class:`NullHooks` is the do-nothing default; ``metrics.PipelineMetrics`` is the
+Prometheus implementation; tests can record calls with their own.
+"""
+
+from __future__ import annotations
+
+
+class PipelineHooks:
+    def on_consumed(self, n: int) -> None: ...
+
+    def on_rejected(self, reason: str) -> None: ...
+
+    def on_seeded(self, n: int) -> None: ...
+
+    def on_batch(
+        self,
+        *,
+        trained: int,
+        batch_loss: float,
+        smoothed_loss: float,
+        update_seconds: float,
+        event_ages: list[float],
+        lr: float,
+        model_version: int,
+        skipped: str | None,
+    ) -> None: ...
+
+    def on_anomalies(self, n: int) -> None: ...
+
+    def on_drift(self, detector: str, timestamp: float) -> None: ...
+
+    def on_checkpoint(self, seconds: float, timestamp: float) -> None: ...
+
+    def on_lag(self, topic: str, partition: int, lag: int) -> None: ...
+
+    def on_partitions(self, assigned: list[tuple[str, int]]) -> None: ...
+
+
+class NullHooks(PipelineHooks):
+    """Ignores everything."""

@@ -1,0 +1,5 @@
+"""The prequential (test-then-train) step, optimizers and guards. Pure torch."""
+
+from stream_trainer.learner.prequential import Learner, StepResult, make_optimizer, pick_device
+
+__all__ = ["Learner", "StepResult", "make_optimizer", "pick_device"]

@@ -1,0 +1,85 @@
+"""HTTP endpoints: ``/metrics`` (Prometheus text), ``/healthz`` (alive), ``/readyz`` (serving)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from stream_trainer.errors import StreamTrainerError
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], tuple[bool, str]]
+
+
+class MetricsServer:
+    """Serves a registry plus liveness/readiness checks on ``host:port`` in a daemon thread."""
+
+    def __init__(
+        self, address: str, registry: CollectorRegistry, healthy: Check, ready: Check
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        self.registry, self.healthy, self.ready = registry, healthy, ready
+        handler = self._handler()
+        try:
+            self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
+        except OSError as err:
+            raise StreamTrainerError(
+                f"cannot serve metrics on {address}: {err.strerror}; choose another "
+                "address with metrics.address or --metrics-address"
+            ) from None
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="metrics-http", daemon=True
+        )
+
+    @property
+    def address(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/readyz"):
+                    ok, why = (server.healthy if path == "/healthz" else server.ready)()
+                    self._send(
+                        200 if ok else 503,
+                        (why or "ok").encode() + b"\n",
+                        "text/plain; charset=utf-8",
+                    )
+                else:
+                    self._send(
+                        404,
+                        b"not found: try /metrics, /healthz or /readyz\n",
+                        "text/plain; charset=utf-8",
+                    )
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args: object) -> None:
+                log.debug("http " + fmt, *args)
+
+        return Handler

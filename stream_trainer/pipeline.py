@@ -1,0 +1,437 @@
+"""Wires one pipeline: source -> decode -> featurize -> batch -> learn -> drift -> sinks.
+
+The loop is single-threaded per pipeline. Offsets: ``next_offsets`` always describes
+the model state in memory (an offset advances when its event is trained, seeded or
+rejected). A checkpoint is taken only with the batcher empty, so the saved model,
+featurizer and offsets agree; Kafka offsets are committed only after that file is
+durable and the dead letters / outputs for those offsets are flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from kafka.errors import KafkaError
+
+from stream_trainer.batcher import MicroBatcher
+from stream_trainer.checkpoint import CheckpointStore
+from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.drift import AdaptationPolicy, DriftMonitor
+from stream_trainer.errors import StreamTrainerError
+from stream_trainer.events import Rejected, decoder_for
+from stream_trainer.hooks import NullHooks, PipelineHooks
+from stream_trainer.learner import Learner
+from stream_trainer.models.registry import build_featurizer, build_model
+from stream_trainer.source.kafka_source import TP, Record
+
+log = logging.getLogger(__name__)
+
+FEATURIZER_ERROR = "featurizer_error"
+SMOOTHING_EVENTS = 1000.0
+READY_POLL_AGE_S = 15.0
+
+
+class Source(Protocol):
+    assignment: list[TP]
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]: ...
+
+    def commit(self, offsets: Mapping[TP, int]) -> None: ...
+
+    def lag(self) -> dict[TP, int]: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    def dead_letter(
+        self,
+        topic: str,
+        raw: bytes | None,
+        *,
+        reason: str,
+        detail: str,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None = None,
+    ) -> None: ...
+
+    def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None: ...
+
+    def flush(self, timeout_s: float = 30.0) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Item:
+    record: Record
+    event: dict[str, Any]
+
+
+def output_topic(p: PipelineSettings) -> str | None:
+    if p.output_topic:
+        return p.output_topic
+    return f"{p.topics[0]}.anomalies" if p.kind == "sensors" else None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        spec: PipelineSettings,
+        *,
+        device: torch.device | str = "cpu",
+        hooks: PipelineHooks | None = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.settings, self.spec = settings, spec
+        self.name = spec.name
+        self.hooks = hooks or NullHooks()
+        self.clock = clock
+        feat_spec = spec.featurizer
+        self.featurizer = build_featurizer(spec.kind, feat_spec)
+        channels = getattr(self.featurizer, "channels", ()) if spec.kind == "sensors" else ()
+        self.decode = decoder_for(spec.kind, channels=channels, max_bytes=spec.max_event_bytes)
+        torch.manual_seed(settings.seed)
+        model = build_model(spec.kind, spec.model, self.featurizer)
+        o = spec.optimizer
+        self.learner = Learner(
+            model,
+            self.featurizer.task,
+            optimizer=o.name,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            grad_clip_norm=o.grad_clip_norm,
+            device=device,
+        )
+        d = spec.drift
+        self.monitor = (
+            DriftMonitor(d.detector, d.params, warmup=d.warmup_updates)
+            if d.detector != "none"
+            else None
+        )
+        self.policy = AdaptationPolicy(d.actions, d.boost_factor, d.boost_updates)
+        self.batcher: MicroBatcher[Item] = MicroBatcher(
+            spec.batch.max_size, spec.batch.max_latency_ms / 1000, clock
+        )
+        self.store = CheckpointStore(settings.checkpoint.dir, spec.name, settings.checkpoint.keep)
+        self.output = output_topic(spec)
+        self.next_offsets: dict[TP, int] = {}
+        self.counters = {
+            "consumed": 0,
+            "trained": 0,
+            "seeded": 0,
+            "rejected": 0,
+            "updates": 0,
+            "skipped": 0,
+            "drifts": 0,
+        }
+        self.smoothed_loss = math.nan
+        self.source: Source | None = None
+        self.sink: Sink | None = None
+        self.last_poll_ok = -math.inf
+        self.last_checkpoint = clock()
+        self.dirty = False  # state changed since the last checkpoint
+        self.failed: str | None = None
+
+    # ---- state -------------------------------------------------------------------------
+    def restore(self) -> bool:
+        """Load the newest readable checkpoint; True when one was found."""
+        doc = self.store.load_latest()
+        if doc is None:
+            return False
+        try:
+            self.learner.load_state_dict(doc["learner"])
+            self.featurizer.load_state_dict(doc["featurizer"])
+            if self.monitor is not None and doc["drift"]:
+                self.monitor.load_state_dict(doc["drift"])
+            self.policy.load_state_dict(doc["policy"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise StreamTrainerError(
+                f"pipeline {self.name}: checkpoint in {self.store.dir} does not match the "
+                f"config ({str(err)[:300]}); restore the old config, or move the "
+                "checkpoint directory away to start fresh"
+            ) from None
+        self.next_offsets = {_parse_tp(k): int(v) for k, v in doc["offsets"].items()}
+        self.counters.update({k: int(v) for k, v in doc["counters"].items() if k in self.counters})
+        self.smoothed_loss = float(doc["counters"].get("smoothed_loss", math.nan))
+        log.info(
+            "resumed from checkpoint",
+            extra={
+                "pipeline": self.name,
+                "offsets": _fmt_offsets(self.next_offsets),
+                "trained": self.counters["trained"],
+                "model_version": self.learner.updates,
+            },
+        )
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "learner": self.learner.state_dict(),
+            "featurizer": self.featurizer.state_dict(),
+            "drift": self.monitor.state_dict() if self.monitor is not None else {},
+            "policy": self.policy.state_dict(),
+            "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.next_offsets.items())},
+            "counters": {**self.counters, "smoothed_loss": self.smoothed_loss},
+        }
+
+    # ---- processing --------------------------------------------------------------------
+    def handle(self, records: list[Record]) -> None:
+        """Decode polled records: rejects go to the dead-letter topic, the rest to the batcher."""
+        if not records:
+            return
+        self.counters["consumed"] += len(records)
+        self.hooks.on_consumed(len(records))
+        for rec in records:
+            result = self.decode(rec.value)
+            if isinstance(result, Rejected):
+                self._reject(rec, result)
+            else:
+                self.batcher.add(Item(rec, result))
+
+    def _reject(self, rec: Record, why: Rejected) -> None:
+        self.counters["rejected"] += 1
+        self.hooks.on_rejected(why.reason)
+        self._advance(rec)
+        if self.sink is None:
+            return
+        try:
+            self.sink.dead_letter(
+                self.spec.dlq_topic,
+                rec.value,
+                reason=why.reason,
+                detail=why.detail,
+                source_topic=rec.topic,
+                partition=rec.partition,
+                offset=rec.offset,
+                key=rec.key,
+            )
+        except KafkaError as err:  # e.g. larger than the broker takes: counted, logged, skipped
+            log.warning(
+                "dead letter not delivered",
+                extra={"pipeline": self.name, "offset": rec.offset, "error": repr(err)[:200]},
+            )
+
+    def _advance(self, rec: Record) -> None:
+        tp = (rec.topic, rec.partition)
+        if rec.offset + 1 > self.next_offsets.get(tp, 0):
+            self.next_offsets[tp] = rec.offset + 1
+        self.dirty = True
+
+    def pump(self) -> int:
+        """Train every batch that is due; return how many batches ran."""
+        n = 0
+        while self.batcher.ready():
+            self.train(self.batcher.take())
+            n += 1
+        return n
+
+    def flush(self) -> None:
+        while len(self.batcher):
+            self.train(self.batcher.take())
+
+    def train(self, items: list[Item]) -> None:
+        events = [it.event for it in items]
+        try:
+            fb = self.featurizer.featurize(events)
+        except Exception as err:  # user featurizers may fail on odd events: never fatal
+            log.warning(
+                "featurizer failed; batch sent to dead letters",
+                extra={"pipeline": self.name, "error": repr(err)[:200]},
+            )
+            for it in items:
+                self._reject(it.record, Rejected(FEATURIZER_ERROR, repr(err)[:200]))
+            return
+        n = len(fb)
+        seeded = len(items) - n
+        if seeded:
+            self.counters["seeded"] += seeded
+            self.hooks.on_seeded(seeded)
+        for it in items:
+            self._advance(it.record)
+        if n == 0:
+            return
+        t0 = time.perf_counter()
+        res = self.learner.step(fb.inputs, fb.targets)
+        dt = time.perf_counter() - t0
+        self.counters["trained"] += n
+        batch_loss = res.mean_loss
+        if res.skipped:
+            self.counters["skipped"] += 1
+            log.warning("update skipped", extra={"pipeline": self.name, "reason": res.skipped})
+        else:
+            self.counters["updates"] += 1
+            a = 1.0 - (1.0 - 1.0 / SMOOTHING_EVENTS) ** n
+            self.smoothed_loss = (
+                batch_loss
+                if math.isnan(self.smoothed_loss)
+                else self.smoothed_loss + a * (batch_loss - self.smoothed_loss)
+            )
+            self.policy.after_update(self.learner)
+            if self.monitor is not None and self.monitor.update(batch_loss):
+                self.counters["drifts"] += 1
+                self.policy.on_drift(self.learner)
+                self.hooks.on_drift(self.monitor.detector_name, time.time())
+                log.info(
+                    "drift detected",
+                    extra={
+                        "pipeline": self.name,
+                        "detector": self.monitor.detector_name,
+                        "loss": round(batch_loss, 5),
+                        "actions": ",".join(self.policy.actions),
+                    },
+                )
+        now_ms = time.time() * 1000.0
+        ages = [max(0.0, (now_ms - items[j].record.timestamp_ms) / 1000.0) for j in fb.index]
+        self.hooks.on_batch(
+            trained=n,
+            batch_loss=batch_loss,
+            smoothed_loss=self.smoothed_loss,
+            update_seconds=dt,
+            event_ages=ages,
+            lr=self.learner.lr,
+            model_version=self.learner.updates,
+            skipped=res.skipped,
+        )
+        if self.output is not None and self.sink is not None:
+            self._emit(items, fb, res.outputs, res.losses)
+
+    def _emit(self, items: list[Item], fb: Any, outputs: np.ndarray, losses: np.ndarray) -> None:
+        pred, target = outputs, fb.targets
+        if fb.scale is not None:
+            pred = outputs * fb.scale + fb.shift
+            target = fb.targets * fb.scale + fb.shift
+        extra: dict[str, np.ndarray] = {}
+        annotate = getattr(self.featurizer, "annotate", None)
+        if annotate is not None:
+            extra = annotate(outputs, fb.targets)
+        if "anomaly" in extra:
+            k = int(np.count_nonzero(extra["anomaly"]))
+            if k:
+                self.hooks.on_anomalies(k)
+        for j, idx in enumerate(fb.index.tolist()):
+            rec = items[idx].record
+            doc: dict[str, Any] = {
+                "topic": rec.topic,
+                "partition": rec.partition,
+                "offset": rec.offset,
+                "ts": items[idx].event.get("ts"),
+                "key": fb.keys[j] if fb.keys else None,
+                "prediction": _jsonable(pred[j]),
+                "target": _jsonable(target[j]),
+                "loss": float(losses[j]),
+                "model_version": self.learner.updates,
+            }
+            for name, values in extra.items():
+                doc[name] = _jsonable(values[j])
+            self.sink.output(self.output, doc["key"], doc)
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def checkpoint(self, *, commit: bool = True) -> None:
+        """Flush pending events, write a durable checkpoint, then commit its offsets."""
+        self.flush()
+        if not self.dirty:
+            return
+        t0 = time.perf_counter()
+        if self.sink is not None:
+            self.sink.flush()
+        path = self.store.save(self.state())
+        dt = time.perf_counter() - t0
+        self.dirty = False
+        self.last_checkpoint = self.clock()
+        self.hooks.on_checkpoint(dt, time.time())
+        log.debug(
+            "checkpoint written",
+            extra={"pipeline": self.name, "path": str(path), "seconds": round(dt, 4)},
+        )
+        if commit and self.source is not None:
+            try:
+                self.source.commit(self.next_offsets)
+            except KafkaError as err:  # the checkpoint holds the offsets; commit is advisory
+                log.warning(
+                    "offset commit failed (the checkpoint still holds the offsets)",
+                    extra={"pipeline": self.name, "error": repr(err)[:200]},
+                )
+
+    def on_revoke(self, tps: list[TP]) -> None:
+        """Before partitions go to another member, persist what we learned from them."""
+        try:
+            self.checkpoint()
+        except StreamTrainerError as err:
+            log.error(
+                "checkpoint on revoke failed", extra={"pipeline": self.name, "error": str(err)}
+            )
+
+    # ---- the loop ----------------------------------------------------------------------
+    def ready(self) -> tuple[bool, str]:
+        if self.failed:
+            return False, f"{self.name}: failed: {self.failed}"
+        if self.source is None or not self.source.assignment:
+            return False, f"{self.name}: no partitions assigned yet"
+        if self.clock() - self.last_poll_ok > READY_POLL_AGE_S:
+            return False, f"{self.name}: broker not answering"
+        return True, ""
+
+    def run(
+        self, source: Source, sink: Sink | None, stop: threading.Event, *, idle_poll_s: float = 0.2
+    ) -> None:
+        self.source, self.sink = source, sink
+        every = self.settings.checkpoint.every_seconds
+        last_lag = 0.0
+        backoff = 0.0
+        while not stop.is_set():
+            left = self.batcher.time_left()
+            timeout = idle_poll_s if left is None else min(idle_poll_s, left)
+            try:
+                records = source.poll(timeout)
+                self.last_poll_ok = self.clock()
+                backoff = 0.0
+            except KafkaError as err:
+                backoff = min(5.0, max(0.1, backoff * 2))
+                log.warning(
+                    "poll failed; retrying",
+                    extra={"pipeline": self.name, "error": repr(err)[:200], "retry_in_s": backoff},
+                )
+                stop.wait(backoff)
+                continue
+            self.handle(records)
+            self.pump()
+            now = self.clock()
+            if now - last_lag >= 1.0:
+                last_lag = now
+                for (t, p), lag in source.lag().items():
+                    self.hooks.on_lag(t, p, lag)
+            if now - self.last_checkpoint >= every:
+                self.checkpoint()
+        self.checkpoint()
+
+    def resume_offsets(self) -> dict[TP, int]:
+        return dict(self.next_offsets)
+
+
+def _parse_tp(key: str) -> TP:
+    topic, _, part = key.rpartition(":")
+    return topic, int(part)
+
+
+def _fmt_offsets(offsets: Mapping[TP, int]) -> str:
+    return ",".join(f"{t}:{p}@{o}" for (t, p), o in sorted(offsets.items())) or "-"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return [float(v) for v in x.tolist()]
+    if isinstance(x, np.bool_ | bool):
+        return bool(x)
+    return float(x)

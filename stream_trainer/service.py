@@ -1,0 +1,157 @@
+"""The daemon: one thread per pipeline, a metrics server, signals, graceful stop.
+
+Signal handlers only set the stop flag; each pipeline then flushes, writes a final
+checkpoint and commits. A second SIGINT/SIGTERM exits at once (code 130).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import ExitStack
+from types import FrameType
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from stream_trainer.config import Settings
+from stream_trainer.errors import StreamTrainerError
+from stream_trainer.kafka_common import check_reachable, create_topics
+from stream_trainer.learner import pick_device
+from stream_trainer.metrics import Metrics, MetricsServer
+from stream_trainer.pipeline import Pipeline
+from stream_trainer.sinks import KafkaSink
+from stream_trainer.source import KafkaSource
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_S = 20.0
+
+
+class Service:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.stop = threading.Event()
+        try:
+            self.device = pick_device(settings.device)
+        except ValueError as err:
+            raise StreamTrainerError(str(err)) from None
+        torch.set_num_threads(settings.torch_threads)
+        self.pipelines = [
+            Pipeline(settings, spec, device=self.device, hooks=self.metrics.pipeline(spec.name))
+            for spec in settings.pipelines
+        ]
+        self.threads: list[threading.Thread] = []
+        self.server: MetricsServer | None = None
+        self._signals = 0
+
+    # ---- health ------------------------------------------------------------------------
+    def healthy(self) -> tuple[bool, str]:
+        bad = [f"{p.name}: {p.failed}" for p in self.pipelines if p.failed]
+        bad += [
+            f"{t.name}: thread exited"
+            for t in self.threads
+            if not t.is_alive() and not self.stop.is_set()
+        ]
+        return (not bad), "; ".join(bad)
+
+    def ready(self) -> tuple[bool, str]:
+        states = [p.ready() for p in self.pipelines]
+        why = "; ".join(msg for ok, msg in states if not ok)
+        return all(ok for ok, _ in states), why
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting now without a final checkpoint")
+            os._exit(130)
+        log.info(
+            "stopping: final checkpoint and commit", extra={"signal": signal.Signals(signum).name}
+        )
+        self.stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _run_pipeline(self, p: Pipeline) -> None:
+        k = self.settings.kafka
+        try:
+            with ExitStack() as stack:
+                sink = KafkaSink(k.bootstrap_servers, client_id=f"stream-trainer-{p.name}")
+                stack.callback(sink.close)
+                source = KafkaSource(
+                    k,
+                    p.spec.topics,
+                    f"{k.group_prefix}.{p.name}",
+                    resume_from=p.resume_offsets,
+                    on_revoke=p.on_revoke,
+                    on_assign=p.hooks.on_partitions,
+                    client_id=f"stream-trainer-{p.name}",
+                )
+                stack.callback(source.close)
+                p.run(source, sink, self.stop)
+        except StreamTrainerError as err:
+            p.failed = str(err)
+            log.error("pipeline stopped", extra={"pipeline": p.name, "error": str(err)})
+        except Exception as err:  # a bug: report it loudly, keep other pipelines going
+            p.failed = f"{type(err).__name__}: {err}"
+            log.exception("pipeline crashed", extra={"pipeline": p.name})
+
+    def ensure_topics(self) -> None:
+        """Create missing input, dead-letter and output topics (fails early if unreachable)."""
+        wanted: dict[str, int] = {}
+        for p in self.pipelines:
+            for t in p.spec.topics:
+                wanted[t] = self.settings.kafka.default_partitions
+            wanted[p.spec.dlq_topic] = 1
+            if p.output:
+                wanted[p.output] = self.settings.kafka.default_partitions
+        created = create_topics(self.settings.kafka.bootstrap_servers, wanted)
+        if created:
+            log.info("created topics", extra={"topics": ",".join(created)})
+
+    def run(self) -> int:
+        """Run until stopped; 0 on a clean stop, 1 when a pipeline failed."""
+        with ExitStack() as stack:
+            for p in self.pipelines:
+                p.restore()
+            check_reachable(self.settings.kafka.bootstrap_servers)
+            if self.settings.kafka.create_topics:
+                self.ensure_topics()
+            self.server = MetricsServer(
+                self.settings.metrics.address, self.registry, self.healthy, self.ready
+            ).start()
+            stack.callback(self.server.stop)
+            log.info(
+                "serving metrics",
+                extra={
+                    "url": f"http://{self.server.address}/metrics",
+                    "device": str(self.device),
+                    "pipelines": ",".join(p.name for p in self.pipelines),
+                },
+            )
+            for p in self.pipelines:
+                t = threading.Thread(
+                    target=self._run_pipeline, args=(p,), name=f"pipeline-{p.name}", daemon=True
+                )
+                self.threads.append(t)
+                t.start()
+            while not self.stop.is_set() and any(t.is_alive() for t in self.threads):
+                self.stop.wait(0.5)
+            self.stop.set()
+            deadline = time.monotonic() + STOP_GRACE_S
+            for t in self.threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+            stuck = [t.name for t in self.threads if t.is_alive()]
+            if stuck:
+                log.error("pipelines did not stop in time", extra={"threads": ",".join(stuck)})
+                return 1
+        failed = [p.name for p in self.pipelines if p.failed]
+        return 1 if failed else 0

@@ -1,0 +1,73 @@
+"""One producer per pipeline for its dead-letter and output topics.
+
+``flush()`` is called before offsets are committed, so nothing the pipeline sent
+for a committed offset can be lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from stream_trainer.errors import BrokerError
+from stream_trainer.kafka_common import unreachable
+
+
+class KafkaSink:
+    def __init__(self, bootstrap: str, client_id: str = "stream-trainer-sink") -> None:
+        self.bootstrap = bootstrap
+        try:
+            self.producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                client_id=client_id,
+                acks="all",
+                linger_ms=5,
+                retries=5,
+                max_request_size=8 << 20,
+            )
+        except (KafkaError, OSError) as err:
+            raise unreachable(bootstrap, err) from None
+
+    def dead_letter(
+        self,
+        topic: str,
+        raw: bytes | None,
+        *,
+        reason: str,
+        detail: str,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None = None,
+    ) -> None:
+        headers = [
+            ("reason", reason.encode()),
+            ("detail", detail.encode("utf-8", "replace")),
+            ("source_topic", source_topic.encode()),
+            ("source_partition", str(partition).encode()),
+            ("source_offset", str(offset).encode()),
+        ]
+        self.producer.send(topic, value=raw if raw is not None else b"", key=key, headers=headers)
+
+    def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None:
+        self.producer.send(
+            topic,
+            key=key.encode() if key is not None else None,
+            value=json.dumps(doc, separators=(",", ":")).encode(),
+        )
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaError as err:
+            raise BrokerError(f"could not deliver to {self.bootstrap}: {err}") from None
+
+    def close(self) -> None:
+        try:
+            self.producer.close(timeout=5)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass

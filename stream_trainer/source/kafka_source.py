@@ -1,0 +1,150 @@
+"""A consumer-group member that resumes from *next offsets to read* held by the caller.
+
+On every assignment each partition the caller has an offset for is sought to it
+(the offset stored in the model's checkpoint), so the model state is exactly-once
+with respect to the log; partitions it does not know start from the group's
+committed offset, or ``auto_offset_reset``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+
+from stream_trainer.config import KafkaSettings
+from stream_trainer.kafka_common import offset_and_metadata, unreachable
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self.source._revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.source._assigned([(tp.topic, tp.partition) for tp in assigned])
+
+
+class KafkaSource:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topics: Sequence[str],
+        group_id: str,
+        *,
+        resume_from: Callable[[], Mapping[TP, int]],
+        on_revoke: Callable[[list[TP]], None] = lambda tps: None,
+        on_assign: Callable[[list[TP]], None] = lambda tps: None,
+        client_id: str = "stream-trainer",
+    ) -> None:
+        self.settings = settings
+        self.resume_from = resume_from
+        self.on_revoke, self.on_assign = on_revoke, on_assign
+        try:
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=settings.bootstrap_servers,
+                group_id=group_id,
+                client_id=client_id,
+                enable_auto_commit=False,
+                auto_offset_reset=settings.auto_offset_reset,
+                session_timeout_ms=settings.session_timeout_ms,
+                heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                max_poll_interval_ms=settings.max_poll_interval_ms,
+                max_poll_records=settings.max_poll_records,
+                fetch_max_wait_ms=settings.fetch_max_wait_ms,
+                request_timeout_ms=max(
+                    settings.request_timeout_ms, settings.session_timeout_ms + 1000
+                ),
+                max_partition_fetch_bytes=4 << 20,
+                fetch_max_bytes=64 << 20,
+            )
+        except (KafkaError, OSError) as err:
+            raise unreachable(settings.bootstrap_servers, err) from None
+        self.consumer.subscribe(topics=list(topics), listener=_Listener(self))
+        self.assignment: list[TP] = []
+
+    def _assigned(self, tps: list[TP]) -> None:
+        start = self.resume_from()
+        for t, p in tps:
+            if (t, p) in start:
+                self.consumer.seek(TopicPartition(t, p), start[(t, p)])
+        self.assignment = sorted(tps)
+        log.info(
+            "partitions assigned",
+            extra={
+                "partitions": ",".join(f"{t}:{p}" for t, p in self.assignment),
+                "resumed": ",".join(f"{t}:{p}@{start[(t, p)]}" for t, p in tps if (t, p) in start),
+            },
+        )
+        self.on_assign(self.assignment)
+
+    def _revoked(self, tps: list[TP]) -> None:
+        if tps:
+            self.on_revoke(tps)
+        self.assignment = [tp for tp in self.assignment if tp not in set(tps)]
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out: list[Record] = []
+        for tp, recs in batches.items():
+            out.extend(
+                Record(tp.topic, tp.partition, r.offset, r.timestamp, r.key, r.value) for r in recs
+            )
+        return out
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        """Commit next-offsets for partitions we still own; raises KafkaError on failure."""
+        owned = set(self.assignment)
+        payload = {
+            TopicPartition(t, p): offset_and_metadata(o)
+            for (t, p), o in offsets.items()
+            if (t, p) in owned
+        }
+        if payload:
+            self.consumer.commit(payload)
+
+    def lag(self) -> dict[TP, int]:
+        """Messages behind the high watermark, per owned partition with a known watermark.
+
+        Uses ``highwater()`` from fetch responses; some brokers answer ``end_offsets``
+        wrongly (the local Tansu broker does).
+        """
+        out: dict[TP, int] = {}
+        for t, p in self.assignment:
+            tp = TopicPartition(t, p)
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = self.consumer.position(tp, timeout_ms=0)
+            except (KafkaError, TypeError):
+                pos = None
+            if pos is not None:
+                out[(t, p)] = max(0, hw - pos)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception as err:  # closing must not mask the real shutdown path
+            log.debug("consumer close failed", extra={"error": repr(err)})
