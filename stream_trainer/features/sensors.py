@@ -3,7 +3,9 @@
 Each channel is normalised by the sensor's running mean/std *before* the reading is
 folded in, so the target is a forecast in units of that sensor's own spread; the
 forecast error in those units is the anomaly score. A sensor's first two readings
-only seed its statistics.
+only seed its statistics. Readings are winsorised at ``robust_k`` running stds
+before they enter the statistics and the window, so one spike neither inflates
+the spread (masking the next spike) nor derails the next forecasts.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ class SensorFeaturizer:
         sensor_buckets: int = 4096,
         alpha: float = 0.005,
         anomaly_threshold: float = 4.0,
+        robust_k: float = 5.0,
     ) -> None:
         self.channels = tuple(channels)
         self.window = window
         self.sensor_buckets = sensor_buckets
         self.anomaly_threshold = anomaly_threshold
+        self.robust_k = robust_k
         self.moments = RunningMoments(alpha)
         c = len(self.channels)
         self.input_spec = {"window": window, "channels": c, "sensor_buckets": sensor_buckets}
@@ -67,6 +71,9 @@ class SensorFeaturizer:
                 shifts.append(mean)
                 ids.append(stable_hash(ev["sensor_id"], self.sensor_buckets))
                 keys.append(ev["sensor_id"])
+            if a["count"][s] >= WARMUP:
+                k = self.robust_k * np.sqrt(a["var"][s])
+                x = np.clip(x, a["mean"][s] - k, a["mean"][s] + k)
             a["readings"][s, :-1] = a["readings"][s, 1:]
             a["readings"][s, -1] = x
             self.moments.update(self.slots, s, x)

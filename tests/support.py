@@ -1,0 +1,159 @@
+"""Helpers for the integration tests: real broker, daemon subprocess, metrics, topics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes | dict[str, Any]],
+    key_field: str | None = None,
+) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    n = 0
+    for v in values:
+        key = None
+        if isinstance(v, dict):
+            key = str(v[key_field]).encode() if key_field else None
+            v = json.dumps(v).encode()
+        producer.send(topic, value=v, key=key)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[Any]:
+    """Read a topic from the beginning (no group) until ``expected`` records arrive."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+        consumer_timeout_ms=1000,
+    )
+    deadline = time.monotonic() + timeout_s
+    parts = None
+    while parts is None and time.monotonic() < deadline:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            parts = None
+            time.sleep(0.2)
+    assert parts, f"topic {topic} does not exist"
+    consumer.assign([TopicPartition(topic, p) for p in parts])
+    consumer.seek_to_beginning()
+    out: list[Any] = []
+    while len(out) < expected and time.monotonic() < deadline:
+        for recs in consumer.poll(timeout_ms=200).values():
+            out.extend(recs)
+    consumer.close()
+    return out
+
+
+def scrape(address: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def sample(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+class Daemon:
+    """``stream-trainer run`` as a subprocess, with its metrics address."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, metrics_port: int) -> None:
+        self.address = f"127.0.0.1:{metrics_port}"
+        config = {**config, "metrics": {"address": self.address}}
+        self.config_path = workdir / "pipelines.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / f"daemon-{int(time.time() * 1000)}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        log = open(self.log_path, "wb")  # noqa: SIM115
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_trainer", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> dict:
+        return scrape(self.address)
+
+    def wait_for(
+        self, predicate: Callable[[dict], bool], timeout_s: float = 120.0, what: str = "condition"
+    ) -> dict:
+        deadline = time.monotonic() + timeout_s
+        last: dict = {}
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) waiting for "
+                    f"{what}:\n{self.log()[-3000:]}"
+                )
+            try:
+                last = self.metrics()
+                if predicate(last):
+                    return last
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-3000:]}")
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def base_config(
+    bootstrap: str, checkpoint_dir: Path, pipelines: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "kafka": {"bootstrap_servers": bootstrap},
+        "device": "cpu",
+        "checkpoint": {"dir": str(checkpoint_dir), "every_seconds": 2.0},
+        "pipelines": pipelines,
+        **extra,
+    }
