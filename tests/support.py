@@ -139,7 +139,7 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log()[-3000:]}")
+            raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log()[-3000:]}") from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -113,7 +113,7 @@ def _clicks(doc: dict[str, Any]) -> dict[str, Any]:
     if "label" not in doc:
         raise _Reject(R.MISSING_FIELD, "label")
     label = doc["label"]
-    if label not in (0, 1) or isinstance(label, float) and not label.is_integer():
+    if label not in (0, 1):  # 0/1, false/true or 0.0/1.0; "1" or 0.5 are refused
         raise _Reject(R.WRONG_TYPE, "label must be 0 or 1")
     out["label"] = int(label)
     return out

@@ -191,8 +191,9 @@ class PipelineMetrics(PipelineHooks):
         skipped: str | None,
     ) -> None:
         self._trained.inc(trained)
-        self._loss_batch.set(batch_loss)
-        self._loss_smoothed.set(smoothed_loss)
+        if not skipped:  # a refused batch's loss is non-finite: keep the last good value
+            self._loss_batch.set(batch_loss)
+            self._loss_smoothed.set(smoothed_loss)
         self._update_seconds.observe(update_seconds)
         self.m.lr.labels(self.name).set(lr)
         self.m.model_version.labels(self.name).set(model_version)

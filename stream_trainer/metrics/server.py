@@ -47,7 +47,8 @@ class MetricsServer:
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self._thread.is_alive():
+            self.httpd.shutdown()
         self.httpd.server_close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

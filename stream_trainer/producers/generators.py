@@ -33,9 +33,10 @@ def _drift_points(drift_at: int | None, drift_every: int | None):
     return is_drift
 
 
-def _zipf_probs(n: int, s: float) -> np.ndarray:
-    w = 1.0 / np.arange(1, n + 1) ** s
-    return w / w.sum()
+def _zipf_cdf(n: int, s: float) -> np.ndarray:
+    """Cumulative popularity: rank k drawn with probability proportional to 1/k^s."""
+    w = np.cumsum(1.0 / np.arange(1, n + 1) ** s)
+    return w / w[-1]
 
 
 def clicks(
@@ -57,8 +58,8 @@ def clicks(
     devices = ["mobile", "desktop", "tablet"]
     device_eff = np.array([0.4, -0.3, 0.0])
     hour_eff = 0.5 * np.sin(np.arange(24) / 24 * 2 * math.pi)
-    user_p = _zipf_probs(n_users, 0.8)
-    item_p = _zipf_probs(n_items, 1.1)
+    user_cdf = _zipf_cdf(n_users, 0.8)
+    item_cdf = _zipf_cdf(n_items, 1.1)
 
     def redraw() -> tuple[np.ndarray, np.ndarray]:
         return rng.normal(0, 0.6, (n_items, dim)), rng.normal(0, 1.0, n_items)
@@ -69,8 +70,8 @@ def clicks(
     while count is None or i < count:
         if is_drift(i):
             items, item_bias = redraw()
-        u = int(rng.choice(n_users, p=user_p))
-        it = int(rng.choice(n_items, p=item_p))
+        u = int(np.searchsorted(user_cdf, rng.random()))
+        it = int(np.searchsorted(item_cdf, rng.random()))
         d = int(rng.integers(3))
         ts = START_TS + i * 0.05
         hour = int(ts // 3600) % 24

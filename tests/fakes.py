@@ -1,0 +1,84 @@
+"""Fakes for the pipeline's edges: a list source with a commit log, a list sink, a clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from stream_trainer.source.kafka_source import TP, Record
+
+
+class ListSource:
+    """Serves records from in-memory partitions, from the offsets given at assignment."""
+
+    def __init__(
+        self,
+        partitions: Mapping[TP, list[bytes | None]],
+        start: Mapping[TP, int],
+        batch: int = 64,
+        on_commit: Any = None,
+    ) -> None:
+        self.data = {tp: list(v) for tp, v in partitions.items()}
+        self.pos = {tp: start.get(tp, 0) for tp in self.data}
+        self.assignment = sorted(self.data)
+        self.batch = batch
+        self.commits: list[dict[TP, int]] = []
+        self.on_commit = on_commit
+        self.polls = 0
+
+    def exhausted(self) -> bool:
+        return all(self.pos[tp] >= len(v) for tp, v in self.data.items())
+
+    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
+        self.polls += 1
+        out: list[Record] = []
+        for (t, p), values in self.data.items():
+            lo = self.pos[(t, p)]
+            hi = min(len(values), lo + self.batch)
+            out += [Record(t, p, o, 0, None, values[o]) for o in range(lo, hi)]
+            self.pos[(t, p)] = hi
+        return out
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        if self.on_commit is not None:
+            self.on_commit(dict(offsets))
+        self.commits.append(dict(offsets))
+
+    def lag(self) -> dict[TP, int]:
+        return {tp: len(v) - self.pos[tp] for tp, v in self.data.items()}
+
+    def close(self) -> None:
+        pass
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.dead: list[dict[str, Any]] = []
+        self.outputs: list[tuple[str, dict[str, Any]]] = []
+        self.flushes = 0
+
+    def dead_letter(
+        self,
+        topic: str,
+        raw: bytes | None,
+        *,
+        reason: str,
+        detail: str,
+        source_topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None = None,
+    ) -> None:
+        self.dead.append(
+            {"topic": topic, "raw": raw, "reason": reason, "offset": offset, "partition": partition}
+        )
+
+    def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None:
+        self.outputs.append((topic, json.loads(json.dumps(doc))))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self.flushes += 1
+
+    def close(self) -> None:
+        pass

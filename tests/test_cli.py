@@ -1,0 +1,188 @@
+"""The command line, run as a user would: subprocesses, real broker, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from support import REPO, consume_all
+
+from stream_trainer.broker import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stream_trainer", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_help_names_the_environment_variable_of_every_flag():
+    import argparse
+
+    from stream_trainer.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert "[env: STREAM_TRAINER_" in action.help, (name, action.dest)
+    out = cli("run", "--help", env={"COLUMNS": "200"}).stdout
+    assert "[env: STREAM_TRAINER_CONFIG]" in out
+
+
+def test_broker_refuses_a_taken_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("broker", "--port", str(port))
+    assert r.returncode == 3
+    assert r.stderr.strip() == (
+        f"stream-trainer broker: error: port {port} on 127.0.0.1 is "
+        "already in use; stop what holds it or choose another with --port"
+    )
+
+
+def test_broker_starts_and_stops_cleanly_on_sigterm():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_trainer", "broker", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"broker ready on 127.0.0.1:{port}" in line
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+    time.sleep(0.2)
+    with pytest.raises(OSError):  # nothing left listening: the broker process is gone
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_run_with_unreachable_broker_is_one_clear_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pipelines: [{name: a, kind: clicks, topics: [t]}]\n")
+    port = free_port()
+    t0 = time.monotonic()
+    r = cli(
+        "run",
+        "--config",
+        str(cfg),
+        "--bootstrap-servers",
+        f"127.0.0.1:{port}",
+        "--metrics-address",
+        f"127.0.0.1:{free_port()}",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+    )
+    assert time.monotonic() - t0 < 30
+    assert r.returncode == 3, r.stderr
+    err = r.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"stream-trainer run: error: cannot reach Kafka at 127.0.0.1:{port}")
+    assert "stream-trainer broker" in err and "Traceback" not in r.stderr
+
+
+def test_bad_config_is_one_clear_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pipelines: [{name: a, kind: clickz, topics: [t]}]\n")
+    r = cli("run", "--config", str(cfg))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"stream-trainer run: error: {cfg}: pipelines.0.kind:")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_produce_from_file_publishes_lines_as_is_in_order(broker, topic, tmp_path):
+    lines = [b'{"a": 1}', b"not json at all", b'{"user_id": "u7", "z": [1, 2]}', b"\xff\xfe"]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n\n")
+    r = cli(
+        "produce",
+        "--from-file",
+        str(path),
+        "--topic",
+        topic,
+        "--partitions",
+        "1",
+        "--bootstrap-servers",
+        broker.bootstrap,
+        "--key-field",
+        "user_id",
+    )
+    assert r.returncode == 0, r.stderr
+    recs = consume_all(broker.bootstrap, topic, len(lines))
+    assert [rec.value for rec in recs] == lines
+    assert recs[2].key == b"u7" and recs[0].key is None
+
+
+def test_produce_synthetic_stream_from_environment(broker, topic):
+    r = cli(
+        "produce",
+        "ticks",
+        "--topic",
+        topic,
+        "--drift-at",
+        "20",
+        env={
+            "STREAM_TRAINER_PRODUCE_COUNT": "40",
+            "STREAM_TRAINER_PRODUCE_BOOTSTRAP_SERVERS": broker.bootstrap,
+        },
+    )
+    assert r.returncode == 0, r.stderr
+    assert "40/40" in r.stderr  # progress for the run, with its total
+    recs = consume_all(broker.bootstrap, topic, 40)
+    assert len(recs) == 40 and all(rec.key.startswith(b"SYM") for rec in recs)
+
+
+def test_demo_runs_and_leaves_no_processes_behind(tmp_path):
+    metrics = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    r = cli(
+        "demo",
+        "--duration",
+        "25",
+        "--workdir",
+        str(tmp_path / "demo"),
+        "--port",
+        str(port),
+        "--metrics-address",
+        metrics,
+        "--rate",
+        "300",
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = r.stdout
+    assert f"http://{metrics}/metrics" in out
+    rows = [
+        line.split()
+        for line in out.splitlines()
+        if line.split()[:1] in (["clicks"], ["ticks"], ["sensors"])
+    ]
+    trained = {row[0]: float(row[2]) for row in rows}
+    assert set(trained) == {"clicks", "ticks", "sensors"} and min(trained.values()) > 0
+    assert "stopped" in out.splitlines()[-1]
+    ckpts = list((tmp_path / "demo" / "checkpoints").glob("*/ckpt-*.pt"))
+    assert {p.parent.name for p in ckpts} == {"clicks", "ticks", "sensors"}
+    time.sleep(0.5)
+    for p in (port, int(metrics.rsplit(":", 1)[1])):  # broker and daemon are gone
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", p), timeout=1).close()
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True)
+    assert leftovers.stdout == b""

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stream_trainer.learner import Learner
+from stream_trainer.learner.prequential import SKIP_NON_FINITE_GRAD, SKIP_NON_FINITE_LOSS
+from stream_trainer.models.forecast import TickModel
+
+
+def make(lr: float = 0.01) -> Learner:
+    torch.manual_seed(0)
+    return Learner(TickModel(window=4, channels=1, key_buckets=8), "regression", lr=lr)
+
+
+def batch(n: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    return {"window": x, "symbol": rng.integers(1, 8, n)}, (0.5 * x[:, -1]).astype(np.float32)
+
+
+def params(learner: Learner) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learner.model.state_dict().items()}
+
+
+def test_outputs_and_losses_come_from_the_pre_update_weights():
+    learner = make()
+    inputs, y = batch()
+    before = learner.predict(inputs)
+    res = learner.step(inputs, y)
+    np.testing.assert_allclose(res.outputs, before, rtol=1e-6)
+    np.testing.assert_allclose(res.losses, (before - y) ** 2, rtol=1e-5)
+    assert res.skipped is None and learner.updates == 1
+    assert not np.allclose(learner.predict(inputs), before)  # and then it learned
+
+
+def test_learning_reduces_loss():
+    learner = make()
+    inputs, y = batch(256)
+    first = learner.step(inputs, y).mean_loss
+    for _ in range(200):
+        last = learner.step(inputs, y).mean_loss
+    assert last < 0.2 * first
+
+
+def test_non_finite_loss_never_reaches_the_weights():
+    learner = make()
+    inputs, y = batch()
+    y[3] = np.nan
+    w = params(learner)
+    res = learner.step(inputs, y)
+    assert res.skipped == SKIP_NON_FINITE_LOSS and learner.updates == 0
+    assert all(torch.equal(w[k], v) for k, v in learner.model.state_dict().items())
+
+
+def test_non_finite_gradient_is_skipped():
+    learner = make()
+    inputs, y = batch()
+    w = params(learner)
+    # A finite loss whose gradient overflows: huge inputs times a huge error.
+    inputs["window"][:] = 3e19
+    y[:] = 0.0
+    with torch.no_grad():
+        learner.model.linear.weight.fill_(1e-19)
+    w = params(learner)
+    res = learner.step(inputs, y)
+    assert np.isfinite(res.mean_loss) and res.skipped == SKIP_NON_FINITE_GRAD
+    assert all(torch.equal(w[k], v) for k, v in learner.model.state_dict().items())
+    for v in learner.model.state_dict().values():
+        assert torch.isfinite(v).all()
+
+
+def test_gradients_are_clipped():
+    learner = Learner(
+        TickModel(4, 1, 8), "regression", lr=1.0, optimizer="sgd", grad_clip_norm=0.001
+    )
+    inputs, y = batch()
+    y = y * 1000
+    w = params(learner)
+    learner.step(inputs, y)
+    delta = sum(float((v - w[k]).norm() ** 2) for k, v in learner.model.state_dict().items())
+    assert delta**0.5 <= 0.0011  # lr * clip norm
+
+
+def test_boost_and_reset_and_state_round_trip():
+    learner = make(lr=0.01)
+    inputs, y = batch()
+    learner.step(inputs, y)
+    learner.set_lr_multiplier(3.0)
+    assert learner.lr == 0.03
+    assert learner.optimizer.param_groups[0]["lr"] == 0.03
+    state = learner.state_dict()
+    other = make(lr=0.01)
+    other.load_state_dict(state)
+    assert other.updates == 1 and other.lr == 0.03
+    a, b = learner.step(inputs, y), other.step(inputs, y)
+    np.testing.assert_allclose(a.outputs, b.outputs)
+    learner.reset_optimizer()
+    assert learner.optimizer.state_dict()["state"] == {}
+    assert learner.optimizer.param_groups[0]["lr"] == 0.03

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from stream_trainer.metrics import Metrics, MetricsServer
+
+REQUIRED = [
+    ("stream_trainer_events_consumed_total", {}),
+    ("stream_trainer_events_trained_total", {}),
+    ("stream_trainer_events_rejected_total", {"reason": "not_json"}),
+    ("stream_trainer_updates_total", {}),
+    ("stream_trainer_loss", {"window": "batch"}),
+    ("stream_trainer_loss", {"window": "smoothed"}),
+    ("stream_trainer_drift_detected_total", {"detector": "page_hinkley"}),
+    ("stream_trainer_update_seconds_count", {}),
+    ("stream_trainer_event_to_update_seconds_count", {}),
+    ("stream_trainer_consumer_lag", {"topic": "t", "partition": "0"}),
+    ("stream_trainer_checkpoints_total", {}),
+    ("stream_trainer_last_checkpoint_timestamp_seconds", {}),
+]
+
+
+def feed(m: Metrics):
+    h = m.pipeline("p")
+    h.on_consumed(10)
+    h.on_rejected("not_json")
+    h.on_seeded(1)
+    h.on_batch(
+        trained=8,
+        batch_loss=0.5,
+        smoothed_loss=0.6,
+        update_seconds=0.002,
+        event_ages=[0.01] * 8,
+        lr=0.003,
+        model_version=7,
+        skipped=None,
+    )
+    h.on_batch(
+        trained=1,
+        batch_loss=float("nan"),
+        smoothed_loss=0.6,
+        update_seconds=0.001,
+        event_ages=[0.02],
+        lr=0.003,
+        model_version=7,
+        skipped="non_finite_loss",
+    )
+    h.on_drift("page_hinkley", 1234.0)
+    h.on_checkpoint(0.05, 1000.0)
+    h.on_partitions([("t", 0), ("t", 1)])
+    h.on_lag("t", 0, 42)
+    h.on_lag("t", 1, 3)
+    return h
+
+
+def test_names_labels_and_values():
+    reg = CollectorRegistry()
+    h = feed(Metrics(reg))
+    for name, labels in REQUIRED:
+        assert reg.get_sample_value(name, {"pipeline": "p", **labels}) is not None, name
+    v = reg.get_sample_value
+    assert v("stream_trainer_events_consumed_total", {"pipeline": "p"}) == 10
+    assert v("stream_trainer_events_trained_total", {"pipeline": "p"}) == 9
+    assert v("stream_trainer_updates_total", {"pipeline": "p"}) == 1
+    assert (
+        v("stream_trainer_updates_skipped_total", {"pipeline": "p", "reason": "non_finite_loss"})
+        == 1
+    )
+    assert v("stream_trainer_event_to_update_seconds_count", {"pipeline": "p"}) == 9
+    assert v("stream_trainer_loss", {"pipeline": "p", "window": "smoothed"}) == 0.6
+    assert v("stream_trainer_last_drift_timestamp_seconds", {"pipeline": "p"}) == 1234.0
+    assert v("stream_trainer_consumer_lag", {"pipeline": "p", "topic": "t", "partition": "0"}) == 42
+    # rejected reasons that never happened are still exported, as zeros
+    assert v("stream_trainer_events_rejected_total", {"pipeline": "p", "reason": "empty"}) == 0
+    h.on_partitions([("t", 0)])  # partition 1 revoked: its lag series goes away
+    assert (
+        v("stream_trainer_consumer_lag", {"pipeline": "p", "topic": "t", "partition": "1"}) is None
+    )
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_http_endpoints():
+    reg = CollectorRegistry()
+    feed(Metrics(reg))
+    state = {"ready": (False, "p: no partitions assigned yet")}
+    srv = MetricsServer("127.0.0.1:0", reg, lambda: (True, ""), lambda: state["ready"]).start()
+    try:
+        base = f"http://{srv.address}"
+        code, body = get(base + "/metrics")
+        assert code == 200 and 'stream_trainer_loss{pipeline="p",window="batch"} 0.5' in body
+        assert get(base + "/healthz") == (200, "ok\n")
+        assert get(base + "/readyz") == (503, "p: no partitions assigned yet\n")
+        state["ready"] = (True, "")
+        assert get(base + "/readyz")[0] == 200
+        assert get(base + "/nope")[0] == 404
+    finally:
+        srv.stop()
+
+
+def test_address_in_use_is_a_clear_error():
+    from stream_trainer.errors import StreamTrainerError
+
+    a = MetricsServer("127.0.0.1:0", CollectorRegistry(), lambda: (True, ""), lambda: (True, ""))
+    try:
+        with pytest.raises(StreamTrainerError, match="cannot serve metrics on"):
+            MetricsServer(a.address, CollectorRegistry(), lambda: (True, ""), lambda: (True, ""))
+    finally:
+        a.stop()

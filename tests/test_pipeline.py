@@ -1,0 +1,201 @@
+"""The pipeline loop against fakes: offsets, checkpoints before commits, exact resume."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from fakes import ListSink, ListSource
+
+from stream_trainer.config import parse_settings
+from stream_trainer.hooks import PipelineHooks
+from stream_trainer.pipeline import Pipeline
+from stream_trainer.producers import make_generator
+
+
+def settings(tmp_path, every_seconds=0.001, **pipeline):
+    spec = {
+        "name": "p",
+        "kind": "clicks",
+        "topics": ["t"],
+        "output_topic": "t.out",
+        "batch": {"max_size": 64, "max_latency_ms": 0},
+        **pipeline,
+    }
+    return parse_settings(
+        {
+            "checkpoint": {"dir": str(tmp_path), "every_seconds": every_seconds},
+            "device": "cpu",
+            "pipelines": [spec],
+        }
+    )
+
+
+def click_stream(n: int, seed: int = 0) -> list[bytes]:
+    return [json.dumps(e).encode() for e in make_generator("clicks", seed=seed, count=n)]
+
+
+def run_until(p: Pipeline, source: ListSource, sink: ListSink, stop_after_polls=None) -> None:
+    """Run the real loop; stop once the source is drained (or after N polls)."""
+    stop = threading.Event()
+    orig = source.poll
+
+    def poll(timeout_s, max_records=None):
+        out = orig(timeout_s, max_records)
+        if (stop_after_polls is not None and source.polls >= stop_after_polls) or (
+            not out and source.exhausted()
+        ):
+            stop.set()
+        return out
+
+    source.poll = poll  # type: ignore[method-assign]
+    p.run(source, sink, stop, idle_poll_s=0.0)
+
+
+def test_everything_is_trained_once_and_commits_follow_checkpoints(tmp_path):
+    s = settings(tmp_path)
+    p = Pipeline(s, s.pipelines[0])
+    data = {("t", 0): click_stream(500, 1), ("t", 1): click_stream(300, 2)}
+
+    def on_commit(offsets):  # a commit must never run ahead of the newest checkpoint
+        newest = p.store.load_latest()
+        assert newest is not None
+        assert all(newest["offsets"][f"{t}:{q}"] >= o for (t, q), o in offsets.items())
+
+    src, sink = ListSource(data, {}, on_commit=on_commit), ListSink()
+    run_until(p, src, sink)
+    assert p.counters["trained"] == 800 and p.counters["rejected"] == 0
+    assert p.next_offsets == {("t", 0): 500, ("t", 1): 300}
+    assert src.commits and src.commits[-1] == {("t", 0): 500, ("t", 1): 300}
+    offs = sorted((d["partition"], d["offset"]) for _, d in sink.outputs)
+    assert offs == [(0, i) for i in range(500)] + [(1, i) for i in range(300)]
+    for a, b in zip(src.commits, src.commits[1:], strict=False):  # offsets only increase
+        assert all(b[k] >= v for k, v in a.items())
+
+
+def test_abort_and_resume_replays_exactly_the_unsaved_tail(tmp_path):
+    s = settings(tmp_path)
+    data = {("t", 0): click_stream(1000, 3)}
+    first = Pipeline(s, s.pipelines[0])
+    src1, sink1 = ListSource(data, {}, batch=100), ListSink()
+    run_until(first, src1, sink1, stop_after_polls=4)  # stops mid-stream, checkpoints
+    saved = first.store.load_latest()
+    assert saved["offsets"] == {"t:0": 400} and saved["counters"]["trained"] == 400
+
+    second = Pipeline(s, s.pipelines[0])
+    assert second.restore()
+    assert second.resume_offsets() == {("t", 0): 400}
+    for k, v in first.learner.model.state_dict().items():  # the model came back as saved
+        assert torch.equal(v, second.learner.model.state_dict()[k])
+    src2, sink2 = ListSource(data, second.resume_offsets(), batch=100), ListSink()
+    run_until(second, src2, sink2)
+    seen = [d["offset"] for _, d in sink1.outputs + sink2.outputs]
+    assert sorted(seen) == list(range(1000))  # nothing skipped, nothing twice
+    assert second.counters["trained"] == 1000
+
+
+def test_a_crash_loses_only_what_the_checkpoint_did_not_hold(tmp_path):
+    """No final checkpoint (a crash): the restart replays from the last durable one."""
+    s = settings(tmp_path)
+    data = {("t", 0): click_stream(600, 4)}
+    p = Pipeline(s, s.pipelines[0])
+    src = ListSource(data, {}, batch=100)
+    p.source, p.sink = src, ListSink()
+    p.handle(src.poll(0))
+    p.flush()
+    p.checkpoint()  # durable at 100
+    p.handle(src.poll(0))
+    p.flush()  # trained up to 200, then "crash": no checkpoint
+    restarted = Pipeline(s, s.pipelines[0])
+    restarted.restore()
+    assert restarted.resume_offsets() == {("t", 0): 100}
+    assert restarted.counters["trained"] == 100
+
+
+def test_bad_events_go_to_dead_letters_and_never_stop_training(tmp_path):
+    s = settings(tmp_path)
+    good = click_stream(200, 5)
+    bad = [b"", b"nope", b"[]", b'{"ts": NaN}', b"\xff"]
+    stream = good[:100] + bad + good[100:]
+    p = Pipeline(s, s.pipelines[0])
+    src, sink = ListSource({("t", 0): stream}, {}), ListSink()
+    run_until(p, src, sink)
+    assert p.counters["trained"] == 200 and p.counters["rejected"] == 5
+    assert [d["reason"] for d in sink.dead] == [
+        "empty",
+        "not_json",
+        "not_object",
+        "non_finite",
+        "invalid_utf8",
+    ]
+    assert [d["raw"] for d in sink.dead] == bad and all(d["topic"] == "t.dlq" for d in sink.dead)
+    assert p.next_offsets == {("t", 0): 205}
+
+
+class Recorder(PipelineHooks):
+    def __init__(self) -> None:
+        self.drifts, self.batches, self.skipped = 0, 0, []
+
+    def on_batch(self, **kw) -> None:
+        self.batches += 1
+        if kw["skipped"]:
+            self.skipped.append(kw["skipped"])
+
+    def on_drift(self, detector: str, timestamp: float) -> None:
+        self.drifts += 1
+
+
+def test_drift_triggers_the_configured_actions(tmp_path):
+    s = settings(
+        tmp_path,
+        every_seconds=60,
+        output_topic=None,
+        drift={"detector": "page_hinkley", "boost_factor": 5.0},
+    )
+    hooks = Recorder()
+    p = Pipeline(s, s.pipelines[0], hooks=hooks)
+    stream = [
+        json.dumps(e).encode()
+        for e in make_generator("clicks", seed=6, count=30_000, drift_at=15_000)
+    ]
+    src, sink = ListSource({("t", 0): stream}, {}, batch=256), ListSink()
+    run_until(p, src, sink)
+    assert hooks.drifts >= 1 and p.counters["drifts"] == hooks.drifts
+    assert p.monitor.detections == hooks.drifts
+    # boost_lr: the boost decays back over boost_updates (200) updates after the last drift
+    assert p.learner.lr_multiplier == pytest.approx(1.0 + 4.0 * p.policy.boost_left / 200)
+
+
+def test_custom_plugin_pipeline(tmp_path):
+    s = settings(
+        tmp_path,
+        kind="custom",
+        model="plugin_example:build",
+        featurizer="plugin_example:MeanFeaturizer",
+        output_topic=None,
+        optimizer={"lr": 0.2},
+    )
+    p = Pipeline(s, s.pipelines[0])
+    rng = np.random.default_rng(0)
+    stream = [
+        json.dumps({"x": float(x), "y": 3 * float(x) + 1}).encode() for x in rng.normal(size=4000)
+    ]
+    src, sink = ListSource({("t", 0): stream}, {}), ListSink()
+    run_until(p, src, sink)
+    assert p.counters["trained"] == 4000
+    pred = p.learner.predict({"x": np.array([[0.0], [1.0]], np.float32)})
+    np.testing.assert_allclose(pred, [1.0, 4.0], atol=0.3)  # learned y = 3x + 1
+    assert p.featurizer.seen == 4000
+
+
+def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
+    s = settings(tmp_path, kind="ticks", output_topic=None)
+    p = Pipeline(s, s.pipelines[0])
+    ticks = [json.dumps(e).encode() for e in make_generator("ticks", count=200)]
+    run_until(p, ListSource({("t", 0): ticks}, {}), ListSink())
+    s2 = settings(tmp_path, kind="ticks", output_topic=None, featurizer={"window": 4})
+    with pytest.raises(Exception, match="does not match the config"):
+        Pipeline(s2, s2.pipelines[0]).restore()
