@@ -7,6 +7,7 @@ checkpoint), then the broker.
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
@@ -172,10 +173,14 @@ class Demo:
                 self._say(header)
             for name in sorted(consumed):
                 rate = (consumed[name] - prev.get(name, consumed[name])) / max(1e-9, now - prev_t)
+                n = trained.get(name, 0.0)
+                losses = (
+                    f"{loss.get(name, math.nan):>9.4f} {smooth.get(name, math.nan):>9.4f}"
+                    if n
+                    else f"{'-':>9} {'-':>9}"
+                )
                 self._say(
-                    f"{name:<9} {rate:>9.0f} {trained.get(name, 0):>10.0f} "
-                    f"{loss.get(name, float('nan')):>9.4f} "
-                    f"{smooth.get(name, float('nan')):>9.4f} "
+                    f"{name:<9} {rate:>9.0f} {n:>10.0f} {losses} "
                     f"{drifts.get(name, 0):>6.0f} {rejected.get(name, 0):>8.0f}"
                 )
             lines += 1

@@ -43,7 +43,12 @@ class Service:
             raise StreamTrainerError(str(err)) from None
         torch.set_num_threads(settings.torch_threads)
         self.pipelines = [
-            Pipeline(settings, spec, device=self.device, hooks=self.metrics.pipeline(spec.name))
+            Pipeline(
+                settings,
+                spec,
+                device=self.device,
+                hooks=self.metrics.pipeline(spec.name, spec.drift.detector),
+            )
             for spec in settings.pipelines
         ]
         self.threads: list[threading.Thread] = []

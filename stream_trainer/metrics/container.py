@@ -144,14 +144,14 @@ class Metrics:
             registry=r,
         )
 
-    def pipeline(self, name: str) -> PipelineMetrics:
-        return PipelineMetrics(self, name)
+    def pipeline(self, name: str, detector: str = "none") -> PipelineMetrics:
+        return PipelineMetrics(self, name, detector)
 
 
 class PipelineMetrics(PipelineHooks):
     """The Prometheus side of :class:`~stream_trainer.hooks.PipelineHooks` for one pipeline."""
 
-    def __init__(self, m: Metrics, name: str) -> None:
+    def __init__(self, m: Metrics, name: str, detector: str = "none") -> None:
         self.m, self.name = m, name
         self._consumed = m.consumed.labels(name)
         self._trained = m.trained.labels(name)
@@ -167,7 +167,8 @@ class PipelineMetrics(PipelineHooks):
             m.rejected.labels(name, reason)
         m.checkpoints.labels(name)
         m.anomalies.labels(name)
-        m.drift.labels(name, "none")
+        if detector != "none":
+            m.drift.labels(name, detector)
 
     def on_consumed(self, n: int) -> None:
         self._consumed.inc(n)
