@@ -69,8 +69,13 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
             for k, v in expected_trained.items()
         )
 
+    def caught_up(m: dict) -> bool:  # lag from the consumer's high watermarks
+        return all(sample(m, "stream_trainer_consumer_lag", pipeline=k, topic=topics[k],
+                          partition=str(p)) == 0 for k in streams for p in (0, 1))
+
     try:
-        m = daemon.wait_for(done, timeout_s=180, what="all events trained")
+        daemon.wait_for(done, timeout_s=180, what="all events trained")
+        m = daemon.wait_for(caught_up, timeout_s=30, what="lag 0 on every partition")
     finally:
         code = daemon.terminate()
     assert code == 0, daemon.log()[-2000:]
@@ -81,6 +86,7 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
             sample(m, "stream_trainer_events_rejected_total", pipeline=kind, reason="not_json") == 0
         )
         assert sample(m, "stream_trainer_updates_total", pipeline=kind) > 0
+        assert sample(m, "stream_trainer_checkpoints_total", pipeline=kind) >= 1
         assert math.isfinite(sample(m, "stream_trainer_loss", pipeline=kind, window="smoothed"))
         assert sample(m, "stream_trainer_event_to_update_seconds_count", pipeline=kind) == trained
 

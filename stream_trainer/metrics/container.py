@@ -6,143 +6,95 @@ Names follow Prometheus conventions: prefix ``stream_trainer_``, base units
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream_trainer import __version__
 from stream_trainer.events import reasons
 from stream_trainer.hooks import PipelineHooks
 
-_LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
-_UPDATE_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-)
+PREFIX = "stream_trainer_"
+
+
+def steps_125(lo: float, hi: float) -> tuple[float, ...]:
+    """Histogram bounds in 1-2.5-5 steps from ``lo`` to ``hi``.
+
+    >>> steps_125(0.001, 0.01)
+    (0.001, 0.0025, 0.005, 0.01)
+    """
+    out: list[float] = []
+    decade = lo
+    while decade <= hi * 1.0001:
+        out += [round(decade * m, 10) for m in (1, 2.5, 5) if decade * m <= hi * 1.0001]
+        decade *= 10
+    return tuple(out)
+
+
+_LATENCY_BUCKETS = steps_125(0.001, 10.0) + (30.0, 60.0)
+_UPDATE_BUCKETS = steps_125(0.0001, 1.0)
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        p = "stream_trainer_"
-        r = registry
-        Info(p + "build", "stream-trainer version", registry=r).info({"version": __version__})
-        self.consumed = Counter(
-            p + "events_consumed", "Events read from Kafka", ["pipeline"], registry=r
+
+        def make(cls: type, name: str, doc: str, *labels: str, **kw: Any) -> Any:
+            return cls(PREFIX + name, doc, ["pipeline", *labels], registry=registry, **kw)
+
+        Info(PREFIX + "build", "stream-trainer version", registry=registry).info(
+            {"version": __version__}
         )
-        self.trained = Counter(
-            p + "events_trained", "Events whose example reached an update", ["pipeline"], registry=r
+        self.consumed = make(Counter, "events_consumed", "Events read from Kafka")
+        self.trained = make(Counter, "events_trained", "Events whose example reached an update")
+        self.rejected = make(Counter, "events_rejected", "Events refused, by reason", "reason")
+        self.seeded = make(
+            Counter, "events_seeded", "Events that only seeded per-key state (a key's warm-up)"
         )
-        self.rejected = Counter(
-            p + "events_rejected", "Events refused, by reason", ["pipeline", "reason"], registry=r
+        self.updates = make(Counter, "updates", "Optimizer updates applied")
+        self.skipped = make(
+            Counter, "updates_skipped", "Updates refused by a guard, by reason", "reason"
         )
-        self.seeded = Counter(
-            p + "events_seeded",
-            "Events that only seeded per-key state (a key's warm-up)",
-            ["pipeline"],
-            registry=r,
-        )
-        self.updates = Counter(p + "updates", "Optimizer updates applied", ["pipeline"], registry=r)
-        self.skipped = Counter(
-            p + "updates_skipped",
-            "Updates refused by a guard, by reason",
-            ["pipeline", "reason"],
-            registry=r,
-        )
-        self.loss = Gauge(
-            p + "loss",
+        self.loss = make(
+            Gauge,
+            "loss",
             "Prequential loss (before the update): last batch, and smoothed over ~1000 events",
-            ["pipeline", "window"],
-            registry=r,
+            "window",
         )
-        self.lr = Gauge(p + "learning_rate", "Current learning rate", ["pipeline"], registry=r)
-        self.model_version = Gauge(
-            p + "model_version", "Updates applied over the model's life", ["pipeline"], registry=r
+        self.lr = make(Gauge, "learning_rate", "Current learning rate")
+        self.model_version = make(Gauge, "model_version", "Updates applied over the model's life")
+        self.drift = make(Counter, "drift_detected", "Drift detections (loss going up)", "detector")
+        self.last_drift = make(
+            Gauge, "last_drift_timestamp_seconds", "Unix time of the last drift detection"
         )
-        self.drift = Counter(
-            p + "drift_detected",
-            "Drift detections (loss going up)",
-            ["pipeline", "detector"],
-            registry=r,
+        self.anomalies = make(Counter, "anomalies", "Events scored as anomalies")
+        self.update_seconds = make(
+            Histogram, "update_seconds", "Duration of one training step", buckets=_UPDATE_BUCKETS
         )
-        self.last_drift = Gauge(
-            p + "last_drift_timestamp_seconds",
-            "Unix time of the last drift detection",
-            ["pipeline"],
-            registry=r,
-        )
-        self.anomalies = Counter(
-            p + "anomalies", "Events scored as anomalies", ["pipeline"], registry=r
-        )
-        self.update_seconds = Histogram(
-            p + "update_seconds",
-            "Duration of one training step",
-            ["pipeline"],
-            buckets=_UPDATE_BUCKETS,
-            registry=r,
-        )
-        self.freshness = Histogram(
-            p + "event_to_update_seconds",
+        self.freshness = make(
+            Histogram,
+            "event_to_update_seconds",
             "Time from an event's Kafka timestamp to the update that learned from it",
-            ["pipeline"],
             buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.last_update = Gauge(
-            p + "last_update_timestamp_seconds",
-            "Unix time of the last optimizer update",
-            ["pipeline"],
-            registry=r,
+        self.last_update = make(
+            Gauge, "last_update_timestamp_seconds", "Unix time of the last optimizer update"
         )
-        self.lag = Gauge(
-            p + "consumer_lag",
+        self.lag = make(
+            Gauge,
+            "consumer_lag",
             "Messages behind the partition's high watermark",
-            ["pipeline", "topic", "partition"],
-            registry=r,
+            "topic",
+            "partition",
         )
-        self.checkpoints = Counter(
-            p + "checkpoints", "Checkpoints written", ["pipeline"], registry=r
+        self.checkpoints = make(Counter, "checkpoints", "Checkpoints written")
+        self.checkpoint_seconds = make(
+            Histogram, "checkpoint_seconds", "Time to write one checkpoint"
         )
-        self.checkpoint_seconds = Histogram(
-            p + "checkpoint_seconds", "Time to write one checkpoint", ["pipeline"], registry=r
+        self.last_checkpoint = make(
+            Gauge, "last_checkpoint_timestamp_seconds", "Unix time of the last durable checkpoint"
         )
-        self.last_checkpoint = Gauge(
-            p + "last_checkpoint_timestamp_seconds",
-            "Unix time of the last durable checkpoint",
-            ["pipeline"],
-            registry=r,
-        )
-        self.assigned = Gauge(
-            p + "assigned_partitions",
-            "Partitions assigned to this pipeline",
-            ["pipeline"],
-            registry=r,
-        )
+        self.assigned = make(Gauge, "assigned_partitions", "Partitions assigned to this pipeline")
 
     def pipeline(self, name: str, detector: str = "none") -> PipelineMetrics:
         return PipelineMetrics(self, name, detector)
