@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from stream_trainer.errors import ConfigError
 
@@ -25,8 +33,34 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _secret(value: SecretStr | None, path: Path | None, name: str) -> str | None:
+    """A secret given inline (or through the environment), or read from a file."""
+    if value is not None:
+        return value.get_secret_value()
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as err:
+        raise ConfigError(f"kafka.{name}_file: cannot read {path}: {err.strerror}") from None
+
+
 class KafkaSettings(_Frozen):
     bootstrap_servers: str = "127.0.0.1:9092"
+    # Security: passed through to every Kafka client. Secrets come from the environment
+    # (STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD) or a file (*_file); they are never logged
+    # and `check-config` prints them masked.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    sasl_plain_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_password_file: Path | None = None
+    ssl_check_hostname: bool = True
     group_prefix: str = "stream-trainer"
     session_timeout_ms: int = Field(6000, ge=1000)
     heartbeat_interval_ms: int = Field(1000, ge=100)
@@ -37,6 +71,42 @@ class KafkaSettings(_Frozen):
     request_timeout_ms: int = Field(15000, ge=1000)
     create_topics: bool = True
     default_partitions: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            if not self.sasl_mechanism or not self.sasl_plain_username:
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs sasl_mechanism and "
+                    "sasl_plain_username (and a password: sasl_plain_password from the "
+                    "environment, or sasl_plain_password_file)"
+                )
+            if self.sasl_plain_password is None and self.sasl_plain_password_file is None:
+                raise ValueError(
+                    "SASL needs a password: set STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD "
+                    "or kafka.sasl_plain_password_file"
+                )
+        return self
+
+    def security_kwargs(self) -> dict[str, Any]:
+        """kafka-python keyword arguments for TLS and SASL (empty for PLAINTEXT)."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if "SSL" in self.security_protocol:
+            out["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                value = getattr(self, name)
+                if value is not None:
+                    out[name] = str(value)
+            password = _secret(self.ssl_password, self.ssl_password_file, "ssl_password")
+            if password is not None:
+                out["ssl_password"] = password
+        if self.security_protocol.startswith("SASL"):
+            out["sasl_mechanism"] = self.sasl_mechanism
+            out["sasl_plain_username"] = self.sasl_plain_username
+            out["sasl_plain_password"] = _secret(
+                self.sasl_plain_password, self.sasl_plain_password_file, "sasl_plain_password"
+            )
+        return out
 
 
 class MetricsSettings(_Frozen):
@@ -93,6 +163,7 @@ class PipelineSettings(_Frozen):
     optimizer: OptimizerSettings = OptimizerSettings()
     drift: DriftSettings = DriftSettings()
     max_event_bytes: int = Field(1 << 20, ge=64)
+    dedup_window: int = Field(100_000, ge=0)  # refuse exact repeats of recent events; 0 = off
 
     @model_validator(mode="after")
     def _custom_needs_paths(self) -> PipelineSettings:
@@ -160,7 +231,9 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             len(path) == 1 and path[0] in {"kafka", "metrics", "checkpoint"}
         ):
             continue
-        _set_path(out, path, yaml.safe_load(raw) if raw else raw)
+        # Strings as they are (pydantic converts "30" or "true"); only [..] and {..} are YAML.
+        value = yaml.safe_load(raw) if raw.strip()[:1] in ("[", "{") else raw
+        _set_path(out, path, value)
     return out
 
 

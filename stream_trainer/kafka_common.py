@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import ssl
+import struct
+from typing import Any
 
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -41,14 +44,16 @@ def check_reachable(bootstrap: str, timeout_s: float = 5.0) -> None:
     raise unreachable(bootstrap, last)
 
 
-def create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
+def create_topics(bootstrap: str, topics: dict[str, int], **security: Any) -> list[str]:
     """Create missing topics (name -> partitions); return the ones created."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     check_reachable(bootstrap)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="stream-trainer-admin")
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id="stream-trainer-admin", **security
+        )
     except (KafkaError, OSError) as err:
         raise unreachable(bootstrap, err) from None
     try:
@@ -62,3 +67,50 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
         return [t.name for t in wanted]
     finally:
         admin.close()
+
+
+def _addresses(bootstrap: str) -> list[tuple[str, int]]:
+    out = []
+    for addr in filter(None, (a.strip() for a in bootstrap.split(","))):
+        host, _, port = addr.rpartition(":")
+        if port.isdigit():
+            out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def ssl_context(security: dict[str, Any]) -> ssl.SSLContext | None:
+    """A TLS context matching the clients' settings, for the probe; None for plaintext."""
+    if "SSL" not in security.get("security_protocol", "PLAINTEXT"):
+        return None
+    ctx = ssl.create_default_context(cafile=security.get("ssl_cafile"))
+    ctx.check_hostname = bool(security.get("ssl_check_hostname", True))
+    if security.get("ssl_certfile"):
+        ctx.load_cert_chain(
+            security["ssl_certfile"], security.get("ssl_keyfile"), security.get("ssl_password")
+        )
+    return ctx
+
+
+_API_VERSIONS_V0 = struct.pack(">hhih", 18, 0, 0x5354, 2) + b"st"
+
+
+def broker_answers(
+    bootstrap: str, timeout_s: float = 2.0, tls: ssl.SSLContext | None = None
+) -> bool:
+    """True when some bootstrap server answers a Kafka ApiVersions request in time.
+
+    A TCP connect alone is not enough: a frozen (SIGSTOPped) or overloaded broker
+    still completes handshakes from its listen backlog, but answers nothing.
+    """
+    for host, port in _addresses(bootstrap):
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s) as raw:
+                conn = tls.wrap_socket(raw, server_hostname=host) if tls else raw
+                conn.settimeout(timeout_s)
+                conn.sendall(struct.pack(">i", len(_API_VERSIONS_V0)) + _API_VERSIONS_V0)
+                head = conn.recv(8)
+                if len(head) == 8 and struct.unpack(">ii", head)[1] == 0x5354:
+                    return True
+        except (OSError, ssl.SSLError):
+            continue
+    return False

@@ -26,17 +26,19 @@ from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor
 from stream_trainer.errors import StreamTrainerError
-from stream_trainer.events import Rejected, decoder_for
+from stream_trainer.events import Rejected, decoder_for, reasons
+from stream_trainer.events.dedup import Deduper
 from stream_trainer.hooks import NullHooks, PipelineHooks
 from stream_trainer.learner import Learner
+from stream_trainer.ledger import OffsetLedger
 from stream_trainer.models.registry import build_featurizer, build_model
 from stream_trainer.source.kafka_source import TP, Record
 
 log = logging.getLogger(__name__)
 
-FEATURIZER_ERROR = "featurizer_error"
+CHECKPOINT_FLUSH_TIMEOUT_S = 5.0
+COMMIT_TIMEOUT_MS = 5000
 SMOOTHING_EVENTS = 1000.0
-READY_POLL_AGE_S = 15.0
 
 
 class Source(Protocol):
@@ -44,7 +46,7 @@ class Source(Protocol):
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]: ...
 
-    def commit(self, offsets: Mapping[TP, int]) -> None: ...
+    def commit(self, offsets: Mapping[TP, int], timeout_ms: int | None = None) -> None: ...
 
     def lag(self) -> dict[TP, int]: ...
 
@@ -126,7 +128,10 @@ class Pipeline:
         )
         self.store = CheckpointStore(settings.checkpoint.dir, spec.name, settings.checkpoint.keep)
         self.output = output_topic(spec)
-        self.next_offsets: dict[TP, int] = {}
+        self.next_offsets: dict[TP, int] = {}  # next offset to read, per the model state
+        self.polled_next: dict[TP, int] = {}  # next offset we expect from the consumer
+        self.ledger = OffsetLedger()
+        self.dedup = Deduper(spec.dedup_window)
         self.counters = {
             "consumed": 0,
             "trained": 0,
@@ -135,11 +140,11 @@ class Pipeline:
             "updates": 0,
             "skipped": 0,
             "drifts": 0,
+            "offset_resets": 0,
         }
         self.smoothed_loss = math.nan
         self.source: Source | None = None
         self.sink: Sink | None = None
-        self.last_poll_ok = -math.inf
         self.last_checkpoint = clock()
         self.dirty = False  # state changed since the last checkpoint
         self.failed: str | None = None
@@ -156,6 +161,10 @@ class Pipeline:
             if self.monitor is not None and doc["drift"]:
                 self.monitor.load_state_dict(doc["drift"])
             self.policy.load_state_dict(doc["policy"])
+            if doc["ledger"]:
+                self.ledger.load_state_dict(doc["ledger"])
+            if doc["dedup"]:
+                self.dedup.load_state_dict(doc["dedup"])
         except (KeyError, ValueError, RuntimeError) as err:
             raise StreamTrainerError(
                 f"pipeline {self.name}: checkpoint in {self.store.dir} does not match the "
@@ -183,6 +192,8 @@ class Pipeline:
             "drift": self.monitor.state_dict() if self.monitor is not None else {},
             "policy": self.policy.state_dict(),
             "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.next_offsets.items())},
+            "ledger": self.ledger.state_dict(),
+            "dedup": self.dedup.state_dict(),
             "counters": {**self.counters, "smoothed_loss": self.smoothed_loss},
         }
 
@@ -194,7 +205,14 @@ class Pipeline:
         self.counters["consumed"] += len(records)
         self.hooks.on_consumed(len(records))
         for rec in records:
+            tp = (rec.topic, rec.partition)
+            expected = self.polled_next.get(tp)
+            if expected is not None and rec.offset < expected:
+                self._offset_reset(tp, expected, rec.offset)
+            self.polled_next[tp] = rec.offset + 1
             result = self.decode(rec.value)
+            if not isinstance(result, Rejected) and self.dedup.seen(rec.value):
+                result = Rejected(reasons.DUPLICATE, "same bytes as a recent event")
             if isinstance(result, Rejected):
                 self._reject(rec, result)
             else:
@@ -223,10 +241,30 @@ class Pipeline:
                 extra={"pipeline": self.name, "offset": rec.offset, "error": repr(err)[:200]},
             )
 
+    def _offset_reset(self, tp: TP, expected: int, got: int) -> None:
+        """The log went back: the broker lost data (a restart of an in-memory broker, a
+        deleted and recreated topic). Learn what we hold, then follow the new log."""
+        self.flush()
+        self.next_offsets[tp] = got
+        self.ledger.reset(tp)
+        self.counters["offset_resets"] += 1
+        self.hooks.on_offset_reset(*tp)
+        log.warning(
+            "offset reset: the partition's log went back (did the broker lose its data, or "
+            "was the topic recreated?); continuing from the new log, nothing learned is lost",
+            extra={
+                "pipeline": self.name,
+                "partition": f"{tp[0]}:{tp[1]}",
+                "expected": expected,
+                "got": got,
+            },
+        )
+
     def _advance(self, rec: Record) -> None:
         tp = (rec.topic, rec.partition)
         if rec.offset + 1 > self.next_offsets.get(tp, 0):
             self.next_offsets[tp] = rec.offset + 1
+        self.ledger.add(tp, rec.offset)
         self.dirty = True
 
     def pump(self) -> int:
@@ -251,7 +289,7 @@ class Pipeline:
                 extra={"pipeline": self.name, "error": repr(err)[:200]},
             )
             for it in items:
-                self._reject(it.record, Rejected(FEATURIZER_ERROR, repr(err)[:200]))
+                self._reject(it.record, Rejected(reasons.FEATURIZER_ERROR, repr(err)[:200]))
             return
         n = len(fb)
         seeded = len(items) - n
@@ -303,6 +341,7 @@ class Pipeline:
             lr=self.learner.lr,
             model_version=self.learner.updates,
             skipped=res.skipped,
+            clipped=res.clipped,
         )
         if self.output is not None and self.sink is not None:
             self._emit(items, fb, res.outputs, res.losses)
@@ -338,15 +377,27 @@ class Pipeline:
             self.sink.output(self.output, doc["key"], doc)
 
     # ---- checkpoints -------------------------------------------------------------------
-    def checkpoint(self, *, commit: bool = True) -> None:
-        """Flush pending events, write a durable checkpoint, then commit its offsets."""
+    def checkpoint(self, *, commit: bool = True) -> bool:
+        """Flush pending events, write a durable checkpoint, then commit its offsets.
+
+        Returns False when the checkpoint had to be postponed: the dead letters and
+        outputs of these offsets could not be delivered (broker unreachable), or the
+        file could not be written. Training goes on; the next attempt comes after
+        ``checkpoint.every_seconds``, and a crash meanwhile only replays more.
+        """
         self.flush()
         if not self.dirty:
-            return
+            return True
         t0 = time.perf_counter()
-        if self.sink is not None:
-            self.sink.flush()
-        path = self.store.save(self.state())
+        try:
+            if self.sink is not None:
+                self.sink.flush(timeout_s=CHECKPOINT_FLUSH_TIMEOUT_S)
+            path = self.store.save(self.state())
+        except StreamTrainerError as err:
+            self.last_checkpoint = self.clock()
+            self.hooks.on_checkpoint_failed()
+            log.warning("checkpoint postponed", extra={"pipeline": self.name, "error": str(err)})
+            return False
         dt = time.perf_counter() - t0
         self.dirty = False
         self.last_checkpoint = self.clock()
@@ -357,21 +408,17 @@ class Pipeline:
         )
         if commit and self.source is not None:
             try:
-                self.source.commit(self.next_offsets)
+                self.source.commit(self.next_offsets, timeout_ms=COMMIT_TIMEOUT_MS)
             except KafkaError as err:  # the checkpoint holds the offsets; commit is advisory
                 log.warning(
                     "offset commit failed (the checkpoint still holds the offsets)",
                     extra={"pipeline": self.name, "error": repr(err)[:200]},
                 )
+        return True
 
     def on_revoke(self, tps: list[TP]) -> None:
         """Before partitions go to another member, persist what we learned from them."""
-        try:
-            self.checkpoint()
-        except StreamTrainerError as err:
-            log.error(
-                "checkpoint on revoke failed", extra={"pipeline": self.name, "error": str(err)}
-            )
+        self.checkpoint()
 
     # ---- the loop ----------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -379,8 +426,6 @@ class Pipeline:
             return False, f"{self.name}: failed: {self.failed}"
         if self.source is None or not self.source.assignment:
             return False, f"{self.name}: no partitions assigned yet"
-        if self.clock() - self.last_poll_ok > READY_POLL_AGE_S:
-            return False, f"{self.name}: broker not answering"
         return True, ""
 
     def run(
@@ -395,7 +440,6 @@ class Pipeline:
             timeout = idle_poll_s if left is None else min(idle_poll_s, left)
             try:
                 records = source.poll(timeout)
-                self.last_poll_ok = self.clock()
                 backoff = 0.0
             except KafkaError as err:
                 backoff = min(5.0, max(0.1, backoff * 2))
@@ -417,6 +461,8 @@ class Pipeline:
         self.checkpoint()
 
     def resume_offsets(self) -> dict[TP, int]:
+        """Where each partition resumes on assignment: the model state's next offsets."""
+        self.polled_next = dict(self.next_offsets)
         return dict(self.next_offsets)
 
 

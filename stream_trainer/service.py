@@ -19,7 +19,12 @@ from prometheus_client import CollectorRegistry
 
 from stream_trainer.config import Settings
 from stream_trainer.errors import StreamTrainerError
-from stream_trainer.kafka_common import check_reachable, create_topics
+from stream_trainer.kafka_common import (
+    broker_answers,
+    check_reachable,
+    create_topics,
+    ssl_context,
+)
 from stream_trainer.learner import pick_device
 from stream_trainer.metrics import Metrics, MetricsServer
 from stream_trainer.pipeline import Pipeline
@@ -29,6 +34,9 @@ from stream_trainer.source import KafkaSource
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 20.0
+PROBE_EVERY_S = 1.0
+PROBE_TIMEOUT_S = 2.0
+BROKER_DOWN_AFTER_S = 3.0
 
 
 class Service:
@@ -51,6 +59,12 @@ class Service:
             )
             for spec in settings.pipelines
         ]
+        try:
+            self.security = settings.kafka.security_kwargs()  # reads secret files: fail early
+            self.tls = ssl_context(self.security)
+        except (OSError, ValueError) as err:
+            raise StreamTrainerError(f"kafka TLS settings: {err}") from None
+        self.broker_ok_at = -1e18
         self.threads: list[threading.Thread] = []
         self.server: MetricsServer | None = None
         self._signals = 0
@@ -65,10 +79,31 @@ class Service:
         ]
         return (not bad), "; ".join(bad)
 
+    def broker_up(self) -> bool:
+        return time.monotonic() - self.broker_ok_at <= BROKER_DOWN_AFTER_S
+
     def ready(self) -> tuple[bool, str]:
         states = [p.ready() for p in self.pipelines]
+        if not self.broker_up():
+            states.append((False, f"broker {self.settings.kafka.bootstrap_servers} not answering"))
         why = "; ".join(msg for ok, msg in states if not ok)
         return all(ok for ok, _ in states), why
+
+    def _probe_broker(self) -> None:
+        """Ask the broker for ApiVersions every second: /readyz and broker_up follow it."""
+        was_up = True
+        while not self.stop.is_set():
+            if broker_answers(self.settings.kafka.bootstrap_servers, PROBE_TIMEOUT_S, self.tls):
+                self.broker_ok_at = time.monotonic()
+            up = self.broker_up()
+            self.metrics.broker_up.set(1 if up else 0)
+            if up != was_up:
+                if up:
+                    log.info("broker reachable again")
+                else:
+                    log.warning("broker unreachable: not ready until it answers")
+                was_up = up
+            self.stop.wait(PROBE_EVERY_S)
 
     # ---- lifecycle ---------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -89,7 +124,9 @@ class Service:
         k = self.settings.kafka
         try:
             with ExitStack() as stack:
-                sink = KafkaSink(k.bootstrap_servers, client_id=f"stream-trainer-{p.name}")
+                sink = KafkaSink(
+                    k.bootstrap_servers, client_id=f"stream-trainer-{p.name}", **self.security
+                )
                 stack.callback(sink.close)
                 source = KafkaSource(
                     k,
@@ -99,6 +136,7 @@ class Service:
                     on_revoke=p.on_revoke,
                     on_assign=p.hooks.on_partitions,
                     client_id=f"stream-trainer-{p.name}",
+                    security=self.security,
                 )
                 stack.callback(source.close)
                 p.run(source, sink, self.stop)
@@ -118,7 +156,7 @@ class Service:
             wanted[p.spec.dlq_topic] = 1
             if p.output:
                 wanted[p.output] = self.settings.kafka.default_partitions
-        created = create_topics(self.settings.kafka.bootstrap_servers, wanted)
+        created = create_topics(self.settings.kafka.bootstrap_servers, wanted, **self.security)
         if created:
             log.info("created topics", extra={"topics": ",".join(created)})
 
@@ -128,6 +166,9 @@ class Service:
             for p in self.pipelines:
                 p.restore()
             check_reachable(self.settings.kafka.bootstrap_servers)
+            self.broker_ok_at = time.monotonic()
+            probe = threading.Thread(target=self._probe_broker, name="broker-probe", daemon=True)
+            probe.start()
             if self.settings.kafka.create_topics:
                 self.ensure_topics()
             self.server = MetricsServer(

@@ -40,7 +40,7 @@ class ListSource:
             self.pos[(t, p)] = hi
         return out
 
-    def commit(self, offsets: Mapping[TP, int]) -> None:
+    def commit(self, offsets: Mapping[TP, int], timeout_ms: int | None = None) -> None:
         if self.on_commit is not None:
             self.on_commit(dict(offsets))
         self.commits.append(dict(offsets))

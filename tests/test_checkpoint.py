@@ -16,6 +16,8 @@ def state(n: int) -> dict:
         "drift": {},
         "policy": {},
         "offsets": {"t:0": n},
+        "ledger": {},
+        "dedup": {},
         "counters": {"trained": n},
     }
 

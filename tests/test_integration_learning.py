@@ -70,8 +70,12 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
         )
 
     def caught_up(m: dict) -> bool:  # lag from the consumer's high watermarks
-        return all(sample(m, "stream_trainer_consumer_lag", pipeline=k, topic=topics[k],
-                          partition=str(p)) == 0 for k in streams for p in (0, 1))
+        return all(
+            sample(m, "stream_trainer_consumer_lag", pipeline=k, topic=topics[k], partition=str(p))
+            == 0
+            for k in streams
+            for p in (0, 1)
+        )
 
     try:
         daemon.wait_for(done, timeout_s=180, what="all events trained")

@@ -33,6 +33,8 @@ KEYS = frozenset(
         "drift",
         "policy",
         "offsets",
+        "ledger",
+        "dedup",
         "counters",
     }
 )

@@ -11,6 +11,8 @@ WRONG_TYPE = "wrong_type"
 NON_FINITE = "non_finite"
 OUT_OF_RANGE = "out_of_range"
 BAD_TIMESTAMP = "bad_timestamp"
+DUPLICATE = "duplicate"
+FEATURIZER_ERROR = "featurizer_error"
 
 ALL = (
     EMPTY,
@@ -24,4 +26,6 @@ ALL = (
     NON_FINITE,
     OUT_OF_RANGE,
     BAD_TIMESTAMP,
+    DUPLICATE,
+    FEATURIZER_ERROR,
 )

@@ -46,6 +46,7 @@ class StepResult:
     outputs: np.ndarray
     skipped: str | None = None
     grad_norm: float = math.nan
+    clipped: bool = False  # the gradient norm exceeded grad_clip_norm and was scaled down
 
     @property
     def mean_loss(self) -> float:
@@ -136,6 +137,7 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             result.skipped = SKIP_NON_FINITE_GRAD
             return result
+        result.clipped = norm > max_norm
         self.optimizer.step()
         self.updates += 1
         return result

@@ -94,6 +94,24 @@ class Metrics:
         self.last_checkpoint = make(
             Gauge, "last_checkpoint_timestamp_seconds", "Unix time of the last durable checkpoint"
         )
+        self.clipped = make(Counter, "updates_clipped", "Updates whose gradient norm was clipped")
+        self.checkpoint_failures = make(
+            Counter,
+            "checkpoint_failures",
+            "Checkpoints postponed (outputs undeliverable, or the write failed)",
+        )
+        self.offset_resets = make(
+            Counter,
+            "offset_resets",
+            "Partitions whose log went back to an earlier offset (broker lost data)",
+            "topic",
+            "partition",
+        )
+        self.broker_up = Gauge(
+            PREFIX + "broker_up",
+            "1 when a bootstrap server answered the last probe, else 0",
+            registry=registry,
+        )
         self.assigned = make(Gauge, "assigned_partitions", "Partitions assigned to this pipeline")
 
     def pipeline(self, name: str, detector: str = "none") -> PipelineMetrics:
@@ -118,6 +136,8 @@ class PipelineMetrics(PipelineHooks):
         for reason in reasons.ALL:
             m.rejected.labels(name, reason)
         m.checkpoints.labels(name)
+        m.checkpoint_failures.labels(name)
+        m.clipped.labels(name)
         m.anomalies.labels(name)
         if detector != "none":
             m.drift.labels(name, detector)
@@ -142,6 +162,7 @@ class PipelineMetrics(PipelineHooks):
         lr: float,
         model_version: int,
         skipped: str | None,
+        clipped: bool = False,
     ) -> None:
         self._trained.inc(trained)
         if not skipped:  # a refused batch's loss is non-finite: keep the last good value
@@ -155,6 +176,8 @@ class PipelineMetrics(PipelineHooks):
         else:
             self._updates.inc()
             self.m.last_update.labels(self.name).set_to_current_time()
+        if clipped:
+            self.m.clipped.labels(self.name).inc()
         for age in event_ages:
             self._freshness.observe(age)
 
@@ -169,6 +192,12 @@ class PipelineMetrics(PipelineHooks):
         self.m.checkpoints.labels(self.name).inc()
         self.m.checkpoint_seconds.labels(self.name).observe(seconds)
         self.m.last_checkpoint.labels(self.name).set(timestamp)
+
+    def on_checkpoint_failed(self) -> None:
+        self.m.checkpoint_failures.labels(self.name).inc()
+
+    def on_offset_reset(self, topic: str, partition: int) -> None:
+        self.m.offset_resets.labels(self.name, topic, str(partition)).inc()
 
     def on_lag(self, topic: str, partition: int, lag: int) -> None:
         self._lag_keys.add((topic, str(partition)))

@@ -18,7 +18,9 @@ from stream_trainer.kafka_common import unreachable
 
 
 class KafkaSink:
-    def __init__(self, bootstrap: str, client_id: str = "stream-trainer-sink") -> None:
+    def __init__(
+        self, bootstrap: str, client_id: str = "stream-trainer-sink", **security: Any
+    ) -> None:
         self.bootstrap = bootstrap
         try:
             self.producer = KafkaProducer(
@@ -28,6 +30,10 @@ class KafkaSink:
                 linger_ms=5,
                 retries=5,
                 max_request_size=8 << 20,
+                # Idempotent producer ids do not survive a restart of the local (in-memory)
+                # broker; exactly-once effects come from checkpoints + offsets instead.
+                enable_idempotence=False,
+                **security,
             )
         except (KafkaError, OSError) as err:
             raise unreachable(bootstrap, err) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -56,6 +57,7 @@ class KafkaSource:
         on_revoke: Callable[[list[TP]], None] = lambda tps: None,
         on_assign: Callable[[list[TP]], None] = lambda tps: None,
         client_id: str = "stream-trainer",
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.resume_from = resume_from
@@ -77,6 +79,7 @@ class KafkaSource:
                 ),
                 max_partition_fetch_bytes=4 << 20,
                 fetch_max_bytes=64 << 20,
+                **dict(security or {}),
             )
         except (KafkaError, OSError) as err:
             raise unreachable(settings.bootstrap_servers, err) from None
@@ -112,7 +115,7 @@ class KafkaSource:
             )
         return out
 
-    def commit(self, offsets: Mapping[TP, int]) -> None:
+    def commit(self, offsets: Mapping[TP, int], timeout_ms: int | None = None) -> None:
         """Commit next-offsets for partitions we still own; raises KafkaError on failure."""
         owned = set(self.assignment)
         payload = {
@@ -121,7 +124,7 @@ class KafkaSource:
             if (t, p) in owned
         }
         if payload:
-            self.consumer.commit(payload)
+            self.consumer.commit(payload, timeout_ms=timeout_ms)
 
     def lag(self) -> dict[TP, int]:
         """Messages behind the high watermark, per owned partition with a known watermark.
