@@ -52,5 +52,8 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("kafka", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # kafka-python logs every failed connection attempt during an outage, many a second;
+    # the daemon reports outages itself (broker probe, readiness), so keep it for debug.
+    logging.getLogger("kafka").setLevel(
+        logging.WARNING if root.level <= logging.DEBUG else logging.CRITICAL
+    )

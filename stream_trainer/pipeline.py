@@ -50,6 +50,10 @@ class Source(Protocol):
 
     def lag(self) -> dict[TP, int]: ...
 
+    def truncated(self) -> list[TP]: ...
+
+    def rewind(self, tp: TP) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -456,6 +460,12 @@ class Pipeline:
                 last_lag = now
                 for (t, p), lag in source.lag().items():
                     self.hooks.on_lag(t, p, lag)
+                for tp in source.truncated():  # the log is shorter than what we learned
+                    log.warning(
+                        "partition log ends before our position; reading its new log",
+                        extra={"pipeline": self.name, "partition": f"{tp[0]}:{tp[1]}"},
+                    )
+                    source.rewind(tp)
             if now - self.last_checkpoint >= every:
                 self.checkpoint()
         self.checkpoint()

@@ -48,6 +48,12 @@ class ListSource:
     def lag(self) -> dict[TP, int]:
         return {tp: len(v) - self.pos[tp] for tp, v in self.data.items()}
 
+    def truncated(self) -> list[TP]:
+        return []
+
+    def rewind(self, tp: TP) -> None:
+        self.pos[tp] = 0
+
     def close(self) -> None:
         pass
 

@@ -44,3 +44,17 @@ def build(spec):
 
 
 NOT_A_MODULE = 3
+
+
+class SlowLinear(Linear):
+    """Takes its time on every step: makes a graceful stop take seconds, on purpose."""
+
+    def forward(self, x):
+        import time
+
+        time.sleep(0.2)
+        return super().forward(x)
+
+
+def build_slow(spec):
+    return SlowLinear(spec["width"])

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -26,7 +27,9 @@ def produce(
     values: Iterable[bytes | dict[str, Any]],
     key_field: str | None = None,
 ) -> int:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_request_size=8 << 20
+    )
     n = 0
     for v in values:
         key = None
@@ -84,7 +87,14 @@ def sample(samples: dict, name: str, **labels: str) -> float | None:
 class Daemon:
     """``stream-trainer run`` as a subprocess, with its metrics address."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, metrics_port: int) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        metrics_port: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.extra_env = env or {}
         self.address = f"127.0.0.1:{metrics_port}"
         config = {**config, "metrics": {"address": self.address}}
         self.config_path = workdir / "pipelines.yaml"
@@ -94,7 +104,7 @@ class Daemon:
 
     def start(self) -> Daemon:
         log = open(self.log_path, "wb")  # noqa: SIM115
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream_trainer", "run", "--config", str(self.config_path)],
             stdout=log,
@@ -157,3 +167,60 @@ def base_config(
         "pipelines": pipelines,
         **extra,
     }
+
+
+class Trickle(threading.Thread):
+    """Produce ``events`` in chunks at about ``rate`` events/s, riding out broker outages."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        events: list[dict[str, Any]],
+        key_field: str,
+        rate: float = 5000.0,
+        chunk: int = 500,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.events = bootstrap, topic, events
+        self.key_field, self.rate, self.chunk = key_field, rate, chunk
+        self.sent = 0
+
+    def run(self) -> None:
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            linger_ms=5,
+            acks="all",
+            enable_idempotence=False,
+            retries=1_000_000,
+            request_timeout_ms=5000,
+            max_block_ms=120_000,
+            delivery_timeout_ms=120_000,
+        )
+        t0 = time.monotonic()
+        for k in range(0, len(self.events), self.chunk):
+            for ev in self.events[k : k + self.chunk]:
+                producer.send(
+                    self.topic, value=json.dumps(ev).encode(), key=str(ev[self.key_field]).encode()
+                )
+            producer.flush(timeout=120)
+            self.sent = min(len(self.events), k + self.chunk)
+            ahead = t0 + self.sent / self.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        producer.close()
+
+
+def newest_checkpoint(root: Path, pipeline: str) -> dict[str, Any]:
+    import torch
+
+    path = sorted((root / pipeline).glob("ckpt-*.pt"))[-1]
+    return torch.load(path, weights_only=True)
+
+
+def ledger_ranges(state: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
+    out = {}
+    for key, flat in state["ledger"]["ranges"].items():
+        v = flat.tolist()
+        out[key] = list(zip(v[0::2], v[1::2], strict=True))
+    return out

@@ -92,3 +92,13 @@ def test_unwritable_path_is_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(CheckpointError, match="cannot write checkpoint"):
         CheckpointStore(blocker, "p").save(state(1))
+
+
+def test_garbage_newest_falls_back_with_a_warning(tmp_path, caplog):
+    store = CheckpointStore(tmp_path, "p", keep=3)
+    store.save(state(1))
+    store.save(state(2))
+    (tmp_path / "p" / "ckpt-000000000003.pt").write_bytes(bytes(range(256)) * 10)
+    with caplog.at_level(logging.WARNING):
+        assert store.load_latest()["offsets"] == {"t:0": 2}
+    assert any(getattr(r, "path", "").endswith("ckpt-000000000003.pt") for r in caplog.records)

@@ -199,3 +199,43 @@ def test_checkpoint_from_another_config_is_a_clear_error(tmp_path):
     s2 = settings(tmp_path, kind="ticks", output_topic=None, featurizer={"window": 4})
     with pytest.raises(Exception, match="does not match the config"):
         Pipeline(s2, s2.pipelines[0]).restore()
+
+
+def test_batches_that_explode_are_skipped_or_clipped_and_counted(tmp_path):
+    """A user featurizer lets extreme values through: the guards keep the weights finite."""
+    from prometheus_client import CollectorRegistry
+
+    from stream_trainer.metrics import Metrics
+
+    reg = CollectorRegistry()
+    s = settings(
+        tmp_path,
+        kind="custom",
+        model="plugin_example:build",
+        featurizer="plugin_example:MeanFeaturizer",
+        output_topic=None,
+        batch={"max_size": 10, "max_latency_ms": 0},
+    )
+    p = Pipeline(s, s.pipelines[0], hooks=Metrics(reg).pipeline("p"))
+    normal = [json.dumps({"x": i / 10, "y": i / 5}).encode() for i in range(10)]
+    overflow = [json.dumps({"x": 1e30, "y": i}).encode() for i in range(10)]  # loss = inf
+    huge = [json.dumps({"x": 1e4, "y": -1e4 - i}).encode() for i in range(10)]  # huge gradient
+    again = [json.dumps({"x": i / 10, "y": i / 5 + 0.01}).encode() for i in range(10)]
+    src, sink = ListSource({("t", 0): normal + overflow + huge + again}, {}, batch=10), ListSink()
+    p.source, p.sink = src, sink
+    weights = []
+    for _ in range(4):
+        p.handle(src.poll(0))
+        p.pump()
+        weights.append({k: v.clone() for k, v in p.learner.model.state_dict().items()})
+    v = reg.get_sample_value
+    assert (
+        v("stream_trainer_updates_skipped_total", {"pipeline": "p", "reason": "non_finite_loss"})
+        == 1
+    )
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # untouched
+    assert v("stream_trainer_updates_clipped_total", {"pipeline": "p"}) >= 1
+    for w in weights:
+        assert all(torch.isfinite(t).all() for t in w.values())
+    assert v("stream_trainer_updates_total", {"pipeline": "p"}) == 3
+    assert p.counters["trained"] == 40  # scored, even when the update was refused

@@ -146,6 +146,25 @@ class KafkaSource:
                 out[(t, p)] = max(0, hw - pos)
         return out
 
+    def truncated(self) -> list[TP]:
+        """Owned partitions whose log now ends before our position: the broker lost data
+        (some brokers answer such fetches with nothing rather than OffsetOutOfRange)."""
+        out = []
+        for t, p in self.assignment:
+            tp = TopicPartition(t, p)
+            hw = self.consumer.highwater(tp)
+            try:
+                pos = self.consumer.position(tp, timeout_ms=0)
+            except (KafkaError, TypeError):
+                continue
+            if hw is not None and pos is not None and pos > hw:
+                out.append((t, p))
+        return out
+
+    def rewind(self, tp: TP) -> None:
+        """Read ``tp`` again from the start of its (new) log."""
+        self.consumer.seek_to_beginning(TopicPartition(*tp))
+
     def close(self) -> None:
         try:
             self.consumer.close(autocommit=False)

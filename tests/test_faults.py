@@ -1,0 +1,424 @@
+"""Fault injection against the real broker, with the daemon as a subprocess.
+
+Each test injects one fault and proves the promise it threatens: nothing learned is
+lost or learned twice (the checkpoint's offset ledger), the daemon stays up and says
+what happened, and readiness follows the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from support import (
+    REPO,
+    Daemon,
+    Trickle,
+    base_config,
+    consume_all,
+    ledger_ranges,
+    newest_checkpoint,
+    produce,
+    sample,
+)
+
+from stream_trainer.broker import LocalBroker, free_port
+from stream_trainer.kafka_common import create_topics
+from stream_trainer.producers import make_generator
+
+pytestmark = pytest.mark.integration
+
+FREEZE_S = 8.0  # in CI; the 30 s version is marked slow
+
+
+@pytest.fixture
+def own_broker():
+    """A broker of this test's own: the test stops, freezes or replaces it."""
+    b = LocalBroker(port=free_port()).start()
+    yield b
+    if b.proc is not None:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    b.stop()
+
+
+def clicks_pipeline(topic: str, **extra) -> dict:
+    return {"name": "clicks", "kind": "clicks", "topics": [topic], **extra}
+
+
+def assert_exactly_once(state: dict, topic: str, sizes: dict[int, int]) -> None:
+    """The final model state reflects every produced offset once: no gap, no overlap."""
+    ranges = ledger_ranges(state)
+    expected = {f"{topic}:{p}": [(0, n)] for p, n in sizes.items() if n}
+    assert ranges == expected, (ranges, expected)
+    assert state["ledger"]["duplicates"] == 0
+    c = state["counters"]
+    assert c["trained"] + c["seeded"] + c["rejected"] == sum(sizes.values())
+
+
+def partition_sizes(bootstrap: str, topic: str, n: int) -> dict[int, int]:
+    """Records per partition in the log: ``n`` produced, plus any copies a retrying
+    producer wrote while the broker was unreachable."""
+    sizes: dict[int, int] = {}
+    for rec in consume_all(bootstrap, topic, 10 * n, timeout_s=5):
+        sizes[rec.partition] = max(sizes.get(rec.partition, 0), rec.offset + 1)
+    assert sum(sizes.values()) >= n
+    return sizes
+
+
+def http(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:
+        return 0, str(err)
+
+
+def wait_http(url: str, code: int, timeout_s: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if http(url)[0] == code:
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer {code} within {timeout_s}s: {http(url)}")
+
+
+def test_kill_9_three_times_loses_nothing_and_learns_nothing_twice(
+    broker, topic, workdir, metrics_port
+):
+    n = 50_000
+    bs = broker.bootstrap
+    create_topics(bs, {topic: 2})
+    events = list(make_generator("clicks", seed=21, count=n))
+    cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
+    cfg["checkpoint"]["every_seconds"] = 1.0
+    producer = Trickle(bs, topic, events, "user_id", rate=4000)
+    rnd = random.Random(7)
+    kills = []
+    producer.start()
+    for _ in range(3):
+        d = Daemon(cfg, workdir, metrics_port).start()
+        d.wait_for(
+            lambda m: (
+                (sample(m, "stream_trainer_events_trained_total", pipeline="clicks") or 0) > 0
+            ),
+            what="training under way",
+        )
+        time.sleep(rnd.uniform(0.2, 2.5))  # a random point mid-stream
+        kills.append(sample(d.metrics(), "stream_trainer_events_trained_total", pipeline="clicks"))
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+    producer.join()
+    assert producer.sent == n
+    last = Daemon(cfg, workdir, metrics_port).start()
+    try:
+        last.wait_for(
+            lambda m: (
+                all(
+                    sample(
+                        m,
+                        "stream_trainer_consumer_lag",
+                        pipeline="clicks",
+                        topic=topic,
+                        partition=str(p),
+                    )
+                    == 0
+                    for p in (0, 1)
+                )
+                and (sample(m, "stream_trainer_events_consumed_total", pipeline="clicks") or 0) > 0
+            ),
+            timeout_s=120,
+            what="caught up after the kills",
+        )
+    finally:
+        assert last.terminate() == 0
+    assert len(kills) == 3 and all(k > 0 for k in kills)
+    assert_exactly_once(
+        newest_checkpoint(workdir / "ckpt", "clicks"), topic, partition_sizes(bs, topic, n)
+    )
+
+
+def test_broker_freeze_readiness_follows_and_nothing_is_lost(own_broker, workdir, metrics_port):
+    freeze_case(own_broker, workdir, metrics_port, FREEZE_S)
+
+
+@pytest.mark.slow
+def test_broker_freeze_30s(own_broker, workdir, metrics_port):
+    """The full 30 s freeze (``pytest -m slow``); CI runs the shorter one above."""
+    freeze_case(own_broker, workdir, metrics_port, 30.0)
+
+
+def freeze_case(own_broker, workdir, metrics_port, freeze_s: float) -> None:
+    bs = own_broker.bootstrap
+    topic = "frozen"
+    n = 12_000
+    create_topics(bs, {topic: 2})
+    events = list(make_generator("clicks", seed=22, count=n))
+    cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
+    cfg["checkpoint"]["every_seconds"] = 1.0
+    d = Daemon(cfg, workdir, metrics_port).start()
+    ready = f"http://{d.address}/readyz"
+    try:
+        d.wait_for(
+            lambda m: (
+                (sample(m, "stream_trainer_assigned_partitions", pipeline="clicks") or 0) == 2
+            ),
+            what="assignment",
+        )
+        wait_http(ready, 200, 10)
+        producer = Trickle(bs, topic, events, "user_id", rate=1000)
+        producer.start()
+        time.sleep(3)
+        os.kill(own_broker.proc.pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        went_down = wait_http(ready, 503, 10)
+        assert "not answering" in http(ready)[1]
+        assert sample(d.metrics(), "stream_trainer_broker_up") == 0
+        time.sleep(max(0.0, freeze_s - (time.monotonic() - frozen_at)))
+        assert d.proc.poll() is None  # still up
+        assert http(f"http://{d.address}/healthz")[0] == 200
+        os.kill(own_broker.proc.pid, signal.SIGCONT)
+        came_back = wait_http(ready, 200, 30)
+        producer.join(timeout=120)
+        assert producer.sent == n
+        total = sum(partition_sizes(bs, topic, n).values())
+        d.wait_for(
+            lambda m: sample(m, "stream_trainer_events_consumed_total", pipeline="clicks") == total,
+            timeout_s=90,
+            what="caught up after the freeze",
+        )
+    finally:
+        code = d.terminate()
+    assert code == 0
+    print(
+        f"freeze {freeze_s:.0f}s: not ready after {went_down:.1f}s, ready {came_back:.1f}s "
+        "after thaw"
+    )
+    assert_exactly_once(
+        newest_checkpoint(workdir / "ckpt", "clicks"), topic, partition_sizes(bs, topic, n)
+    )
+
+
+def test_broker_restarted_empty_is_reported_and_training_carries_on(
+    own_broker, workdir, metrics_port
+):
+    bs = own_broker.bootstrap
+    topic = "volatile"
+    create_topics(bs, {topic: 1})
+    produce(bs, topic, list(make_generator("clicks", seed=23, count=2000)), "user_id")
+    cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
+    cfg["checkpoint"]["every_seconds"] = 1.0
+    d = Daemon(cfg, workdir, metrics_port).start()
+    try:
+        d.wait_for(
+            lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 2000,
+            what="first log trained",
+        )
+        time.sleep(1.5)  # a checkpoint holds offset 2000
+        own_broker.stop()  # memory storage: everything is gone
+        time.sleep(2)
+        own_broker.start()
+        create_topics(bs, {topic: 1})
+        produce(bs, topic, list(make_generator("clicks", seed=24, count=1000)), "user_id")
+        m = d.wait_for(
+            lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 3000,
+            timeout_s=90,
+            what="new data trained after the broker restart",
+        )
+        assert (
+            sample(
+                m,
+                "stream_trainer_offset_resets_total",
+                pipeline="clicks",
+                topic=topic,
+                partition="0",
+            )
+            == 1
+        )
+        assert http(f"http://{d.address}/healthz")[0] == 200
+        time.sleep(1.5)
+    finally:
+        assert d.terminate() == 0
+    assert "offset reset: the partition's log went back" in d.log()
+    state = newest_checkpoint(workdir / "ckpt", "clicks")
+    assert ledger_ranges(state) == {f"{topic}:0": [(0, 1000)]}
+    assert state["ledger"]["epochs"] == {f"{topic}:0": 1}
+    assert state["offsets"] == {f"{topic}:0": 1000}
+    assert state["counters"]["trained"] == 3000  # nothing learned before the restart is lost
+
+
+def test_sigterm_under_load_checkpoints_commits_and_exits_within_10s(
+    broker, topic, workdir, metrics_port
+):
+    from kafka import KafkaConsumer, TopicPartition
+
+    bs = broker.bootstrap
+    create_topics(bs, {topic: 2})
+    events = list(make_generator("clicks", seed=25, count=60_000))
+    cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
+    cfg["checkpoint"]["every_seconds"] = 30.0  # the final checkpoint does all the work
+    d = Daemon(cfg, workdir, metrics_port).start()
+    producer = Trickle(bs, topic, events, "user_id", rate=8000)
+    try:
+        d.wait_for(
+            lambda m: (
+                (sample(m, "stream_trainer_assigned_partitions", pipeline="clicks") or 0) == 2
+            ),
+            what="assignment",
+        )
+        producer.start()
+        d.wait_for(
+            lambda m: (
+                (sample(m, "stream_trainer_events_trained_total", pipeline="clicks") or 0) > 10_000
+            ),
+            what="load",
+        )
+        t0 = time.monotonic()
+        code = d.terminate(timeout_s=10)
+        took = time.monotonic() - t0
+    finally:
+        d.kill()
+    producer.join()
+    assert code == 0 and took <= 10.0, (code, took)
+    state = newest_checkpoint(workdir / "ckpt", "clicks")
+    c = KafkaConsumer(
+        bootstrap_servers=bs, group_id="stream-trainer.clicks", enable_auto_commit=False
+    )
+    committed = {f"{topic}:{p}": c.committed(TopicPartition(topic, p)) for p in (0, 1)}
+    c.close()
+    assert committed == state["offsets"], (committed, state["offsets"])
+    print(f"SIGTERM under load: exit 0 in {took:.2f}s")
+
+
+def test_second_signal_exits_at_once(broker, topic, workdir, metrics_port):
+    """The first SIGINT starts a graceful stop (slow here: each step takes 0.2 s); the
+    second one ends the process at once, without waiting for it."""
+    bs = broker.bootstrap
+    create_topics(bs, {topic: 1})
+    produce(bs, topic, [{"x": i / 100, "y": i / 50} for i in range(3000)])
+    slow = {
+        "name": "slow",
+        "kind": "custom",
+        "topics": [topic],
+        "featurizer": "plugin_example:MeanFeaturizer",
+        "model": "plugin_example:build_slow",
+        "batch": {"max_size": 100, "max_latency_ms": 60000},
+    }
+    d = Daemon(
+        base_config(bs, workdir / "ckpt", [slow]),
+        workdir,
+        metrics_port,
+        env={"PYTHONPATH": str(REPO / "tests")},
+    ).start()
+    d.wait_for(
+        lambda m: (sample(m, "stream_trainer_events_trained_total", pipeline="slow") or 0) > 0,
+        what="training",
+    )
+    d.proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 5
+    while "stopping: final checkpoint" not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGINT)
+    code = d.proc.wait(5)
+    assert code == 130 and time.monotonic() - t0 < 1.0, (code, d.log()[-1500:])
+    assert "second signal: exiting now" in d.log()
+
+
+def test_poison_input_is_dead_lettered_counted_and_never_stops_training(
+    broker, topic, workdir, metrics_port
+):
+    bs = broker.bootstrap
+    ticks_topic = f"{topic}-ticks"
+    create_topics(bs, {topic: 1, ticks_topic: 1})
+    good = {"ts": 1767225600.0, "user_id": "u1", "item_id": "i1", "context": {}, "label": 1}
+    tick = {"ts": 1767225600.0, "symbol": "A", "price": 10.0, "volume": 1.0}
+    enc = lambda d: json.dumps(d).encode()  # noqa: E731
+    poison = {  # reason -> raw payloads
+        "invalid_utf8": [b'{"user_id": "\xc3\x28"}'],
+        "not_json": [b"{'single': 'quotes'}", b"<xml/>"],
+        "not_object": [b"[]", b"null", b"3.14"],
+        "empty": [b""],
+        "missing_field": [enc({k: v for k, v in good.items() if k != "label"})],
+        "wrong_type": [enc({**good, "label": "1"}), enc({**good, "item_id": {"id": 1}})],
+        "non_finite": [
+            enc(good).replace(b'"label": 1', b'"label": 1, "ts": NaN'),
+            b'{"ts": 1767225600, "user_id": "u", "item_id": "i", "label": 1,'
+            b' "context": {"w": -Infinity}}',
+        ],
+        "bad_timestamp": [
+            enc({**good, "ts": 4.2e9 * 10}),
+            enc({**good, "ts": -1.0}),
+            enc({**good, "ts": 1767225600123}),
+        ],
+        "out_of_range": [enc({**good, "user_id": "x" * 1000})],
+        "too_large": [enc({**good, "user_id": "x" * (1 << 20)}), b" " * (2 << 20)],
+        "too_deep": [b"[" * 50_000 + b"]" * 50_000],
+        "duplicate": [enc({**good, "user_id": "dup"})],
+    }
+    tick_poison = {
+        "out_of_range": [
+            enc({**tick, "price": 1e308}),
+            enc({**tick, "price": -5.0}),
+            enc({**tick, "volume": -1}),
+        ],
+        "non_finite": [enc(tick).replace(b"10.0", b"NaN")],
+    }
+    clean = [enc(e) for e in make_generator("clicks", seed=27, count=2000)]
+    unknown = enc({**good, "user_id": "u-unknown", "campaign": "x", "nested": {"a": [1]}})
+    stream = clean[:1000] + [enc({**good, "user_id": "dup"}), unknown]
+    stream += [raw for raws in poison.values() for raw in raws] + clean[1000:]
+    produce(bs, topic, stream)
+    ticks = [enc(e) for e in make_generator("ticks", seed=28, count=1000)]
+    produce(
+        bs, ticks_topic, ticks[:500] + [r for rs in tick_poison.values() for r in rs] + ticks[500:]
+    )
+    cfg = base_config(
+        bs,
+        workdir / "ckpt",
+        [
+            clicks_pipeline(topic),
+            {"name": "ticks", "kind": "ticks", "topics": [ticks_topic]},
+        ],
+    )
+    d = Daemon(cfg, workdir, metrics_port).start()
+    n_bad = sum(len(v) for v in poison.values())
+    n_tick_bad = sum(len(v) for v in tick_poison.values())
+    try:
+        m = d.wait_for(
+            lambda m: (
+                sample(m, "stream_trainer_events_consumed_total", pipeline="clicks") == len(stream)
+                and sample(m, "stream_trainer_events_consumed_total", pipeline="ticks")
+                == 1000 + n_tick_bad
+            ),
+            what="everything consumed",
+        )
+        time.sleep(0.5)
+        m = d.metrics()
+    finally:
+        assert d.terminate() == 0
+    for pipeline, table in (("clicks", poison), ("ticks", tick_poison)):
+        for reason, raws in table.items():
+            got = sample(
+                m, "stream_trainer_events_rejected_total", pipeline=pipeline, reason=reason
+            )
+            assert got == len(raws), (pipeline, reason, got)
+    # good events (and the one with unknown fields, and the first copy of the duplicate)
+    assert sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 2002
+    dead = consume_all(bs, f"{topic}.dlq", n_bad)
+    assert sorted((dict(r.headers)["reason"].decode(), r.value) for r in dead) == sorted(
+        (reason, raw) for reason, raws in poison.items() for raw in raws
+    )
+    assert len(consume_all(bs, f"{ticks_topic}.dlq", n_tick_bad)) == n_tick_bad
+    for name in ("clicks", "ticks"):
+        state = newest_checkpoint(workdir / "ckpt", name)
+        for k, v in state["learner"]["model"].items():
+            assert torch.isfinite(v).all(), (name, k)

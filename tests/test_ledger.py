@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_trainer.events.dedup import Deduper
+from stream_trainer.ledger import OffsetLedger
+
+TP = ("t", 0)
+
+
+@given(st.lists(st.integers(0, 200), max_size=300))
+def test_ranges_are_the_set_and_duplicates_the_repeats(offsets):
+    led = OffsetLedger()
+    for o in offsets:
+        led.add(TP, o)
+    covered = {o for a, b in led.ranges(TP) for o in range(a, b)}
+    assert covered == set(offsets)
+    assert led.duplicates == len(offsets) - len(set(offsets))
+    ranges = led.ranges(TP)
+    assert all(a < b for a, b in ranges)
+    assert all(b1 < a2 for (_, b1), (a2, _) in zip(ranges, ranges[1:], strict=False))
+
+
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(1, 20)), max_size=40))
+def test_add_range_matches_adding_one_by_one(spans):
+    a, b = OffsetLedger(), OffsetLedger()
+    for start, length in spans:
+        a.add_range(TP, start, start + length)
+        for o in range(start, start + length):
+            b.add(TP, o)
+    assert a.ranges(TP) == b.ranges(TP) and a.duplicates == b.duplicates
+
+
+def test_state_round_trip_and_reset(tmp_path):
+    import torch
+
+    led = OffsetLedger()
+    for o in [*range(0, 50), *range(60, 70)]:
+        led.add(("t", 1), o)
+    led.add(("u", 0), 5)
+    led.reset(("u", 0))
+    led.add(("u", 0), 0)
+    torch.save(led.state_dict(), tmp_path / "l.pt")
+    back = OffsetLedger()
+    back.load_state_dict(torch.load(tmp_path / "l.pt", weights_only=True))
+    assert back.ranges(("t", 1)) == [(0, 50), (60, 70)]
+    assert back.ranges(("u", 0)) == [(0, 1)] and back.epochs == {("u", 0): 1}
+
+
+def test_dedup_window_and_state(tmp_path):
+    import torch
+
+    d = Deduper(window=3)
+    assert [d.seen(x) for x in (b"a", b"b", b"a", b"c", b"d", b"a")] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
+    torch.save(d.state_dict(), tmp_path / "d.pt")
+    back = Deduper(window=3)
+    back.load_state_dict(torch.load(tmp_path / "d.pt", weights_only=True))
+    assert back.seen(b"d") and back.seen(b"a") and not back.seen(b"b")
+    assert not Deduper(window=0).seen(b"a") and not Deduper(window=0).seen(b"a")
