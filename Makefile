@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint fmt clean
+.PHONY: setup tools run test test-slow soak lint fmt clean
 
 setup: $(STAMP)
 
@@ -17,15 +17,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+# promtool and prometheus for the operations tests: Debian's package, when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+tools:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus package (prometheus, promtool)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+	    -y -qq --no-install-recommends prometheus >/dev/null; }
+
 run: setup
 	$(BIN)/stream-trainer demo
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-slow: setup tools
+	$(BIN)/python -m pytest -m slow -s $(PYTEST_ARGS)
+
+# 10 minutes at 5k events/s through the broker: RSS, errors, lag (not a CI test).
+soak: setup
+	$(BIN)/python scripts/soak.py --duration 600 --rate 5000
+
 lint: setup
-	$(BIN)/ruff check stream_trainer tests
-	$(BIN)/ruff format --check stream_trainer tests
+	$(BIN)/ruff check stream_trainer tests scripts
+	$(BIN)/ruff format --check stream_trainer tests scripts
 
 fmt: setup
 	$(BIN)/ruff format stream_trainer tests

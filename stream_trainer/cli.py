@@ -175,6 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_logging(d)
 
+    rp = sub.add_parser("report", help="draw loss over time per pipeline (PNG), with drifts")
+    _flag(rp, "--prometheus", scope="report", help="Prometheus base URL to query")
+    _flag(rp, "--history", scope="report", help="history file written by the daemon")
+    _flag(
+        rp,
+        "--minutes",
+        scope="report",
+        type=float,
+        default=60.0,
+        help="with --prometheus: how far back",
+    )
+    _flag(rp, "--out", scope="report", default="loss.png", help="PNG to write")
+    _common_logging(rp)
+
     c = sub.add_parser("check-config", help="validate a config and print the effective one")
     c.add_argument("file", help="pipelines YAML file")
     _common_logging(c)
@@ -301,12 +315,29 @@ def cmd_demo(a: argparse.Namespace) -> int:
     ).run(duration=float(a.duration) if a.duration is not None else None)
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from stream_trainer import report
+
+    if bool(a.prometheus) == bool(a.history):
+        raise StreamTrainerError("give either --prometheus URL or --history FILE")
+    history = (
+        report.from_prometheus(a.prometheus, float(a.minutes))
+        if a.prometheus
+        else report.from_history(a.history)
+    )
+    path = report.draw(history, a.out)
+    drifts = sum(len(s.drifts) for s in history.values())
+    print(f"wrote {path}: {len(history)} pipelines, {drifts} drift detections")
+    return 0
+
+
 COMMANDS = {
     "broker": cmd_broker,
     "produce": cmd_produce,
     "run": cmd_run,
     "check-config": cmd_check_config,
     "demo": cmd_demo,
+    "report": cmd_report,
 }
 
 

@@ -127,6 +127,13 @@ class CheckpointSettings(_Frozen):
     keep: int = Field(3, ge=1)
 
 
+class HistorySettings(_Frozen):
+    """Optional JSON-lines history of loss and drift per pipeline (for ``report``)."""
+
+    path: Path | None = None
+    every_seconds: float = Field(5.0, gt=0)
+
+
 class BatchSettings(_Frozen):
     max_size: int = Field(256, ge=1, le=65536)
     max_latency_ms: float = Field(50.0, ge=0)
@@ -189,6 +196,7 @@ class Settings(_Frozen):
     kafka: KafkaSettings = KafkaSettings()
     metrics: MetricsSettings = MetricsSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
+    history: HistorySettings = HistorySettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(1, ge=1, le=256)
     seed: int = 0
@@ -228,7 +236,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if path[0] not in sections or (
-            len(path) == 1 and path[0] in {"kafka", "metrics", "checkpoint"}
+            len(path) == 1 and path[0] in {"kafka", "metrics", "checkpoint", "history"}
         ):
             continue
         # Strings as they are (pydantic converts "30" or "true"); only [..] and {..} are YAML.

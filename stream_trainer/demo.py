@@ -103,6 +103,10 @@ class Demo:
         config["kafka"]["bootstrap_servers"] = bootstrap
         config["metrics"]["address"] = self.metrics_address
         config["checkpoint"]["dir"] = str((self.workdir / "checkpoints").resolve())
+        config["history"] = {
+            "path": str((self.workdir / "history.jsonl").resolve()),
+            "every_seconds": 2.0,
+        }
         cfg_path = self.workdir / "pipelines.yaml"
         cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
         daemon_log = open(logs / "daemon.log", "wb")  # noqa: SIM115
@@ -202,3 +206,8 @@ class Demo:
                 file=sys.stderr,
             )
         self._say("stopped")
+        if (self.workdir / "history.jsonl").exists():
+            self._say(
+                f"loss over time: stream-trainer report --history "
+                f"{self.workdir / 'history.jsonl'} --out loss.png"
+            )

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from stream_trainer.batcher import MicroBatcher
 from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor
+from stream_trainer.edges import TP, Record, Sink, Source
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.events import Rejected, decoder_for, reasons
 from stream_trainer.events.dedup import Deduper
@@ -32,50 +33,13 @@ from stream_trainer.hooks import NullHooks, PipelineHooks
 from stream_trainer.learner import Learner
 from stream_trainer.ledger import OffsetLedger
 from stream_trainer.models.registry import build_featurizer, build_model
-from stream_trainer.source.kafka_source import TP, Record
+from stream_trainer.sinks.records import prediction_records
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FLUSH_TIMEOUT_S = 5.0
 COMMIT_TIMEOUT_MS = 5000
 SMOOTHING_EVENTS = 1000.0
-
-
-class Source(Protocol):
-    assignment: list[TP]
-
-    def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]: ...
-
-    def commit(self, offsets: Mapping[TP, int], timeout_ms: int | None = None) -> None: ...
-
-    def lag(self) -> dict[TP, int]: ...
-
-    def truncated(self) -> list[TP]: ...
-
-    def rewind(self, tp: TP) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Sink(Protocol):
-    def dead_letter(
-        self,
-        topic: str,
-        raw: bytes | None,
-        *,
-        reason: str,
-        detail: str,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None = None,
-    ) -> None: ...
-
-    def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None: ...
-
-    def flush(self, timeout_s: float = 30.0) -> None: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -147,6 +111,7 @@ class Pipeline:
             "offset_resets": 0,
         }
         self.smoothed_loss = math.nan
+        self.last_batch_loss = math.nan
         self.source: Source | None = None
         self.sink: Sink | None = None
         self.last_checkpoint = clock()
@@ -314,6 +279,7 @@ class Pipeline:
             log.warning("update skipped", extra={"pipeline": self.name, "reason": res.skipped})
         else:
             self.counters["updates"] += 1
+            self.last_batch_loss = batch_loss
             a = 1.0 - (1.0 - 1.0 / SMOOTHING_EVENTS) ** n
             self.smoothed_loss = (
                 batch_loss
@@ -351,34 +317,20 @@ class Pipeline:
             self._emit(items, fb, res.outputs, res.losses)
 
     def _emit(self, items: list[Item], fb: Any, outputs: np.ndarray, losses: np.ndarray) -> None:
-        pred, target = outputs, fb.targets
-        if fb.scale is not None:
-            pred = outputs * fb.scale + fb.shift
-            target = fb.targets * fb.scale + fb.shift
-        extra: dict[str, np.ndarray] = {}
-        annotate = getattr(self.featurizer, "annotate", None)
-        if annotate is not None:
-            extra = annotate(outputs, fb.targets)
-        if "anomaly" in extra:
-            k = int(np.count_nonzero(extra["anomaly"]))
-            if k:
-                self.hooks.on_anomalies(k)
-        for j, idx in enumerate(fb.index.tolist()):
-            rec = items[idx].record
-            doc: dict[str, Any] = {
-                "topic": rec.topic,
-                "partition": rec.partition,
-                "offset": rec.offset,
-                "ts": items[idx].event.get("ts"),
-                "key": fb.keys[j] if fb.keys else None,
-                "prediction": _jsonable(pred[j]),
-                "target": _jsonable(target[j]),
-                "loss": float(losses[j]),
-                "model_version": self.learner.updates,
-            }
-            for name, values in extra.items():
-                doc[name] = _jsonable(values[j])
-            self.sink.output(self.output, doc["key"], doc)
+        records = prediction_records(
+            [it.record for it in items],
+            [it.event for it in items],
+            fb,
+            outputs,
+            losses,
+            self.featurizer,
+            self.learner.updates,
+        )
+        anomalies = sum(1 for _, doc in records if doc.get("anomaly"))
+        if anomalies:
+            self.hooks.on_anomalies(anomalies)
+        for key, doc in records:
+            self.sink.output(self.output, key, doc)
 
     # ---- checkpoints -------------------------------------------------------------------
     def checkpoint(self, *, commit: bool = True) -> bool:
@@ -483,11 +435,3 @@ def _parse_tp(key: str) -> TP:
 
 def _fmt_offsets(offsets: Mapping[TP, int]) -> str:
     return ",".join(f"{t}:{p}@{o}" for (t, p), o in sorted(offsets.items())) or "-"
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return [float(v) for v in x.tolist()]
-    if isinstance(x, np.bool_ | bool):
-        return bool(x)
-    return float(x)

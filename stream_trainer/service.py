@@ -6,6 +6,7 @@ checkpoint and commits. A second SIGINT/SIGTERM exits at once (code 130).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -116,6 +117,32 @@ class Service:
         )
         self.stop.set()
 
+    def _write_history(self) -> None:
+        """Append one JSON line per pipeline every ``history.every_seconds``."""
+        h = self.settings.history
+        assert h.path is not None
+        h.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(h.path, "a", buffering=1) as fh:
+            while not self.stop.wait(h.every_seconds):
+                now = round(time.time(), 3)
+                for p in self.pipelines:
+                    doc = {
+                        "ts": now,
+                        "pipeline": p.name,
+                        "loss_batch": p.last_batch_loss,
+                        "loss_smoothed": p.smoothed_loss,
+                        **p.counters,
+                    }
+                    fh.write(
+                        json.dumps(
+                            {
+                                k: (None if isinstance(v, float) and v != v else v)
+                                for k, v in doc.items()
+                            }
+                        )
+                        + "\n"
+                    )
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -169,6 +196,8 @@ class Service:
             self.broker_ok_at = time.monotonic()
             probe = threading.Thread(target=self._probe_broker, name="broker-probe", daemon=True)
             probe.start()
+            if self.settings.history.path is not None:
+                threading.Thread(target=self._write_history, name="history", daemon=True).start()
             if self.settings.kafka.create_topics:
                 self.ensure_topics()
             self.server = MetricsServer(

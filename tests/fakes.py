@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from stream_trainer.source.kafka_source import TP, Record
+from stream_trainer.edges import TP, Record
 
 
 class ListSource:

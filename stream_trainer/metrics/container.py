@@ -135,6 +135,8 @@ class PipelineMetrics(PipelineHooks):
         # Expose every series from the start, so dashboards and alerts see zeros, not gaps.
         for reason in reasons.ALL:
             m.rejected.labels(name, reason)
+        for reason in ("non_finite_loss", "non_finite_grad"):
+            m.skipped.labels(name, reason)
         m.checkpoints.labels(name)
         m.checkpoint_failures.labels(name)
         m.clipped.labels(name)

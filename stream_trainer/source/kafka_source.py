@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -18,21 +17,10 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from stream_trainer.config import KafkaSettings
+from stream_trainer.edges import TP, Record
 from stream_trainer.kafka_common import offset_and_metadata, unreachable
 
 log = logging.getLogger(__name__)
-
-TP = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
 
 
 class _Listener(ConsumerRebalanceListener):

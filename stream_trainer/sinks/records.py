@@ -1,0 +1,57 @@
+"""Per-event output records: the prequential prediction, target and loss of each
+trained event, in raw units, plus what the featurizer adds (anomaly scores). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from stream_trainer.edges import Record
+from stream_trainer.features.base import FeatureBatch
+
+
+def prediction_records(
+    records: Sequence[Record],
+    events: Sequence[dict[str, Any]],
+    fb: FeatureBatch,
+    outputs: np.ndarray,
+    losses: np.ndarray,
+    featurizer: Any,
+    model_version: int,
+) -> list[tuple[str | None, dict[str, Any]]]:
+    """(key, document) for each example of ``fb``; ``outputs`` are in model units."""
+    pred, target = outputs, fb.targets
+    if fb.scale is not None:
+        pred = outputs * fb.scale + fb.shift
+        target = fb.targets * fb.scale + fb.shift
+    annotate = getattr(featurizer, "annotate", None)
+    extra: dict[str, np.ndarray] = annotate(outputs, fb.targets) if annotate else {}
+    out = []
+    for j, idx in enumerate(fb.index.tolist()):
+        rec = records[idx]
+        key = fb.keys[j] if fb.keys else None
+        doc: dict[str, Any] = {
+            "topic": rec.topic,
+            "partition": rec.partition,
+            "offset": rec.offset,
+            "ts": events[idx].get("ts"),
+            "key": key,
+            "prediction": _jsonable(pred[j]),
+            "target": _jsonable(target[j]),
+            "loss": float(losses[j]),
+            "model_version": model_version,
+        }
+        for name, values in extra.items():
+            doc[name] = _jsonable(values[j])
+        out.append((key, doc))
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return [float(v) for v in x.tolist()]
+    if isinstance(x, np.bool_ | bool):
+        return bool(x)
+    return float(x)
