@@ -41,14 +41,17 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of load")
     ap.add_argument("--rate", type=float, default=5000.0, help="events/s produced")
     ap.add_argument("--kind", default="clicks", choices=["clicks", "ticks", "sensors"])
+    ap.add_argument("--partitions", type=int, default=8, help="partitions of the topic")
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before the RSS baseline")
     ap.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--out", help="also write the report (markdown) here")
+    ap.add_argument("--daemon-log-level", default="info", help="the daemon's --log-level")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     broker = LocalBroker(port=free_port(), log=open(work / "broker.log", "wb")).start()
     metrics = f"127.0.0.1:{free_port()}"
+    print(f"soak: work dir {work}", flush=True)
     cfg = {
         "kafka": {"bootstrap_servers": broker.bootstrap},
         "metrics": {"address": metrics},
@@ -56,10 +59,14 @@ def main() -> int:
         "pipelines": [{"name": a.kind, "kind": a.kind, "topics": [a.kind]}],
     }
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
-    create_topics(broker.bootstrap, {a.kind: 2})
+    create_topics(broker.bootstrap, {a.kind: a.partitions})
     dlog = open(work / "daemon.log", "wb")
     daemon = procs.spawn(
-        procs.python_module("run", "--config", str(work / "c.yaml")), stdout=dlog, stderr=dlog
+        procs.python_module(
+            "run", "--config", str(work / "c.yaml"), "--log-level", a.daemon_log_level
+        ),
+        stdout=dlog,
+        stderr=dlog,
     )
     plog = open(work / "producer.log", "wb")
     producer = procs.spawn(
@@ -127,7 +134,10 @@ def main() -> int:
     half = len(lags) // 2
     lag_bounded = not lags[half:] or max(lags[half:]) <= max(2 * max(lags[:half] or [0]), a.rate)
     bad = end["skipped"] + end["ckpt_fail"] + errors + (code != 0)
-    cmd = f"scripts/soak.py --duration {a.duration:g} --rate {a.rate:g} --kind {a.kind}"
+    cmd = (
+        f"scripts/soak.py --duration {a.duration:g} --rate {a.rate:g} --kind {a.kind} "
+        f"--partitions {a.partitions}"
+    )
     ok = {True: "ok", False: "MISSED"}
     med_lag, max_lag = statistics.median(lags), max(lags)
     lines = [

@@ -57,6 +57,8 @@ class LocalBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> LocalBroker:
+        if not 0 < self.port < 65536:
+            raise BrokerError(f"--port must be 1..65535, not {self.port}")
         if port_in_use(self.host, self.port):
             raise BrokerError(
                 f"port {self.port} on {self.host} is already in use; stop what "

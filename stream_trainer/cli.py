@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         env=ENV + "DEMO_BROKER_PORT",
         type=int,
         default=9092,
-        help="broker port (a free one is used if taken)",
+        help="broker port (a free one is used if taken, or if 0)",
     )
     _flag(
         d,
@@ -225,6 +225,8 @@ def cmd_produce(a: argparse.Namespace) -> int:
         if not a.topic:
             raise StreamTrainerError("--from-file needs --topic")
         events: Any = read_jsonl(a.from_file)
+        if count is None:  # a total for the progress line: one quick pass over the file
+            count = sum(1 for _ in read_jsonl(a.from_file))
         key_field = None
         if a.key_field:
             import json

@@ -82,7 +82,9 @@ class Demo:
                 "--metrics-address HOST:PORT (or stop the other daemon)"
             )
         port = self.port
-        if port_in_use("127.0.0.1", port):
+        if port == 0:
+            port = free_port()
+        elif port_in_use("127.0.0.1", port):
             port = free_port()
             self._say(f"port {self.port} is taken; the demo broker uses {port} instead")
         logs = self.workdir / "logs"

@@ -141,6 +141,16 @@ class Daemon:
             time.sleep(0.25)
         raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-3000:]}")
 
+    def wait_assigned(self, pipeline: str, partitions: int) -> dict:
+        """Until the pipeline's consumer holds ``partitions`` partitions."""
+        return self.wait_for(
+            lambda m: (
+                (sample(m, "stream_trainer_assigned_partitions", pipeline=pipeline) or 0)
+                == partitions
+            ),
+            what=f"{pipeline}: {partitions} partitions assigned",
+        )
+
     def terminate(self, timeout_s: float = 30.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -224,3 +234,16 @@ def ledger_ranges(state: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
         v = flat.tolist()
         out[key] = list(zip(v[0::2], v[1::2], strict=True))
     return out
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """(status, body) of a GET; HTTP errors are answers too, connection errors are (0, why)."""
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:
+        return 0, str(err)

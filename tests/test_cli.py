@@ -177,7 +177,9 @@ def test_demo_runs_and_leaves_no_processes_behind(tmp_path):
     ]
     trained = {row[0]: float(row[2]) for row in rows}
     assert set(trained) == {"clicks", "ticks", "sensors"} and min(trained.values()) > 0
-    assert "stopped" in out.splitlines()[-1]
+    assert "stopped" in out.splitlines()
+    assert "loss over time: stream-trainer report --history" in out.splitlines()[-1]
+    assert (tmp_path / "demo" / "history.jsonl").stat().st_size > 0
     ckpts = list((tmp_path / "demo" / "checkpoints").glob("*/ckpt-*.pt"))
     assert {p.parent.name for p in ckpts} == {"clicks", "ticks", "sensors"}
     time.sleep(0.5)

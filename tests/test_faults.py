@@ -12,8 +12,6 @@ import os
 import random
 import signal
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import torch
@@ -23,6 +21,7 @@ from support import (
     Trickle,
     base_config,
     consume_all,
+    http_get,
     ledger_ranges,
     newest_checkpoint,
     produce,
@@ -72,23 +71,13 @@ def partition_sizes(bootstrap: str, topic: str, n: int) -> dict[int, int]:
     return sizes
 
 
-def http(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-    except OSError as err:
-        return 0, str(err)
-
-
 def wait_http(url: str, code: int, timeout_s: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        if http(url)[0] == code:
+        if http_get(url)[0] == code:
             return time.monotonic() - t0
         time.sleep(0.2)
-    raise AssertionError(f"{url} did not answer {code} within {timeout_s}s: {http(url)}")
+    raise AssertionError(f"{url} did not answer {code} within {timeout_s}s: {http_get(url)}")
 
 
 def test_kill_9_three_times_loses_nothing_and_learns_nothing_twice(
@@ -172,12 +161,7 @@ def freeze_case(own_broker, workdir, metrics_port, freeze_s: float) -> None:
     d = Daemon(cfg, workdir, metrics_port).start()
     ready = f"http://{d.address}/readyz"
     try:
-        d.wait_for(
-            lambda m: (
-                (sample(m, "stream_trainer_assigned_partitions", pipeline="clicks") or 0) == 2
-            ),
-            what="assignment",
-        )
+        d.wait_assigned("clicks", 2)
         wait_http(ready, 200, 10)
         producer = Trickle(bs, topic, events, "user_id", rate=1000)
         producer.start()
@@ -185,11 +169,11 @@ def freeze_case(own_broker, workdir, metrics_port, freeze_s: float) -> None:
         os.kill(own_broker.proc.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         went_down = wait_http(ready, 503, 10)
-        assert "not answering" in http(ready)[1]
+        assert "not answering" in http_get(ready)[1]
         assert sample(d.metrics(), "stream_trainer_broker_up") == 0
         time.sleep(max(0.0, freeze_s - (time.monotonic() - frozen_at)))
         assert d.proc.poll() is None  # still up
-        assert http(f"http://{d.address}/healthz")[0] == 200
+        assert http_get(f"http://{d.address}/healthz")[0] == 200
         os.kill(own_broker.proc.pid, signal.SIGCONT)
         came_back = wait_http(ready, 200, 30)
         producer.join(timeout=120)
@@ -248,7 +232,7 @@ def test_broker_restarted_empty_is_reported_and_training_carries_on(
             )
             == 1
         )
-        assert http(f"http://{d.address}/healthz")[0] == 200
+        assert http_get(f"http://{d.address}/healthz")[0] == 200
         time.sleep(1.5)
     finally:
         assert d.terminate() == 0
@@ -273,12 +257,7 @@ def test_sigterm_under_load_checkpoints_commits_and_exits_within_10s(
     d = Daemon(cfg, workdir, metrics_port).start()
     producer = Trickle(bs, topic, events, "user_id", rate=8000)
     try:
-        d.wait_for(
-            lambda m: (
-                (sample(m, "stream_trainer_assigned_partitions", pipeline="clicks") or 0) == 2
-            ),
-            what="assignment",
-        )
+        d.wait_assigned("clicks", 2)
         producer.start()
         d.wait_for(
             lambda m: (

@@ -103,12 +103,7 @@ def test_sigterm_halfway_then_restart_resumes_exactly(broker, topic, workdir, me
     producer = threading.Thread(target=trickle)
     first = Daemon(cfg, workdir, metrics_port).start()
     try:
-        first.wait_for(
-            lambda m: (
-                (sample(m, "stream_trainer_assigned_partitions", pipeline="clicks") or 0) == 2
-            ),
-            what="assignment",
-        )
+        first.wait_assigned("clicks", 2)
         producer.start()
         m = first.wait_for(
             lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") >= 5000,

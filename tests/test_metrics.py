@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 import pytest
 from prometheus_client import CollectorRegistry
+from support import http_get
 
 from stream_trainer.metrics import Metrics, MetricsServer
 
@@ -82,14 +80,6 @@ def test_names_labels_and_values():
     )
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def test_http_endpoints():
     reg = CollectorRegistry()
     feed(Metrics(reg))
@@ -97,13 +87,13 @@ def test_http_endpoints():
     srv = MetricsServer("127.0.0.1:0", reg, lambda: (True, ""), lambda: state["ready"]).start()
     try:
         base = f"http://{srv.address}"
-        code, body = get(base + "/metrics")
+        code, body = http_get(base + "/metrics")
         assert code == 200 and 'stream_trainer_loss{pipeline="p",window="batch"} 0.5' in body
-        assert get(base + "/healthz") == (200, "ok\n")
-        assert get(base + "/readyz") == (503, "p: no partitions assigned yet\n")
+        assert http_get(base + "/healthz") == (200, "ok\n")
+        assert http_get(base + "/readyz") == (503, "p: no partitions assigned yet\n")
         state["ready"] = (True, "")
-        assert get(base + "/readyz")[0] == 200
-        assert get(base + "/nope")[0] == 404
+        assert http_get(base + "/readyz")[0] == 200
+        assert http_get(base + "/nope")[0] == 404
     finally:
         srv.stop()
 

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import yaml
 from deploy_support import metric_names, promtool
-from support import Daemon, Trickle, base_config, sample
+from support import Daemon, Trickle, base_config
 
 from stream_trainer import report
 from stream_trainer.broker import free_port
@@ -104,13 +104,8 @@ def test_prometheus_scrapes_loss_over_time_and_every_dashboard_metric(
         for k, key in KINDS.items()
     ]
     try:
-        d.wait_for(
-            lambda m: all(
-                (sample(m, "stream_trainer_assigned_partitions", pipeline=k) or 0) == 2
-                for k in KINDS
-            ),
-            what="assignment",
-        )
+        for k in KINDS:
+            d.wait_assigned(k, 2)
         for p in producers:
             p.start()
         time.sleep(15)

@@ -34,6 +34,18 @@ def settings(tmp_path, every_seconds=0.001, **pipeline):
     )
 
 
+def plugin_settings(tmp_path, **pipeline):
+    """The tests' own featurizer and model (tests/plugin_example.py), by import path."""
+    return settings(
+        tmp_path,
+        kind="custom",
+        model="plugin_example:build",
+        featurizer="plugin_example:MeanFeaturizer",
+        output_topic=None,
+        **pipeline,
+    )
+
+
 def click_stream(n: int, seed: int = 0) -> list[bytes]:
     return [json.dumps(e).encode() for e in make_generator("clicks", seed=seed, count=n)]
 
@@ -170,14 +182,7 @@ def test_drift_triggers_the_configured_actions(tmp_path):
 
 
 def test_custom_plugin_pipeline(tmp_path):
-    s = settings(
-        tmp_path,
-        kind="custom",
-        model="plugin_example:build",
-        featurizer="plugin_example:MeanFeaturizer",
-        output_topic=None,
-        optimizer={"lr": 0.2},
-    )
+    s = plugin_settings(tmp_path, optimizer={"lr": 0.2})
     p = Pipeline(s, s.pipelines[0])
     rng = np.random.default_rng(0)
     stream = [
@@ -208,14 +213,7 @@ def test_batches_that_explode_are_skipped_or_clipped_and_counted(tmp_path):
     from stream_trainer.metrics import Metrics
 
     reg = CollectorRegistry()
-    s = settings(
-        tmp_path,
-        kind="custom",
-        model="plugin_example:build",
-        featurizer="plugin_example:MeanFeaturizer",
-        output_topic=None,
-        batch={"max_size": 10, "max_latency_ms": 0},
-    )
+    s = plugin_settings(tmp_path, batch={"max_size": 10, "max_latency_ms": 0})
     p = Pipeline(s, s.pipelines[0], hooks=Metrics(reg).pipeline("p"))
     normal = [json.dumps({"x": i / 10, "y": i / 5}).encode() for i in range(10)]
     overflow = [json.dumps({"x": 1e30, "y": i}).encode() for i in range(10)]  # loss = inf
