@@ -41,7 +41,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of load")
     ap.add_argument("--rate", type=float, default=5000.0, help="events/s produced")
     ap.add_argument("--kind", default="clicks", choices=["clicks", "ticks", "sensors"])
-    ap.add_argument("--partitions", type=int, default=8, help="partitions of the topic")
+    ap.add_argument("--partitions", type=int, default=2, help="partitions of the topic")
+    ap.add_argument("--linger-ms", type=int, default=100, help="the producer's batching delay")
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds before the RSS baseline")
     ap.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--out", help="also write the report (markdown) here")
@@ -80,6 +81,8 @@ def main() -> int:
             "--drift-every",
             "500000",
             "--quiet",
+            "--linger-ms",
+            str(a.linger_ms),
         ),
         stdout=plog,
         stderr=plog,
@@ -136,7 +139,7 @@ def main() -> int:
     bad = end["skipped"] + end["ckpt_fail"] + errors + (code != 0)
     cmd = (
         f"scripts/soak.py --duration {a.duration:g} --rate {a.rate:g} --kind {a.kind} "
-        f"--partitions {a.partitions}"
+        f"--partitions {a.partitions} --linger-ms {a.linger_ms}"
     )
     ok = {True: "ok", False: "MISSED"}
     med_lag, max_lag = statistics.median(lags), max(lags)

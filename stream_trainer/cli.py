@@ -125,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="partitions if the topic is created",
     )
+    _flag(
+        pr,
+        "--linger-ms",
+        scope="produce",
+        type=int,
+        default=10,
+        help="producer batching delay: larger batches, fewer requests, a little more latency",
+    )
     _flag(pr, "--quiet", scope="produce", action="store_true", help="no progress output")
     _common_logging(pr)
 
@@ -260,6 +268,7 @@ def cmd_produce(a: argparse.Namespace) -> int:
         total=count,
         stop=stop,
         progress=not a.quiet,
+        linger_ms=int(a.linger_ms),
     )
     logging.getLogger("stream_trainer.produce").info(
         "produced", extra={"topic": topic, "events": sent}

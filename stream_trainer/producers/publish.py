@@ -47,6 +47,7 @@ def publish(
     total: int | None = None,
     stop: threading.Event | None = None,
     progress: bool = True,
+    linger_ms: int = 10,
 ) -> int:
     """Send ``events`` and flush: dicts are JSON-encoded and keyed by ``key_field``;
     bytes, or ``(key, value)`` byte pairs, go as they are.
@@ -58,7 +59,7 @@ def publish(
         producer = KafkaProducer(
             bootstrap_servers=bootstrap,
             client_id="stream-trainer-produce",
-            linger_ms=10,
+            linger_ms=linger_ms,
             batch_size=256 << 10,
             acks=1,
             max_request_size=8 << 20,
