@@ -134,6 +134,8 @@ class Demo:
                         "--drift-every",
                         str(every),
                         "--quiet",
+                        "--linger-ms",  # fewer, larger batches: the in-memory broker lasts longer
+                        "50",
                     ),
                     stdout=log,
                     stderr=log,
