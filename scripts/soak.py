@@ -21,8 +21,8 @@ import yaml
 
 from stream_trainer import procs
 from stream_trainer.broker import LocalBroker, free_port
-from stream_trainer.demo import per_pipeline, scrape
 from stream_trainer.kafka_common import create_topics
+from stream_trainer.metrics.scrape import per_pipeline, scrape
 
 
 def rss_mb(pid: int) -> float:
@@ -30,6 +30,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def total(samples: dict, name: str, **labels: str) -> float:
@@ -89,6 +95,7 @@ def main() -> int:
     )
     rows = []
     t0 = time.monotonic()
+    broker_cpu, broker_t = cpu_seconds(broker.proc.pid), t0
     try:
         while time.monotonic() - t0 < a.duration:
             time.sleep(a.every)
@@ -99,9 +106,12 @@ def main() -> int:
                 s = scrape(f"http://{metrics}/metrics")
             except OSError:
                 continue
+            now, cpu = time.monotonic(), cpu_seconds(broker.proc.pid)
             row = {
-                "t": time.monotonic() - t0,
+                "t": now - t0,
                 "rss_mb": rss_mb(daemon.pid),
+                "broker_rss_mb": rss_mb(broker.proc.pid),
+                "broker_cpu_pct": 100.0 * (cpu - broker_cpu) / (now - broker_t),
                 "consumed": total(s, "stream_trainer_events_consumed_total"),
                 "trained": total(s, "stream_trainer_events_trained_total"),
                 "rejected": total(s, "stream_trainer_events_rejected_total"),
@@ -109,10 +119,12 @@ def main() -> int:
                 "ckpt_fail": total(s, "stream_trainer_checkpoint_failures_total"),
                 "lag": total(s, "stream_trainer_consumer_lag"),
             }
+            broker_cpu, broker_t = cpu, now
             rows.append(row)
             print(
                 f"t={row['t']:6.0f}s rss={row['rss_mb']:7.1f}MB trained={row['trained']:>10,.0f}"
-                f" lag={row['lag']:>8,.0f}",
+                f" lag={row['lag']:>8,.0f} broker={row['broker_rss_mb']:6.0f}MB"
+                f" {row['broker_cpu_pct']:3.0f}%cpu",
                 flush=True,
             )
     finally:
@@ -161,6 +173,8 @@ def main() -> int:
         f"| consumer lag after warm-up, median / max | {med_lag:,.0f} / {max_lag:,.0f} "
         f"| bounded {ok[lag_bounded]} |",
         f"| daemon exit code on SIGTERM | {code} | 0 |",
+        f"| local broker at the end: RSS / CPU (max over the run) | {end['broker_rss_mb']:.0f} MB"
+        f" / {max(r['broker_cpu_pct'] for r in rows):.0f}% | |",
     ]
     report = "\n".join(lines) + "\n"
     print(report)

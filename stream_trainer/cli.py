@@ -4,6 +4,8 @@ named in ``--help`` (``STREAM_TRAINER_<FLAG>``)."""
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
 import os
 import signal
@@ -229,18 +231,17 @@ def cmd_produce(a: argparse.Namespace) -> int:
     if bool(a.kind) == bool(a.from_file):
         raise StreamTrainerError("give either a KIND (clicks, ticks, sensors) or --from-file FILE")
     count = int(a.count) if a.count is not None else None
+    key_field = None
     if a.from_file:
         if not a.topic:
             raise StreamTrainerError("--from-file needs --topic")
         events: Any = read_jsonl(a.from_file)
-        if count is None:  # a total for the progress line: one quick pass over the file
+        if count is not None:
+            events = itertools.islice(events, count)
+        else:  # a total for the progress bar: one quick pass that only counts lines
             count = sum(1 for _ in read_jsonl(a.from_file))
-        key_field = None
         if a.key_field:
-            import json
-
-            key_field = a.key_field
-            events = (_keyed(line, key_field, json) for line in events)
+            events = (_keyed(line, a.key_field) for line in events)
     else:
         events = generators.make_generator(
             a.kind,
@@ -255,10 +256,6 @@ def cmd_produce(a: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    if count is not None and a.from_file:
-        import itertools
-
-        events = itertools.islice(events, count)
     sent = publish(
         a.bootstrap_servers,
         topic,
@@ -276,7 +273,7 @@ def cmd_produce(a: argparse.Namespace) -> int:
     return 0
 
 
-def _keyed(line: bytes, field: str, json: Any) -> tuple[bytes | None, bytes]:
+def _keyed(line: bytes, field: str) -> tuple[bytes | None, bytes]:
     """Keep the raw bytes as they are; decode only to find the key."""
     try:
         doc = json.loads(line)

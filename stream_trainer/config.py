@@ -230,14 +230,14 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     {'kafka': {'bootstrap_servers': 'h:1'}}
     """
     out: dict[str, Any] = {}
-    sections = set(Settings.model_fields) - {"pipelines"}
+    fields = {k: f.annotation for k, f in Settings.model_fields.items() if k != "pipelines"}
+    sections = {k for k, t in fields.items() if isinstance(t, type) and issubclass(t, BaseModel)}
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
-        if path[0] not in sections or (
-            len(path) == 1 and path[0] in {"kafka", "metrics", "checkpoint", "history"}
-        ):
+        # a known setting: a top-level scalar (SEED), or a key inside a section (KAFKA__X)
+        if path[0] not in fields or (len(path) == 1) == (path[0] in sections):
             continue
         # Strings as they are (pydantic converts "30" or "true"); only [..] and {..} are YAML.
         value = yaml.safe_load(raw) if raw.strip()[:1] in ("[", "{") else raw

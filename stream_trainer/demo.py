@@ -13,16 +13,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from stream_trainer import procs
 from stream_trainer.broker import LocalBroker, free_port, port_in_use
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.kafka_common import create_topics
+from stream_trainer.metrics.scrape import per_pipeline, scrape
 
 CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 STREAMS = {  # kind -> (seed, drift every N events)
@@ -30,27 +29,6 @@ STREAMS = {  # kind -> (seed, drift every N events)
     "ticks": (2, 40_000),
     "sensors": (3, 30_000),
 }
-
-
-def scrape(url: str, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Fetch /metrics into {(sample name, sorted labels): value}."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        text = resp.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def per_pipeline(samples: dict, name: str, **match: str) -> dict[str, float]:
-    """{pipeline: summed value} of one sample name, filtered by extra labels."""
-    out: dict[str, float] = {}
-    for (n, labels), v in samples.items():
-        lab = dict(labels)
-        if n == name and "pipeline" in lab and all(lab.get(k) == x for k, x in match.items()):
-            out[lab["pipeline"]] = out.get(lab["pipeline"], 0.0) + v
-    return out
 
 
 class Demo:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from stream_trainer.events.decode import Rejected
+
 TP = tuple[str, int]  # (topic, partition)
 
 
@@ -30,9 +32,7 @@ class Source(Protocol):
 
     def commit(self, offsets: Mapping[TP, int], timeout_ms: int | None = None) -> None: ...
 
-    def lag(self) -> dict[TP, int]: ...
-
-    def truncated(self) -> list[TP]: ...
+    def watermarks(self) -> dict[TP, tuple[int, int]]: ...
 
     def rewind(self, tp: TP) -> None: ...
 
@@ -40,18 +40,7 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    def dead_letter(
-        self,
-        topic: str,
-        raw: bytes | None,
-        *,
-        reason: str,
-        detail: str,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None = None,
-    ) -> None: ...
+    def dead_letter(self, topic: str, rec: Record, why: Rejected) -> None: ...
 
     def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None: ...
 

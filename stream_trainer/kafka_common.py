@@ -26,19 +26,33 @@ def unreachable(bootstrap: str, err: Exception | str) -> BrokerError:
     )
 
 
+def addresses(bootstrap: str) -> list[tuple[str, int]]:
+    """``"h1:9092,h2:9092"`` -> ``[("h1", 9092), ("h2", 9092)]``; one clear error if malformed.
+
+    >>> addresses("127.0.0.1:9092, [::1]:9093")
+    [('127.0.0.1', 9092), ('::1', 9093)]
+    """
+    out = []
+    for addr in filter(None, (a.strip() for a in bootstrap.split(","))):
+        host, _, port = addr.rpartition(":")
+        if not host or not port.isdigit():
+            raise BrokerError(f"bootstrap server {addr!r} is not HOST:PORT")
+        out.append((host.strip("[]"), int(port)))
+    if not out:
+        raise BrokerError("no bootstrap servers given (kafka.bootstrap_servers)")
+    return out
+
+
 def check_reachable(bootstrap: str, timeout_s: float = 5.0) -> None:
     """Fail fast, with one clear message, when no bootstrap server accepts a TCP connection.
 
     kafka-python itself only gives up after 30 s or more, or never (a consumer).
     """
-    last = "no address given"
-    for addr in filter(None, (a.strip() for a in bootstrap.split(","))):
-        host, _, port = addr.rpartition(":")
+    last = ""
+    for host, port in addresses(bootstrap):
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            with socket.create_connection((host, port), timeout=timeout_s):
                 return
-        except ValueError:
-            last = f"{addr!r} is not HOST:PORT"
         except OSError as err:
             last = err.strerror or str(err)
     raise unreachable(bootstrap, last)
@@ -69,15 +83,6 @@ def create_topics(bootstrap: str, topics: dict[str, int], **security: Any) -> li
         admin.close()
 
 
-def _addresses(bootstrap: str) -> list[tuple[str, int]]:
-    out = []
-    for addr in filter(None, (a.strip() for a in bootstrap.split(","))):
-        host, _, port = addr.rpartition(":")
-        if port.isdigit():
-            out.append((host.strip("[]"), int(port)))
-    return out
-
-
 def ssl_context(security: dict[str, Any]) -> ssl.SSLContext | None:
     """A TLS context matching the clients' settings, for the probe; None for plaintext."""
     if "SSL" not in security.get("security_protocol", "PLAINTEXT"):
@@ -102,7 +107,7 @@ def broker_answers(
     A TCP connect alone is not enough: a frozen (SIGSTOPped) or overloaded broker
     still completes handshakes from its listen backlog, but answers nothing.
     """
-    for host, port in _addresses(bootstrap):
+    for host, port in addresses(bootstrap):
         try:
             with socket.create_connection((host, port), timeout=timeout_s) as raw:
                 conn = tls.wrap_socket(raw, server_hostname=host) if tls else raw

@@ -105,9 +105,7 @@ class Pipeline:
             "trained": 0,
             "seeded": 0,
             "rejected": 0,
-            "updates": 0,
-            "skipped": 0,
-            "drifts": 0,
+            "skipped": 0,  # updates refused by a guard (applied ones: learner.updates)
             "offset_resets": 0,
         }
         self.smoothed_loss = math.nan
@@ -194,16 +192,7 @@ class Pipeline:
         if self.sink is None:
             return
         try:
-            self.sink.dead_letter(
-                self.spec.dlq_topic,
-                rec.value,
-                reason=why.reason,
-                detail=why.detail,
-                source_topic=rec.topic,
-                partition=rec.partition,
-                offset=rec.offset,
-                key=rec.key,
-            )
+            self.sink.dead_letter(self.spec.dlq_topic, rec, why)
         except KafkaError as err:  # e.g. larger than the broker takes: counted, logged, skipped
             log.warning(
                 "dead letter not delivered",
@@ -278,7 +267,6 @@ class Pipeline:
             self.counters["skipped"] += 1
             log.warning("update skipped", extra={"pipeline": self.name, "reason": res.skipped})
         else:
-            self.counters["updates"] += 1
             self.last_batch_loss = batch_loss
             a = 1.0 - (1.0 - 1.0 / SMOOTHING_EVENTS) ** n
             self.smoothed_loss = (
@@ -288,7 +276,6 @@ class Pipeline:
             )
             self.policy.after_update(self.learner)
             if self.monitor is not None and self.monitor.update(batch_loss):
-                self.counters["drifts"] += 1
                 self.policy.on_drift(self.learner)
                 self.hooks.on_drift(self.monitor.detector_name, time.time())
                 log.info(
@@ -410,17 +397,27 @@ class Pipeline:
             now = self.clock()
             if now - last_lag >= 1.0:
                 last_lag = now
-                for (t, p), lag in source.lag().items():
-                    self.hooks.on_lag(t, p, lag)
-                for tp in source.truncated():  # the log is shorter than what we learned
-                    log.warning(
-                        "partition log ends before our position; reading its new log",
-                        extra={"pipeline": self.name, "partition": f"{tp[0]}:{tp[1]}"},
-                    )
-                    source.rewind(tp)
+                for (t, p), (pos, hw) in source.watermarks().items():
+                    self.hooks.on_lag(t, p, max(0, hw - pos))
+                    if pos > hw:  # the log is shorter than what we learned: it was replaced
+                        log.warning(
+                            "partition log ends before our position; reading its new log",
+                            extra={"pipeline": self.name, "partition": f"{t}:{p}"},
+                        )
+                        source.rewind((t, p))
             if now - self.last_checkpoint >= every:
                 self.checkpoint()
         self.checkpoint()
+
+    def summary(self) -> dict[str, Any]:
+        """Counters and losses for the history file."""
+        return {
+            **self.counters,
+            "updates": self.learner.updates,
+            "drifts": self.monitor.detections if self.monitor is not None else 0,
+            "loss_batch": self.last_batch_loss,
+            "loss_smoothed": self.smoothed_loss,
+        }
 
     def resume_offsets(self) -> dict[TP, int]:
         """Where each partition resumes on assignment: the model state's next offsets."""

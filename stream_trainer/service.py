@@ -126,22 +126,9 @@ class Service:
             while not self.stop.wait(h.every_seconds):
                 now = round(time.time(), 3)
                 for p in self.pipelines:
-                    doc = {
-                        "ts": now,
-                        "pipeline": p.name,
-                        "loss_batch": p.last_batch_loss,
-                        "loss_smoothed": p.smoothed_loss,
-                        **p.counters,
-                    }
-                    fh.write(
-                        json.dumps(
-                            {
-                                k: (None if isinstance(v, float) and v != v else v)
-                                for k, v in doc.items()
-                            }
-                        )
-                        + "\n"
-                    )
+                    doc = {"ts": now, "pipeline": p.name, **p.summary()}
+                    nan_free = {k: None if v != v else v for k, v in doc.items()}  # NaN -> null
+                    fh.write(json.dumps(nan_free) + "\n")
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)

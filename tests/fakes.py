@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stream_trainer.edges import TP, Record
+from stream_trainer.events.decode import Rejected
 
 
 class ListSource:
@@ -45,11 +46,8 @@ class ListSource:
             self.on_commit(dict(offsets))
         self.commits.append(dict(offsets))
 
-    def lag(self) -> dict[TP, int]:
-        return {tp: len(v) - self.pos[tp] for tp, v in self.data.items()}
-
-    def truncated(self) -> list[TP]:
-        return []
+    def watermarks(self) -> dict[TP, tuple[int, int]]:
+        return {tp: (self.pos[tp], len(v)) for tp, v in self.data.items()}
 
     def rewind(self, tp: TP) -> None:
         self.pos[tp] = 0
@@ -64,20 +62,15 @@ class ListSink:
         self.outputs: list[tuple[str, dict[str, Any]]] = []
         self.flushes = 0
 
-    def dead_letter(
-        self,
-        topic: str,
-        raw: bytes | None,
-        *,
-        reason: str,
-        detail: str,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None = None,
-    ) -> None:
+    def dead_letter(self, topic: str, rec: Record, why: Rejected) -> None:
         self.dead.append(
-            {"topic": topic, "raw": raw, "reason": reason, "offset": offset, "partition": partition}
+            {
+                "topic": topic,
+                "raw": rec.value,
+                "reason": why.reason,
+                "offset": rec.offset,
+                "partition": rec.partition,
+            }
         )
 
     def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None:

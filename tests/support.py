@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,7 +17,10 @@ from typing import Any
 
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from prometheus_client.parser import text_string_to_metric_families
+
+from stream_trainer.metrics.scrape import Samples, sample
+from stream_trainer.metrics.scrape import scrape as scrape_url
+from stream_trainer.producers.publish import publish
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,18 +74,8 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
     return out
 
 
-def scrape(address: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
-
-
-def sample(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+def scrape(address: str) -> Samples:
+    return scrape_url(f"http://{address}/metrics")
 
 
 class Daemon:
@@ -180,7 +174,7 @@ def base_config(
 
 
 class Trickle(threading.Thread):
-    """Produce ``events`` in chunks at about ``rate`` events/s, riding out broker outages."""
+    """``publish`` ``events`` at about ``rate`` events/s in the background."""
 
     def __init__(
         self,
@@ -189,36 +183,22 @@ class Trickle(threading.Thread):
         events: list[dict[str, Any]],
         key_field: str,
         rate: float = 5000.0,
-        chunk: int = 500,
     ) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.events = bootstrap, topic, events
-        self.key_field, self.rate, self.chunk = key_field, rate, chunk
+        self.key_field, self.rate = key_field, rate
         self.sent = 0
 
     def run(self) -> None:
-        producer = KafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            linger_ms=5,
-            acks="all",
-            enable_idempotence=False,
-            retries=1_000_000,
-            request_timeout_ms=5000,
-            max_block_ms=120_000,
-            delivery_timeout_ms=120_000,
+        self.sent = publish(
+            self.bootstrap,
+            self.topic,
+            self.events,
+            key_field=self.key_field,
+            rate=self.rate,
+            total=len(self.events),
+            progress=False,
         )
-        t0 = time.monotonic()
-        for k in range(0, len(self.events), self.chunk):
-            for ev in self.events[k : k + self.chunk]:
-                producer.send(
-                    self.topic, value=json.dumps(ev).encode(), key=str(ev[self.key_field]).encode()
-                )
-            producer.flush(timeout=120)
-            self.sent = min(len(self.events), k + self.chunk)
-            ahead = t0 + self.sent / self.rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        producer.close()
 
 
 def newest_checkpoint(root: Path, pipeline: str) -> dict[str, Any]:
@@ -238,8 +218,6 @@ def ledger_ranges(state: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
 
 def http_get(url: str) -> tuple[int, str]:
     """(status, body) of a GET; HTTP errors are answers too, connection errors are (0, why)."""
-    import urllib.error
-
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status, r.read().decode()

@@ -102,6 +102,7 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
     model_ll = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
     rate = y.mean()
     base_ll = float(-(rate * math.log(rate) + (1 - rate) * math.log(1 - rate)))
+    print(f"clicks, last {LAST}: log loss {model_ll:.4f} vs constant rate {base_ll:.4f}")
     assert model_ll < base_ll, (model_ll, base_ll)
 
     # ticks: MSE of the forecast next log return vs predicting zero return
@@ -115,6 +116,7 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
             zero_se.append(r * r)
         prev[e["symbol"]] = e["price"]
     assert len(model_se) > LAST * 0.99
+    print(f"ticks, last {LAST}: MSE {np.mean(model_se):.3e} vs zero return {np.mean(zero_se):.3e}")
     assert np.mean(model_se) < np.mean(zero_se), (np.mean(model_se), np.mean(zero_se))
 
     # sensors: MSE of the forecast reading vs the last value of the same sensor
@@ -131,6 +133,9 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
             scores.append(doc["anomaly_score"])
         last_value[e["sensor_id"]] = x
     assert len(model_se) > LAST * 0.99
+    print(
+        f"sensors, last {LAST}: MSE {np.mean(model_se):.3f} vs last value {np.mean(persist_se):.3f}"
+    )
     assert np.mean(model_se) < np.mean(persist_se), (np.mean(model_se), np.mean(persist_se))
     assert all(s >= 0 and math.isfinite(s) for s in scores)
 

@@ -175,7 +175,7 @@ def test_drift_triggers_the_configured_actions(tmp_path):
     ]
     src, sink = ListSource({("t", 0): stream}, {}, batch=256), ListSink()
     run_until(p, src, sink)
-    assert hooks.drifts >= 1 and p.counters["drifts"] == hooks.drifts
+    assert hooks.drifts >= 1 and p.summary()["drifts"] == hooks.drifts
     assert p.monitor.detections == hooks.drifts
     # boost_lr: the boost decays back over boost_updates (200) updates after the last drift
     assert p.learner.lr_multiplier == pytest.approx(1.0 + 4.0 * p.policy.boost_left / 200)

@@ -83,7 +83,7 @@ class CheckpointStore:
                 f"cannot write checkpoint in {self.dir}: {err.strerror}; "
                 "check the directory exists, is writable and has space"
             ) from None
-        for old in self.files()[: -self.keep]:
+        for old in [*existing, final][: -self.keep]:
             old.unlink(missing_ok=True)
         return final
 

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
 SKIP_NON_FINITE_GRAD = "non_finite_grad"
+SKIP_REASONS = (SKIP_NON_FINITE_LOSS, SKIP_NON_FINITE_GRAD)
 
 
 def pick_device(name: str) -> torch.device:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from stream_trainer import __version__
 from stream_trainer.events import reasons
 from stream_trainer.hooks import PipelineHooks
+from stream_trainer.learner.prequential import SKIP_REASONS
 
 PREFIX = "stream_trainer_"
 
@@ -131,15 +132,18 @@ class PipelineMetrics(PipelineHooks):
         self._loss_smoothed = m.loss.labels(name, "smoothed")
         self._update_seconds = m.update_seconds.labels(name)
         self._freshness = m.freshness.labels(name)
+        self._lr = m.lr.labels(name)
+        self._model_version = m.model_version.labels(name)
+        self._last_update = m.last_update.labels(name)
+        self._clipped = m.clipped.labels(name)
         self._lag_keys: set[tuple[str, str]] = set()
         # Expose every series from the start, so dashboards and alerts see zeros, not gaps.
         for reason in reasons.ALL:
             m.rejected.labels(name, reason)
-        for reason in ("non_finite_loss", "non_finite_grad"):
+        for reason in SKIP_REASONS:
             m.skipped.labels(name, reason)
         m.checkpoints.labels(name)
         m.checkpoint_failures.labels(name)
-        m.clipped.labels(name)
         m.anomalies.labels(name)
         if detector != "none":
             m.drift.labels(name, detector)
@@ -171,15 +175,15 @@ class PipelineMetrics(PipelineHooks):
             self._loss_batch.set(batch_loss)
             self._loss_smoothed.set(smoothed_loss)
         self._update_seconds.observe(update_seconds)
-        self.m.lr.labels(self.name).set(lr)
-        self.m.model_version.labels(self.name).set(model_version)
+        self._lr.set(lr)
+        self._model_version.set(model_version)
         if skipped:
             self.m.skipped.labels(self.name, skipped).inc()
         else:
             self._updates.inc()
-            self.m.last_update.labels(self.name).set_to_current_time()
+            self._last_update.set_to_current_time()
         if clipped:
-            self.m.clipped.labels(self.name).inc()
+            self._clipped.inc()
         for age in event_ages:
             self._freshness.observe(age)
 

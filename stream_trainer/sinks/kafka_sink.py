@@ -13,7 +13,9 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from stream_trainer.edges import Record
 from stream_trainer.errors import BrokerError
+from stream_trainer.events.decode import Rejected
 from stream_trainer.kafka_common import unreachable
 
 
@@ -38,26 +40,16 @@ class KafkaSink:
         except (KafkaError, OSError) as err:
             raise unreachable(bootstrap, err) from None
 
-    def dead_letter(
-        self,
-        topic: str,
-        raw: bytes | None,
-        *,
-        reason: str,
-        detail: str,
-        source_topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None = None,
-    ) -> None:
+    def dead_letter(self, topic: str, rec: Record, why: Rejected) -> None:
+        """The original bytes and key, with why and where from in the headers."""
         headers = [
-            ("reason", reason.encode()),
-            ("detail", detail.encode("utf-8", "replace")),
-            ("source_topic", source_topic.encode()),
-            ("source_partition", str(partition).encode()),
-            ("source_offset", str(offset).encode()),
+            ("reason", why.reason.encode()),
+            ("detail", why.detail.encode("utf-8", "replace")),
+            ("source_topic", rec.topic.encode()),
+            ("source_partition", str(rec.partition).encode()),
+            ("source_offset", str(rec.offset).encode()),
         ]
-        self.producer.send(topic, value=raw if raw is not None else b"", key=key, headers=headers)
+        self.producer.send(topic, value=rec.value or b"", key=rec.key, headers=headers)
 
     def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None:
         self.producer.send(

@@ -114,13 +114,13 @@ class KafkaSource:
         if payload:
             self.consumer.commit(payload, timeout_ms=timeout_ms)
 
-    def lag(self) -> dict[TP, int]:
-        """Messages behind the high watermark, per owned partition with a known watermark.
+    def watermarks(self) -> dict[TP, tuple[int, int]]:
+        """(position, high watermark) per owned partition where both are known.
 
-        Uses ``highwater()`` from fetch responses; some brokers answer ``end_offsets``
-        wrongly (the local Tansu broker does).
+        The high watermark comes from fetch responses (``highwater()``); some brokers
+        answer ``end_offsets`` wrongly (the local Tansu broker does).
         """
-        out: dict[TP, int] = {}
+        out: dict[TP, tuple[int, int]] = {}
         for t, p in self.assignment:
             tp = TopicPartition(t, p)
             hw = self.consumer.highwater(tp)
@@ -129,24 +129,9 @@ class KafkaSource:
             try:
                 pos = self.consumer.position(tp, timeout_ms=0)
             except (KafkaError, TypeError):
-                pos = None
-            if pos is not None:
-                out[(t, p)] = max(0, hw - pos)
-        return out
-
-    def truncated(self) -> list[TP]:
-        """Owned partitions whose log now ends before our position: the broker lost data
-        (some brokers answer such fetches with nothing rather than OffsetOutOfRange)."""
-        out = []
-        for t, p in self.assignment:
-            tp = TopicPartition(t, p)
-            hw = self.consumer.highwater(tp)
-            try:
-                pos = self.consumer.position(tp, timeout_ms=0)
-            except (KafkaError, TypeError):
                 continue
-            if hw is not None and pos is not None and pos > hw:
-                out.append((t, p))
+            if pos is not None:
+                out[(t, p)] = (pos, hw)
         return out
 
     def rewind(self, tp: TP) -> None:
