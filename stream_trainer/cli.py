@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -214,7 +215,7 @@ def cmd_broker(a: argparse.Namespace) -> int:
     with LocalBroker(port=a.port, host=a.host) as broker:
         print(f"broker ready on {broker.bootstrap} (in memory; Ctrl-C to stop)", flush=True)
         while not stop.is_set() and broker.proc is not None and broker.proc.poll() is None:
-            stop.wait(0.5)
+            time.sleep(0.5)  # the main thread polls; never stop.wait() (see service.py)
         if broker.proc is not None and broker.proc.poll() is not None and not stop.is_set():
             raise StreamTrainerError(
                 f"the broker exited unexpectedly (code {broker.proc.returncode})"

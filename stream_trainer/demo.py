@@ -138,7 +138,10 @@ class Demo:
             f"{'smoothed':>9} {'drifts':>6} {'rejected':>8}"
         )
         lines = 0
-        while not self.stop.wait(2.0):
+        while True:
+            time.sleep(2.0)  # the main thread polls; never stop.wait() (see service.py)
+            if self.stop.is_set():
+                break
             if self.daemon.poll() is not None:
                 raise StreamTrainerError(
                     f"the daemon exited (code {self.daemon.returncode}); "

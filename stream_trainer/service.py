@@ -35,6 +35,10 @@ from stream_trainer.source import KafkaSource
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 20.0
+# The main thread never blocks in stop.wait(): the signal handler calls stop.set(), which
+# takes the Event's lock, and deadlocks if it interrupts this same thread while it holds
+# that lock inside wait(). So the main thread sleeps and polls stop.is_set() instead.
+MAIN_THREAD_POLL_S = 0.2
 PROBE_EVERY_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 BROKER_DOWN_AFTER_S = 3.0
@@ -206,7 +210,7 @@ class Service:
                 self.threads.append(t)
                 t.start()
             while not self.stop.is_set() and any(t.is_alive() for t in self.threads):
-                self.stop.wait(0.5)
+                time.sleep(MAIN_THREAD_POLL_S)
             self.stop.set()
             deadline = time.monotonic() + STOP_GRACE_S
             for t in self.threads:

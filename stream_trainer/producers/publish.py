@@ -86,7 +86,7 @@ def publish(
             if rate > 0 and sent % max(1, int(rate // 100)) == 0:
                 ahead = t0 + sent / rate - time.monotonic()
                 if ahead > 0:
-                    (stop.wait if stop is not None else time.sleep)(ahead)
+                    time.sleep(ahead)  # may be the main thread: never stop.wait()
         producer.flush(timeout=60)
     except KafkaError as err:
         raise StreamTrainerError(f"producing to {topic} at {bootstrap} failed: {err}") from None
