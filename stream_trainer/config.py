@@ -144,6 +144,11 @@ class OptimizerSettings(_Frozen):
     lr: float = Field(0.003, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip_norm: float | None = Field(5.0, gt=0)
+    # Embeddings: sparse gradients (only the rows a batch touches are updated) with their
+    # own optimizer. null = sparse on the CPU, dense on a GPU.
+    sparse_embeddings: bool | None = None
+    embedding_optimizer: Literal["sparse_adam", "adagrad", "sgd"] = "adagrad"
+    embedding_lr: float | None = Field(0.1, gt=0)  # null = lr
 
 
 DriftAction = Literal["reset_optimizer", "boost_lr"]

@@ -83,6 +83,9 @@ class Pipeline:
             weight_decay=o.weight_decay,
             grad_clip_norm=o.grad_clip_norm,
             device=device,
+            sparse_embeddings=o.sparse_embeddings,
+            embedding_optimizer=o.embedding_optimizer,
+            embedding_lr=o.embedding_lr,
         )
         d = spec.drift
         self.monitor = (

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from stream_trainer.learner import Learner
@@ -70,16 +71,51 @@ def test_non_finite_gradient_is_skipped():
         assert torch.isfinite(v).all()
 
 
-def test_gradients_are_clipped():
+@pytest.mark.parametrize("sparse", [False, True])
+def test_gradients_are_clipped(sparse):
+    """The total norm counts dense and sparse (embedding) gradients alike."""
+    torch.manual_seed(0)
     learner = Learner(
-        TickModel(4, 1, 8), "regression", lr=1.0, optimizer="sgd", grad_clip_norm=0.001
+        TickModel(4, 1, 8),
+        "regression",
+        lr=1.0,
+        optimizer="sgd",
+        embedding_optimizer="sgd",
+        sparse_embeddings=sparse,
+        grad_clip_norm=0.001,
     )
     inputs, y = batch()
     y = y * 1000
     w = params(learner)
-    learner.step(inputs, y)
+    # SGD's momentum buffer starts as the first gradient: step one moves lr * grad.
+    res = learner.step(inputs, y)
+    assert res.clipped and res.grad_norm > 0.001
     delta = sum(float((v - w[k]).norm() ** 2) for k, v in learner.model.state_dict().items())
-    assert delta**0.5 <= 0.0011  # lr * clip norm
+    assert 0.0009 <= delta**0.5 <= 0.0011  # lr * clip norm
+    assert learner.model.key.weight.grad is None or learner.model.key.weight.grad.is_sparse == sparse
+
+
+def test_sparse_embeddings_update_only_the_rows_of_the_batch():
+    torch.manual_seed(0)
+    learner = Learner(TickModel(4, 1, 64), "regression", lr=0.01, sparse_embeddings=True)
+    inputs, y = batch()
+    inputs["symbol"] = np.full(32, 5)
+    before = learner.model.key.weight.detach().clone()
+    learner.step(inputs, y)
+    changed = (learner.model.key.weight != before).any(1).nonzero().flatten().tolist()
+    assert changed == [5]
+    assert set(learner.optimizer.state_dict()) == {"dense", "sparse"}
+
+
+def test_embedding_optimizer_has_its_own_learning_rate_and_boost_scales_both():
+    learner = Learner(
+        TickModel(4, 1, 8), "regression", lr=0.01, embedding_optimizer="adagrad", embedding_lr=0.1
+    )
+    learner.set_lr_multiplier(2.0)
+    lrs = sorted(g["lr"] for g in learner.optimizer.param_groups)
+    assert lrs == [0.02, 0.2]
+    learner.reset_optimizer()
+    assert sorted(g["lr"] for g in learner.optimizer.param_groups) == [0.02, 0.2]
 
 
 def test_boost_and_reset_and_state_round_trip():
@@ -96,5 +132,5 @@ def test_boost_and_reset_and_state_round_trip():
     a, b = learner.step(inputs, y), other.step(inputs, y)
     np.testing.assert_allclose(a.outputs, b.outputs)
     learner.reset_optimizer()
-    assert learner.optimizer.state_dict()["state"] == {}
+    assert all(part["state"] == {} for part in learner.optimizer.state_dict().values())
     assert learner.optimizer.param_groups[0]["lr"] == 0.03

@@ -13,6 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stream_trainer.learner.optim import (
+    DEFAULT_EMBEDDING_LR,
+    DEFAULT_EMBEDDING_OPTIMIZER,
+    SplitOptimizer,
+    clip_grad_norm,
+    use_sparse_embeddings,
+)
+
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
 SKIP_NON_FINITE_GRAD = "non_finite_grad"
 SKIP_REASONS = (SKIP_NON_FINITE_LOSS, SKIP_NON_FINITE_GRAD)
@@ -27,16 +35,6 @@ def pick_device(name: str) -> torch.device:
             "device 'cuda' requested but torch sees no CUDA device; use device: auto or cpu"
         )
     return torch.device(name)
-
-
-def make_optimizer(params: Any, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
-    raise ValueError(f"unknown optimizer {name!r}")
 
 
 @dataclass
@@ -67,17 +65,40 @@ class Learner:
         weight_decay: float = 0.0,
         grad_clip_norm: float | None = 5.0,
         device: torch.device | str = "cpu",
+        sparse_embeddings: bool | None = None,
+        embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER,
+        embedding_lr: float | None = DEFAULT_EMBEDDING_LR,
     ) -> None:
+        """``sparse_embeddings=None`` means sparse on the CPU (a step then touches only
+        the rows of its batch), dense on a GPU (where a dense fused update is cheap and
+        keeps shapes fixed). Sparse embeddings use ``embedding_optimizer`` at
+        ``embedding_lr`` (``None``: ``lr``); weight decay applies to dense weights only."""
         if task not in ("binary", "regression"):
             raise ValueError(f"task must be 'binary' or 'regression', not {task!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.task = task
-        self.opt_name, self.base_lr, self.weight_decay = optimizer, lr, weight_decay
         self.grad_clip_norm = grad_clip_norm
+        if sparse_embeddings is None:
+            sparse_embeddings = self.device.type == "cpu"
+        sparse = use_sparse_embeddings(self.model, sparse_embeddings) if sparse_embeddings else []
+        sparse_ids = {id(p) for p in sparse}
+        self._groups = (
+            [p for p in self.model.parameters() if id(p) not in sparse_ids],
+            sparse,
+        )
+        self._opt_args = {
+            "name": optimizer,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "sparse_name": embedding_optimizer,
+            "sparse_lr": embedding_lr,
+        }
+        self.base_lr = lr
         self.lr_multiplier = 1.0
         self.updates = 0
-        self.optimizer = make_optimizer(self.model.parameters(), optimizer, lr, weight_decay)
+        self.optimizer = SplitOptimizer(*self._groups, **self._opt_args)
+        self._pin = self.device.type == "cuda"
 
     @property
     def lr(self) -> float:
@@ -85,20 +106,22 @@ class Learner:
 
     def set_lr_multiplier(self, m: float) -> None:
         self.lr_multiplier = m
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+        self.optimizer.set_lr_multiplier(m)
 
     def reset_optimizer(self) -> None:
         """Forget moment estimates (they describe the old regime's gradients)."""
-        self.optimizer = make_optimizer(
-            self.model.parameters(), self.opt_name, self.lr, self.weight_decay
+        self.optimizer = SplitOptimizer(
+            *self._groups, **self._opt_args, lr_multiplier=self.lr_multiplier
         )
 
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if self._pin:  # page-locked host memory: the copy below runs asynchronously
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
     def _tensors(self, inputs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {
-            k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device, non_blocking=True)
-            for k, v in inputs.items()
-        }
+        return {k: self._tensor(v) for k, v in inputs.items()}
 
     def _per_example_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.task == "binary":
@@ -120,7 +143,7 @@ class Learner:
     def step(self, inputs: Mapping[str, np.ndarray], targets: np.ndarray) -> StepResult:
         self.model.train()
         x = self._tensors(inputs)
-        y = torch.from_numpy(np.ascontiguousarray(targets)).to(self.device, non_blocking=True)
+        y = self._tensor(targets)
         out = self.model(**x)
         per = self._per_example_loss(out, y)
         loss = per.mean()
@@ -128,14 +151,13 @@ class Learner:
         if not torch.isfinite(loss):
             result.skipped = SKIP_NON_FINITE_LOSS
             return result
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else math.inf
-        norm = float(nn.utils.clip_grad_norm_(params, max_norm))
+        norm = clip_grad_norm(self.model.parameters(), max_norm)
         result.grad_norm = norm
         if not math.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             result.skipped = SKIP_NON_FINITE_GRAD
             return result
         result.clipped = norm > max_norm
