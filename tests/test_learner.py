@@ -92,7 +92,8 @@ def test_gradients_are_clipped(sparse):
     assert res.clipped and res.grad_norm > 0.001
     delta = sum(float((v - w[k]).norm() ** 2) for k, v in learner.model.state_dict().items())
     assert 0.0009 <= delta**0.5 <= 0.0011  # lr * clip norm
-    assert learner.model.key.weight.grad is None or learner.model.key.weight.grad.is_sparse == sparse
+    grad = learner.model.key.weight.grad
+    assert grad is None or grad.is_sparse == sparse
 
 
 def test_sparse_embeddings_update_only_the_rows_of_the_batch():

@@ -10,7 +10,6 @@ import numpy as np
 
 from stream_trainer.features.base import FeatureBatch, stable_hash
 
-
 HASH_CACHE_MAX = 1 << 20  # entries per cache; cleared when full (ids churn slowly)
 
 
@@ -49,10 +48,11 @@ class ClickFeaturizer:
         self._pairs: dict[tuple[str, str], int] = {}
         self._tokens: dict[tuple[str, Any, type], tuple[int, float]] = {}
 
-    def _cached(self, cache: dict, key: Any, make: Any) -> Any:
+    @staticmethod
+    def _remember(cache: dict, key: Any, value: Any) -> Any:
         if len(cache) >= HASH_CACHE_MAX:
             cache.clear()
-        value = cache[key] = make()
+        cache[key] = value
         return value
 
     def _token(self, k: str, v: Any) -> tuple[int, float]:
@@ -73,18 +73,18 @@ class ClickFeaturizer:
         for i, ev in enumerate(events):
             u, it = ev["user_id"], ev["item_id"]
             h = user_h.get(u)
-            users[i] = h if h is not None else self._cached(
-                user_h, u, lambda: stable_hash(u, ub, salt)
-            )
+            if h is None:
+                h = self._remember(user_h, u, stable_hash(u, ub, salt))
+            users[i] = h
             h = item_h.get(it)
-            items[i] = h if h is not None else self._cached(
-                item_h, it, lambda: stable_hash(it, ub, salt + 1)
-            )
+            if h is None:
+                h = self._remember(item_h, it, stable_hash(it, ub, salt + 1))
+            items[i] = h
             if pb:
                 h = pair_h.get((u, it))
-                pairs[i] = h if h is not None else self._cached(
-                    pair_h, (u, it), lambda: stable_hash(f"{u}\x1f{it}", pb, salt + 2)
-                )
+                if h is None:
+                    h = self._remember(pair_h, (u, it), stable_hash(f"{u}\x1f{it}", pb, salt + 2))
+                pairs[i] = h
             labels[i] = ev["label"]
             context = ev.get("context")
             if context:
@@ -92,7 +92,7 @@ class ClickFeaturizer:
                     key = (k, v, type(v))  # 1, 1.0 and True are equal keys, not equal tokens
                     tok = tok_h.get(key)
                     if tok is None:
-                        tok = self._cached(tok_h, key, lambda: self._token(k, v))
+                        tok = self._remember(tok_h, key, self._token(k, v))
                     ctx[i, j], ctx_w[i, j] = tok
         inputs = {"user": users, "item": items, "ctx": ctx, "ctx_w": ctx_w}
         if pb:
