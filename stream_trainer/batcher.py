@@ -42,6 +42,12 @@ class MicroBatcher(Generic[T]):
         self._items.append(item)
         self._since.append(self.clock())
 
+    def extend(self, items: list[T]) -> None:
+        """Add items that arrived together (one clock reading for all)."""
+        now = self.clock()
+        self._items.extend(items)
+        self._since.extend([now] * len(items))
+
     def time_left(self) -> float | None:
         """Seconds until the oldest item is due; None when empty."""
         if not self._items:

@@ -204,6 +204,10 @@ class Settings(_Frozen):
     history: HistorySettings = HistorySettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(1, ge=1, le=256)
+    # GPU fast path (no effect on the CPU): capture each pipeline's forward + backward as
+    # a CUDA graph over fixed batches of batch.max_size rows; autocast forwards to bf16.
+    cuda_graphs: bool = False
+    bf16: bool = False
     seed: int = 0
     pipelines: tuple[PipelineSettings, ...] = Field(min_length=1)
 

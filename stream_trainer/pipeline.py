@@ -26,7 +26,7 @@ from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor
 from stream_trainer.edges import TP, Record, Sink, Source
-from stream_trainer.errors import StreamTrainerError
+from stream_trainer.errors import ConfigError, StreamTrainerError
 from stream_trainer.events import Rejected, decoder_for, reasons
 from stream_trainer.events.dedup import Deduper
 from stream_trainer.hooks import NullHooks, PipelineHooks
@@ -75,18 +75,25 @@ class Pipeline:
         torch.manual_seed(settings.seed)
         model = build_model(spec.kind, spec.model, self.featurizer)
         o = spec.optimizer
-        self.learner = Learner(
-            model,
-            self.featurizer.task,
-            optimizer=o.name,
-            lr=o.lr,
-            weight_decay=o.weight_decay,
-            grad_clip_norm=o.grad_clip_norm,
-            device=device,
-            sparse_embeddings=o.sparse_embeddings,
-            embedding_optimizer=o.embedding_optimizer,
-            embedding_lr=o.embedding_lr,
-        )
+        graphs = settings.cuda_graphs and torch.device(device).type == "cuda"
+        try:
+            self.learner = Learner(
+                model,
+                self.featurizer.task,
+                optimizer=o.name,
+                lr=o.lr,
+                weight_decay=o.weight_decay,
+                grad_clip_norm=o.grad_clip_norm,
+                device=device,
+                sparse_embeddings=o.sparse_embeddings,
+                embedding_optimizer=o.embedding_optimizer,
+                embedding_lr=o.embedding_lr,
+                fixed_batch=spec.batch.max_size if graphs else None,
+                cuda_graphs=graphs,
+                bf16=settings.bf16,
+            )
+        except ValueError as err:
+            raise ConfigError(f"pipeline {spec.name}: {err}") from None
         d = spec.drift
         self.monitor = (
             DriftMonitor(d.detector, d.params, warmup=d.warmup_updates)
@@ -174,19 +181,28 @@ class Pipeline:
             return
         self.counters["consumed"] += len(records)
         self.hooks.on_consumed(len(records))
+        decode, seen, polled_next = self.decode, self.dedup.seen, self.polled_next
+        accepted: list[Item] = []
         for rec in records:
             tp = (rec.topic, rec.partition)
-            expected = self.polled_next.get(tp)
+            expected = polled_next.get(tp)
             if expected is not None and rec.offset < expected:
+                self._batch_add(accepted)
+                accepted = []
                 self._offset_reset(tp, expected, rec.offset)
-            self.polled_next[tp] = rec.offset + 1
-            result = self.decode(rec.value)
-            if not isinstance(result, Rejected) and self.dedup.seen(rec.value):
+            polled_next[tp] = rec.offset + 1
+            result = decode(rec.value)
+            if type(result) is dict and not seen(rec.value):
+                accepted.append(Item(rec, result))
+                continue
+            if not isinstance(result, Rejected):
                 result = Rejected(reasons.DUPLICATE, "same bytes as a recent event")
-            if isinstance(result, Rejected):
-                self._reject(rec, result)
-            else:
-                self.batcher.add(Item(rec, result))
+            self._reject(rec, result)
+        self._batch_add(accepted)
+
+    def _batch_add(self, items: list[Item]) -> None:
+        if items:
+            self.batcher.extend(items)
 
     def _reject(self, rec: Record, why: Rejected) -> None:
         self.counters["rejected"] += 1
@@ -222,10 +238,26 @@ class Pipeline:
         )
 
     def _advance(self, rec: Record) -> None:
-        tp = (rec.topic, rec.partition)
-        if rec.offset + 1 > self.next_offsets.get(tp, 0):
-            self.next_offsets[tp] = rec.offset + 1
-        self.ledger.add(tp, rec.offset)
+        self._advance_range((rec.topic, rec.partition), rec.offset, rec.offset + 1)
+
+    def _advance_many(self, records: list[Record]) -> None:
+        """``_advance`` for many records: one ledger range per run of consecutive offsets."""
+        run_tp, start, end = None, 0, 0
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            if tp == run_tp and rec.offset == end:
+                end += 1
+                continue
+            if run_tp is not None:
+                self._advance_range(run_tp, start, end)
+            run_tp, start, end = tp, rec.offset, rec.offset + 1
+        if run_tp is not None:
+            self._advance_range(run_tp, start, end)
+
+    def _advance_range(self, tp: TP, start: int, end: int) -> None:
+        if end > self.next_offsets.get(tp, 0):
+            self.next_offsets[tp] = end
+        self.ledger.add_range(tp, start, end)
         self.dirty = True
 
     def pump(self) -> int:
@@ -257,8 +289,7 @@ class Pipeline:
         if seeded:
             self.counters["seeded"] += seeded
             self.hooks.on_seeded(seeded)
-        for it in items:
-            self._advance(it.record)
+        self._advance_many([it.record for it in items])
         if n == 0:
             return
         t0 = time.perf_counter()
@@ -375,7 +406,7 @@ class Pipeline:
         return True, ""
 
     def run(
-        self, source: Source, sink: Sink | None, stop: threading.Event, *, idle_poll_s: float = 0.2
+        self, source: Source, sink: Sink | None, stop: threading.Event, *, idle_poll_s: float = 0.01
     ) -> None:
         self.source, self.sink = source, sink
         every = self.settings.checkpoint.every_seconds

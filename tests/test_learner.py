@@ -133,5 +133,74 @@ def test_boost_and_reset_and_state_round_trip():
     a, b = learner.step(inputs, y), other.step(inputs, y)
     np.testing.assert_allclose(a.outputs, b.outputs)
     learner.reset_optimizer()
-    assert all(part["state"] == {} for part in learner.optimizer.state_dict().values())
+    for part in learner.optimizer.state_dict().values():  # moments forgotten
+        for state in part["state"].values():  # Adagrad starts with zero sums, Adam with none
+            assert all(not torch.is_tensor(v) or not v.any() for v in state.values())
     assert learner.optimizer.param_groups[0]["lr"] == 0.03
+
+
+def click_learner(**kw) -> tuple[Learner, dict, np.ndarray]:
+    from stream_trainer.features.clicks import ClickFeaturizer
+    from stream_trainer.models.clicks import build
+    from stream_trainer.producers.generators import make_generator
+
+    f = ClickFeaturizer(id_buckets=256, context_buckets=64, pair_buckets=512)
+    fb = f.featurize(list(make_generator("clicks", seed=2, count=50)))
+    torch.manual_seed(0)
+    return Learner(build(f.input_spec, dim=4, hidden=8), "binary", **kw), fb.inputs, fb.targets
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fixed_shape_batches_learn_exactly_what_unpadded_ones_do(sparse):
+    """Padding to a fixed size (what CUDA graphs need) changes nothing but the shape:
+    padded rows are masked out of the loss, and the padding row of every embedding
+    takes no gradient."""
+    plain, inputs, y = click_learner(sparse_embeddings=sparse)
+    fixed, _, _ = click_learner(sparse_embeddings=sparse, fixed_batch=64)
+    for _ in range(3):
+        a, b = plain.step(inputs, y), fixed.step(inputs, y)
+        assert b.losses.shape == (50,) and b.outputs.shape == (50,)
+        np.testing.assert_allclose(a.losses, b.losses, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.outputs, b.outputs, rtol=1e-4, atol=1e-6)
+    for (name, p), q in zip(plain.model.named_parameters(), fixed.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fixed_batch_guard_still_refuses_non_finite_losses():
+    learner, inputs, y = click_learner(fixed_batch=64)
+    y = y.copy()
+    y[7] = np.nan
+    w = params(learner)
+    assert learner.step(inputs, y).skipped == SKIP_NON_FINITE_LOSS
+    assert all(torch.equal(w[k], v) for k, v in learner.model.state_dict().items())
+
+
+def test_bf16_forward_learns():
+    learner, inputs, y = click_learner(bf16=True)
+    first = learner.step(inputs, y).mean_loss
+    for _ in range(30):
+        last = learner.step(inputs, y).mean_loss
+    assert np.isfinite(last) and last < first
+
+
+def test_cuda_graphs_need_a_gpu_and_fixed_dense_batches():
+    with pytest.raises(ValueError, match="cuda"):
+        click_learner(cuda_graphs=True, fixed_batch=64)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_step_matches_the_eager_step():
+    eager, inputs, y = click_learner(device="cuda", fixed_batch=64)
+    graphed, _, _ = click_learner(device="cuda", fixed_batch=64, cuda_graphs=True)
+    for _ in range(5):
+        a, b = eager.step(inputs, y), graphed.step(inputs, y)
+        np.testing.assert_allclose(a.losses, b.losses, rtol=1e-4, atol=1e-5)
+    for p, q in zip(eager.model.parameters(), graphed.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    bad = y.copy()
+    bad[3] = np.nan
+    w = params(graphed)
+    assert graphed.step(inputs, bad).skipped == SKIP_NON_FINITE_LOSS
+    assert all(torch.equal(w[k], v) for k, v in graphed.model.state_dict().items())
+    assert graphed.step(inputs, y).skipped is None  # and learns on after a refusal

@@ -64,6 +64,24 @@ def _number(
     return v
 
 
+# One decoder, built once: ``json.loads(text, parse_constant=...)`` builds a new decoder
+# per call, which cost as much as the parsing itself.
+_scan = json.JSONDecoder(parse_constant=_no_constants).scan_once
+
+
+def _parse(text: str) -> Any:
+    """``json.loads`` without its per-call set-up: the scanner straight away when the
+    text is one JSON value with no surrounding whitespace; ``json.loads`` otherwise
+    (whitespace, trailing data, errors: its exact behaviour and messages)."""
+    try:
+        doc, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):
+        return json.loads(text, parse_constant=_no_constants)
+    return doc
+
+
 def _ts(doc: dict[str, Any]) -> float:
     ts = _number(doc, "ts", lo=-math.inf, hi=math.inf)
     if not TS_MIN <= ts <= TS_MAX:
@@ -170,7 +188,7 @@ def decoder_for(
         except UnicodeDecodeError as err:
             return Rejected(R.INVALID_UTF8, f"at byte {err.start}")
         try:
-            doc = json.loads(text, parse_constant=_no_constants)
+            doc = _parse(text)
         except _Reject as rej:
             return rej.rejected
         except RecursionError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from stream_trainer.learner.optim import (
     clip_grad_norm,
     use_sparse_embeddings,
 )
+from stream_trainer.learner.static import StaticBatch
 
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
 SKIP_NON_FINITE_GRAD = "non_finite_grad"
@@ -68,19 +70,36 @@ class Learner:
         sparse_embeddings: bool | None = None,
         embedding_optimizer: str = DEFAULT_EMBEDDING_OPTIMIZER,
         embedding_lr: float | None = DEFAULT_EMBEDDING_LR,
+        fixed_batch: int | None = None,
+        cuda_graphs: bool = False,
+        bf16: bool = False,
     ) -> None:
         """``sparse_embeddings=None`` means sparse on the CPU (a step then touches only
         the rows of its batch), dense on a GPU (where a dense fused update is cheap and
         keeps shapes fixed). Sparse embeddings use ``embedding_optimizer`` at
-        ``embedding_lr`` (``None``: ``lr``); weight decay applies to dense weights only."""
+        ``embedding_lr`` (``None``: ``lr``); weight decay applies to dense weights only.
+
+        ``fixed_batch``: pad every batch of up to that many rows to exactly that many
+        (padded rows are masked out of the loss). ``cuda_graphs`` (CUDA only, implies
+        fixed batches and dense embeddings): forward and backward are captured once
+        and replayed; the finiteness guards and the optimizer step stay outside the
+        graph, so a bad batch is still refused exactly. ``bf16``: autocast the forward
+        pass to bfloat16 (losses, gradients and weights stay float32)."""
         if task not in ("binary", "regression"):
             raise ValueError(f"task must be 'binary' or 'regression', not {task!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.task = task
         self.grad_clip_norm = grad_clip_norm
+        cuda = self.device.type == "cuda"
+        if cuda_graphs and not cuda:
+            raise ValueError("cuda_graphs needs device 'cuda'")
         if sparse_embeddings is None:
-            sparse_embeddings = self.device.type == "cpu"
+            sparse_embeddings = not cuda
+        if cuda_graphs and sparse_embeddings:
+            raise ValueError("cuda_graphs needs dense embeddings (sparse_embeddings: false)")
+        if cuda_graphs and not fixed_batch:
+            raise ValueError("cuda_graphs needs fixed_batch (the batch size to capture)")
         sparse = use_sparse_embeddings(self.model, sparse_embeddings) if sparse_embeddings else []
         sparse_ids = {id(p) for p in sparse}
         self._groups = (
@@ -93,12 +112,21 @@ class Learner:
             "weight_decay": weight_decay,
             "sparse_name": embedding_optimizer,
             "sparse_lr": embedding_lr,
+            "fused": cuda,
         }
         self.base_lr = lr
         self.lr_multiplier = 1.0
         self.updates = 0
         self.optimizer = SplitOptimizer(*self._groups, **self._opt_args)
-        self._pin = self.device.type == "cuda"
+        self._pin = cuda
+        self.static = StaticBatch(fixed_batch, self.device) if fixed_batch else None
+        self.cuda_graphs = cuda_graphs
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        )
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_shapes: Any = None
+        self._graph_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def lr(self) -> float:
@@ -131,9 +159,39 @@ class Learner:
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Outputs in model units (probabilities for binary tasks), without learning."""
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast:
             out = self.model(**self._tensors(inputs))
         return self._to_numpy(out)
+
+    def _forward(
+        self, x: Mapping[str, torch.Tensor], y: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(outputs, per-example losses, the mean loss over real rows)."""
+        with self.autocast:
+            out = self.model(**x)
+        per = self._per_example_loss(out.float(), y)
+        if mask is None:
+            return out, per, per.mean()
+        return out, per, (per * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def _capture(self, x: Mapping[str, torch.Tensor], y: torch.Tensor, m: torch.Tensor) -> None:
+        """Record forward + backward on the static batch (torch's recipe: warm up on a
+        side stream, then capture). Gradients become static tensors that every replay
+        overwrites, so they must never be set to None afterwards."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.optimizer.zero_grad()
+                self._forward(x, y, m)[2].backward()
+        torch.cuda.current_stream().wait_stream(side)
+        self.optimizer.zero_grad()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out, per, loss = self._forward(x, y, m)
+            loss.backward()
+        self._graph, self._graph_out = graph, (out, per, loss)
+        self._graph_shapes = self.static.shapes if self.static else None
 
     def _to_numpy(self, out: torch.Tensor) -> np.ndarray:
         if self.task == "binary":
@@ -142,22 +200,34 @@ class Learner:
 
     def step(self, inputs: Mapping[str, np.ndarray], targets: np.ndarray) -> StepResult:
         self.model.train()
-        x = self._tensors(inputs)
-        y = self._tensor(targets)
-        out = self.model(**x)
-        per = self._per_example_loss(out, y)
-        loss = per.mean()
-        result = StepResult(per.detach().cpu().numpy(), self._to_numpy(out))
+        n = int(targets.shape[0])
+        graphed = False
+        if self.static is not None and n <= self.static.size:
+            x, y, m = self.static.load(inputs, targets)
+            if self.cuda_graphs:
+                if self._graph is None or self._graph_shapes != self.static.shapes:
+                    self._capture(x, y, m)
+                assert self._graph is not None and self._graph_out is not None
+                self._graph.replay()
+                out, per, loss = self._graph_out
+                graphed = True
+            else:
+                out, per, loss = self._forward(x, y, m)
+        else:
+            out, per, loss = self._forward(self._tensors(inputs), self._tensor(targets), None)
+        result = StepResult(per[:n].detach().cpu().numpy(), self._to_numpy(out[:n]))
         if not torch.isfinite(loss):
             result.skipped = SKIP_NON_FINITE_LOSS
             return result
-        self.optimizer.zero_grad()
-        loss.backward()
+        if not graphed:  # a replay has already written the gradients
+            self.optimizer.zero_grad()
+            loss.backward()
         max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else math.inf
         norm = clip_grad_norm(self.model.parameters(), max_norm)
         result.grad_norm = norm
         if not math.isfinite(norm):
-            self.optimizer.zero_grad()
+            if not graphed:
+                self.optimizer.zero_grad()
             result.skipped = SKIP_NON_FINITE_GRAD
             return result
         result.clipped = norm > max_norm
