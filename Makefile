@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup tools run test test-slow soak lint fmt clean
+.PHONY: setup tools run test test-slow soak bench bench-gpu lint fmt clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,17 @@ test-slow: setup tools
 # 10 minutes at 5k events/s through the broker: RSS, errors, lag (not a CI test).
 soak: setup
 	$(BIN)/python scripts/soak.py --duration 600 --rate 5000
+
+# Every CPU figure of BENCHMARKS.md in one run (~10 min): the client limit, River and
+# Vowpal Wabbit, our trainer core, the daemon end to end, latency at fixed rates, RSS.
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python scripts/bench.py --out BENCHMARKS.md $(BENCH_ARGS)
+
+# The GPU figures (torch and numpy only): fills the GPU section of BENCHMARKS.md.
+bench-gpu: setup
+	$(BIN)/python scripts/bench_gpu.py --out BENCHMARKS.md $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check stream_trainer tests scripts

@@ -42,10 +42,11 @@ from stream_trainer.producers.publish import publish
 
 SEED = 7
 PARTITIONS = 2
-CORE_BATCHES = (256, 1024, 4096)
+CORE_BATCHES = (256, 1024, 2048, 4096)
 # The daemon's batching in every end-to-end run: up to 1024 events, or whatever came
 # within 10 ms (the latency budget), whichever is first.
 DAEMON_BATCH = {"max_size": 1024, "max_latency_ms": 10}
+PRODUCER_LINGER_MS = 2  # latency runs: the producer's batching delay (part of the latency)
 TARGET_E2E_VS_CLIENT = 0.9
 TARGET_CORE_VS_VW = 1.5
 TARGET_P99_MS = 50.0
@@ -297,6 +298,14 @@ def gil_overlap(events: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {"steps": t_steps, "python": t_python, "both": t_both}
 
 
+def proc_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process (0 when unknown)."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb() -> tuple[float, float]:
     """(current, peak) resident set size of this process, MB."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
@@ -359,6 +368,7 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.05)
     producer = None
     produce_start = time.perf_counter()
+    cpu_start = time.process_time(), proc_cpu_s(a.broker_pid)
     if a.rate:  # the stream's events, pre-encoded: the producer only paces and sends
         producer = subprocess.Popen(
             [
@@ -377,19 +387,24 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
                 "--count",
                 str(a.count),
                 "--linger-ms",
-                "2",
+                str(a.linger_ms),
                 "--quiet",
             ]
         )
     deadline = time.monotonic() + a.timeout
-    produce_seconds = None
     while rec.finished is None and time.monotonic() < deadline:
         time.sleep(0.01)
-        if producer is not None and produce_seconds is None and producer.poll() is not None:
-            produce_seconds = time.perf_counter() - produce_start
+    wall = time.perf_counter() - produce_start
+    cpu = {
+        "daemon": (time.process_time() - cpu_start[0]) / wall,
+        "broker": (proc_cpu_s(a.broker_pid) - cpu_start[1]) / wall,
+    }
+    produce_seconds = None
     if producer is not None:
-        producer.wait(timeout=60)
-        produce_seconds = produce_seconds or time.perf_counter() - produce_start
+        _, status, usage = os.wait4(producer.pid, 0)  # the producer's own CPU time
+        producer.returncode = os.waitstatus_to_exitcode(status)
+        produce_seconds = time.perf_counter() - produce_start
+        cpu["producer"] = (usage.ru_utime + usage.ru_stime) / produce_seconds
     rss, peak = rss_mb()
     svc.stop.set()
     runner.join(30)
@@ -398,6 +413,7 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
         "rss_mb": rss,
         "peak_rss_mb": peak,
         "finished": rec.finished is not None,
+        "cpu_cores": cpu,
         "checkpoint_s_max": max(rec.checkpoints, default=0.0),
         "batches": len(rec.steps),
         "mean_batch": float(np.mean([n for n, _ in rec.steps])) if rec.steps else 0.0,
@@ -588,14 +604,20 @@ def render(r: dict[str, Any], argv: Sequence[str]) -> str:
         "",
         "## Event-to-update latency at fixed produce rates",
         "",
-        "| produce rate (target) | achieved | p50 ms | p99 ms | max ms | events measured |",
-        "|---|---|---|---|---|---|",
+        "| produce rate (target) | achieved | p50 ms | p99 ms | max ms | events measured "
+        "| CPU cores: daemon / producer / broker |",
+        "|---|---|---|---|---|---|---|",
     ]
     for rate, runs in sorted(r["latency"].items(), key=lambda kv: int(kv[0])):
+        cpu = " / ".join(
+            f"{med([x['cpu'].get(k, 0.0) for x in runs]):.2f}"
+            for k in ("daemon", "producer", "broker")
+        )
         lines.append(
             f"| {int(rate):,}/s | {med([x['produce_rate'] for x in runs]):,.0f}/s | "
-            f"{med([x['p50'] for x in runs]):.1f} | {med([x['p99'] for x in runs]):.1f} | "
-            f"{med([x['max'] for x in runs]):.1f} | {med([x['events'] for x in runs]):,.0f} |"
+            f"{med([x['p50'] for x in runs]):.1f} | {spread([x['p99'] for x in runs], '{:.1f}')} | "
+            f"{med([x['max'] for x in runs]):.1f} | {med([x['events'] for x in runs]):,.0f} | "
+            f"{cpu} |"
         )
     lines += [
         "",
@@ -659,6 +681,14 @@ def main() -> int:
         ap.add_argument(flag, help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--from-file", help=argparse.SUPPRESS)
+    ap.add_argument("--broker-pid", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--linger-ms", type=int, default=PRODUCER_LINGER_MS, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=DAEMON_BATCH["max_latency_ms"],
+        help=argparse.SUPPRESS,
+    )
     ap.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -681,6 +711,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     with LocalBroker(port=free_port(), log=open(work / "broker.log", "wb")) as broker:
         b = broker.bootstrap
+        bpid = broker.proc.pid if broker.proc else 0
         say(f"producing {n:,} click events")
         fill_topic(b, "clicks", "bench.clicks", events)
 
@@ -711,7 +742,7 @@ def main() -> int:
             if kind != "clicks":
                 topic = f"bench.{kind}"
                 fill_topic(b, kind, topic, list(make_generator(kind, seed=SEED, count=n)))
-            runs = [run_worker(b, kind, topic, n) for _ in range(reps)]
+            runs = [run_worker(b, kind, topic, n, broker_pid=bpid) for _ in range(reps)]
             if not all(x["finished"] for x in runs):
                 raise RuntimeError(f"{kind}: the daemon did not process all events: {runs}")
             r["e2e"][kind] = [x["events_per_s"] for x in runs]
@@ -741,12 +772,15 @@ def main() -> int:
                     count,
                     rate=rate,
                     from_file=jsonl,
+                    broker_pid=bpid,
                     warmup=a.warmup,
                     timeout=a.latency_seconds * 4 + 60,
                 )
                 if not x["finished"]:
                     raise RuntimeError(f"latency at {rate}/s: not all events trained: {x}")
-                runs.append({**x["latency_ms"], "produce_rate": x["produce_rate"]})
+                runs.append(
+                    {**x["latency_ms"], "produce_rate": x["produce_rate"], "cpu": x["cpu_cores"]}
+                )
             r["latency"][rate] = runs
             say(
                 f"latency at {rate}/s: p50 {med([x['p50'] for x in runs]):.1f} ms, "

@@ -47,46 +47,56 @@ class SensorFeaturizer:
         )
 
     def featurize(self, events: Sequence[Mapping[str, Any]]) -> FeatureBatch:
-        c = len(self.channels)
+        """Per event: read the key's state, then update it (in order: two readings of a
+        key in one batch see each other). Normalising and clipping happen once, on the
+        whole batch, after the loop."""
+        c, w = len(self.channels), self.window
         rows: list[int] = []
-        wins: list[np.ndarray] = []
-        targets: list[np.ndarray] = []
-        scales: list[np.ndarray] = []
-        shifts: list[np.ndarray] = []
+        raw_wins: list[np.ndarray] = []
+        raw_x: list[np.ndarray] = []
+        means: list[np.ndarray] = []
+        variances: list[np.ndarray] = []
         ids: list[int] = []
         keys: list[str] = []
         for i, ev in enumerate(events):
-            s = self.slots.get(ev["sensor_id"])
+            sid = ev["sensor_id"]
+            s = self.slots.get(sid)
             a = self.slots.arrays
             x = np.array([ev["values"][ch] for ch in self.channels], np.float64)
             if a["count"][s] >= WARMUP:
-                mean = a["mean"][s].copy()
-                std = np.sqrt(a["var"][s]) + 1e-9
-                win = a["readings"][s]
-                win = np.where(np.isnan(win), mean, win)
+                mean, var = a["mean"][s].copy(), a["var"][s].copy()
                 rows.append(i)
-                wins.append(np.clip((win - mean) / std, -CLIP, CLIP))
-                targets.append(np.clip((x - mean) / std, -CLIP, CLIP))
-                scales.append(std)
-                shifts.append(mean)
-                ids.append(stable_hash(ev["sensor_id"], self.sensor_buckets))
-                keys.append(ev["sensor_id"])
-            if a["count"][s] >= WARMUP:
-                k = self.robust_k * np.sqrt(a["var"][s])
-                x = np.clip(x, a["mean"][s] - k, a["mean"][s] + k)
+                raw_wins.append(a["readings"][s].copy())
+                raw_x.append(x)
+                means.append(mean)
+                variances.append(var)
+                ids.append(stable_hash(sid, self.sensor_buckets))
+                keys.append(sid)
+                k = self.robust_k * np.sqrt(var)  # the state learns a spike clipped
+                x = np.minimum(np.maximum(x, mean - k), mean + k)
             a["readings"][s, :-1] = a["readings"][s, 1:]
             a["readings"][s, -1] = x
             self.moments.update(self.slots, s, x)
         n = len(rows)
+        if n:
+            mean = np.stack(means)
+            std = np.sqrt(np.stack(variances)) + 1e-9
+            win = np.stack(raw_wins)
+            win = np.where(np.isnan(win), mean[:, None, :], win)
+            windows = np.clip((win - mean[:, None, :]) / std[:, None, :], -CLIP, CLIP)
+            targets = np.clip((np.stack(raw_x) - mean) / std, -CLIP, CLIP)
+        else:
+            mean = std = targets = np.zeros((0, c))
+            windows = np.zeros((0, w, c))
         return FeatureBatch(
             inputs={
-                "window": np.asarray(wins, np.float32).reshape(n, self.window, c),
+                "window": windows.astype(np.float32).reshape(n, w, c),
                 "sensor": np.asarray(ids, np.int64),
             },
-            targets=np.asarray(targets, np.float32).reshape(n, c),
+            targets=targets.astype(np.float32).reshape(n, c),
             index=np.asarray(rows, np.int64),
-            scale=np.asarray(scales, np.float32).reshape(n, c),
-            shift=np.asarray(shifts, np.float32).reshape(n, c),
+            scale=std.astype(np.float32).reshape(n, c),
+            shift=mean.astype(np.float32).reshape(n, c),
             keys=keys,
         )
 
