@@ -200,6 +200,52 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(rp, "--out", scope="report", default="loss.png", help="PNG to write")
     _common_logging(rp)
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="offline: our pipeline vs River, Vowpal Wabbit and trivial baselines on one stream",
+    )
+    _flag(
+        ev,
+        "--kind",
+        scope="evaluate",
+        required=True,
+        choices=KINDS,
+        help="event kind (which pipeline and baselines)",
+    )
+    _flag(ev, "--input", scope="evaluate", metavar="FILE", help="JSON-lines events to replay")
+    _flag(
+        ev,
+        "--events",
+        scope="evaluate",
+        type=int,
+        help="events to generate (default 100000), or at most this many from --input",
+    )
+    _flag(ev, "--seed", scope="evaluate", type=int, default=0, help="generator seed")
+    _flag(
+        ev,
+        "--drift-at",
+        scope="evaluate",
+        type=int,
+        help="generated stream: where its hidden truth changes (default: midway)",
+    )
+    _flag(
+        ev,
+        "--config",
+        scope="evaluate",
+        help="take the pipeline (model, featurizer, optimizer, batch) from this config",
+    )
+    _flag(ev, "--json", scope="evaluate", action="store_true", help="print JSON, not markdown")
+    _flag(ev, "--no-vw", scope="evaluate", action="store_true", help="leave Vowpal Wabbit out")
+    _flag(
+        ev,
+        "--no-trees",
+        scope="evaluate",
+        action="store_true",
+        help="leave River's Hoeffding adaptive trees out (the slowest baselines)",
+    )
+    _flag(ev, "--quiet", scope="evaluate", action="store_true", help="no progress lines")
+    _common_logging(ev)
+
     c = sub.add_parser("check-config", help="validate a config and print the effective one")
     c.add_argument("file", help="pipelines YAML file")
     _common_logging(c)
@@ -340,6 +386,24 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from stream_trainer import evaluate as ev
+
+    if a.input:
+        stream = ev.from_file(a.kind, a.input, limit=a.events)
+    else:
+        drift_at = a.drift_at if a.drift_at is not None else (a.events or 0) // 2 or None
+        stream = ev.generated(a.kind, a.events or 100_000, seed=a.seed, drift_at=drift_at)
+    if not stream.raw:
+        raise StreamTrainerError(f"no events in {stream.source}")
+    say = (lambda msg: print(f"evaluate: {msg}", file=sys.stderr)) if not a.quiet else None
+    report = ev.evaluate(
+        stream, config=a.config, vw=not a.no_vw, trees=not a.no_trees, progress=say
+    )
+    print(json.dumps(report, indent=1) if a.json else ev.markdown(report))
+    return 0
+
+
 COMMANDS = {
     "broker": cmd_broker,
     "produce": cmd_produce,
@@ -347,6 +411,7 @@ COMMANDS = {
     "check-config": cmd_check_config,
     "demo": cmd_demo,
     "report": cmd_report,
+    "evaluate": cmd_evaluate,
 }
 
 

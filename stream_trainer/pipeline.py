@@ -33,7 +33,8 @@ from stream_trainer.hooks import NullHooks, PipelineHooks
 from stream_trainer.learner import Learner
 from stream_trainer.ledger import OffsetLedger
 from stream_trainer.models.registry import build_featurizer, build_model
-from stream_trainer.sinks.records import prediction_records
+from stream_trainer.quality import Quality, profile_for
+from stream_trainer.sinks.records import prediction_records, raw_units
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Pipeline:
         )
         self.store = CheckpointStore(settings.checkpoint.dir, spec.name, settings.checkpoint.keep)
         self.output = output_topic(spec)
+        self.quality = Quality(profile_for(spec.kind, self.featurizer.task))
         self.next_offsets: dict[TP, int] = {}  # next offset to read, per the model state
         self.polled_next: dict[TP, int] = {}  # next offset we expect from the consumer
         self.ledger = OffsetLedger()
@@ -334,17 +336,29 @@ class Pipeline:
             skipped=res.skipped,
             clipped=res.clipped,
         )
+        annotate = getattr(self.featurizer, "annotate", None)
+        extra = annotate(res.outputs, fb.targets) if annotate is not None else {}
+        if not res.skipped:
+            pred, target = raw_units(fb, res.outputs)
+            self.quality.update(pred, target, res.losses, extra.get("anomaly"))
         if self.output is not None and self.sink is not None:
-            self._emit(items, fb, res.outputs, res.losses)
+            self._emit(items, fb, res.outputs, res.losses, extra)
 
-    def _emit(self, items: list[Item], fb: Any, outputs: np.ndarray, losses: np.ndarray) -> None:
+    def _emit(
+        self,
+        items: list[Item],
+        fb: Any,
+        outputs: np.ndarray,
+        losses: np.ndarray,
+        extra: Mapping[str, np.ndarray],
+    ) -> None:
         records = prediction_records(
             [it.record for it in items],
             [it.event for it in items],
             fb,
             outputs,
             losses,
-            self.featurizer,
+            extra,
             self.learner.updates,
         )
         anomalies = sum(1 for _, doc in records if doc.get("anomaly"))
@@ -431,6 +445,7 @@ class Pipeline:
             now = self.clock()
             if now - last_lag >= 1.0:
                 last_lag = now
+                self.hooks.on_quality(self.quality.values())
                 for (t, p), (pos, hw) in source.watermarks().items():
                     self.hooks.on_lag(t, p, max(0, hw - pos))
                     if pos > hw:  # the log is shorter than what we learned: it was replaced
@@ -451,6 +466,7 @@ class Pipeline:
             "drifts": self.monitor.detections if self.monitor is not None else 0,
             "loss_batch": self.last_batch_loss,
             "loss_smoothed": self.smoothed_loss,
+            **{f"quality_{k}": v for k, v in self.quality.values().items()},
         }
 
     def resume_offsets(self) -> dict[TP, int]:

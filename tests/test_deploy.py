@@ -39,6 +39,7 @@ def exported_names() -> set[str]:
     h.on_partitions([("t", 0)])
     h.on_lag("t", 0, 0)
     h.on_offset_reset("t", 0)
+    h.on_quality({"auc": 0.7})
     m.broker_up.set(1)
     text = __import__("prometheus_client").generate_latest(reg).decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}

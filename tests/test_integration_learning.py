@@ -93,6 +93,14 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
         assert sample(m, "stream_trainer_checkpoints_total", pipeline=kind) >= 1
         assert math.isfinite(sample(m, "stream_trainer_loss", pipeline=kind, window="smoothed"))
         assert sample(m, "stream_trainer_event_to_update_seconds_count", pipeline=kind) == trained
+    # prequential quality per domain, over the last 10k examples
+    assert 0.55 < sample(m, "stream_trainer_quality", pipeline="clicks", metric="auc") < 1
+    gap = sample(m, "stream_trainer_quality", pipeline="clicks", metric="calibration_gap")
+    assert abs(gap) < 0.05
+    q = sample(m, "stream_trainer_quality", pipeline="ticks", metric="directional_accuracy")
+    assert 0.55 < q <= 1
+    assert 0 <= sample(m, "stream_trainer_quality", pipeline="sensors", metric="anomaly_rate") < 0.1
+    assert sample(m, "stream_trainer_quality", pipeline="sensors", metric="mse") > 0
 
     # clicks: log loss over the last 5,000 events vs the best constant click rate for them
     out = _outputs(bs, f"{topics['clicks']}.out", expected_trained["clicks"])

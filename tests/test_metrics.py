@@ -19,6 +19,7 @@ REQUIRED = [
     ("stream_trainer_consumer_lag", {"topic": "t", "partition": "0"}),
     ("stream_trainer_checkpoints_total", {}),
     ("stream_trainer_last_checkpoint_timestamp_seconds", {}),
+    ("stream_trainer_quality", {"metric": "auc"}),
 ]
 
 
@@ -52,6 +53,7 @@ def feed(m: Metrics):
     h.on_partitions([("t", 0), ("t", 1)])
     h.on_lag("t", 0, 42)
     h.on_lag("t", 1, 3)
+    h.on_quality({"log_loss": 0.55, "auc": 0.71})
     return h
 
 
@@ -70,6 +72,7 @@ def test_names_labels_and_values():
     )
     assert v("stream_trainer_event_to_update_seconds_count", {"pipeline": "p"}) == 9
     assert v("stream_trainer_loss", {"pipeline": "p", "window": "smoothed"}) == 0.6
+    assert v("stream_trainer_quality", {"pipeline": "p", "metric": "auc"}) == 0.71
     assert v("stream_trainer_last_drift_timestamp_seconds", {"pipeline": "p"}) == 1234.0
     assert v("stream_trainer_consumer_lag", {"pipeline": "p", "topic": "t", "partition": "0"}) == 42
     # rejected reasons that never happened are still exported, as zeros

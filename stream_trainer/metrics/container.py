@@ -69,6 +69,14 @@ class Metrics:
             Gauge, "last_drift_timestamp_seconds", "Unix time of the last drift detection"
         )
         self.anomalies = make(Counter, "anomalies", "Events scored as anomalies")
+        self.quality = make(
+            Gauge,
+            "quality",
+            "Prequential quality over the last 10k examples (clicks: log_loss, auc, "
+            "mean_predicted, observed_rate, calibration_gap; ticks: mse, mae, "
+            "directional_accuracy; sensors: mse, normalized_mse, anomaly_rate)",
+            "metric",
+        )
         self.update_seconds = make(
             Histogram, "update_seconds", "Duration of one training step", buckets=_UPDATE_BUCKETS
         )
@@ -189,6 +197,10 @@ class PipelineMetrics(PipelineHooks):
 
     def on_anomalies(self, n: int) -> None:
         self.m.anomalies.labels(self.name).inc(n)
+
+    def on_quality(self, values: dict[str, float]) -> None:
+        for metric, value in values.items():
+            self.m.quality.labels(self.name, metric).set(value)
 
     def on_drift(self, detector: str, timestamp: float) -> None:
         self.m.drift.labels(self.name, detector).inc()

@@ -3,7 +3,7 @@ trained event, in raw units, plus what the featurizer adds (anomaly scores). Pur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,22 +12,25 @@ from stream_trainer.edges import Record
 from stream_trainer.features.base import FeatureBatch
 
 
+def raw_units(fb: FeatureBatch, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and targets in the events' own units (``raw = x * scale + shift``)."""
+    if fb.scale is None:
+        return outputs, fb.targets
+    return outputs * fb.scale + fb.shift, fb.targets * fb.scale + fb.shift
+
+
 def prediction_records(
     records: Sequence[Record],
     events: Sequence[dict[str, Any]],
     fb: FeatureBatch,
     outputs: np.ndarray,
     losses: np.ndarray,
-    featurizer: Any,
+    extra: Mapping[str, np.ndarray],
     model_version: int,
 ) -> list[tuple[str | None, dict[str, Any]]]:
-    """(key, document) for each example of ``fb``; ``outputs`` are in model units."""
-    pred, target = outputs, fb.targets
-    if fb.scale is not None:
-        pred = outputs * fb.scale + fb.shift
-        target = fb.targets * fb.scale + fb.shift
-    annotate = getattr(featurizer, "annotate", None)
-    extra: dict[str, np.ndarray] = annotate(outputs, fb.targets) if annotate else {}
+    """(key, document) for each example of ``fb``; ``outputs`` are in model units;
+    ``extra`` holds per-example columns the featurizer adds (anomaly scores)."""
+    pred, target = raw_units(fb, outputs)
     out = []
     for j, idx in enumerate(fb.index.tolist()):
         rec = records[idx]

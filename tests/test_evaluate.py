@@ -1,0 +1,71 @@
+"""`stream-trainer evaluate`: our pipeline and the baselines on the same events."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from stream_trainer import evaluate as ev
+from stream_trainer.cli import main
+
+
+def results(report: dict) -> dict[str, dict]:
+    return {r["name"].split(" (")[0]: r for r in report["results"]}
+
+
+def test_clicks_ours_beats_the_constant_rate_and_every_method_scores_the_same_events():
+    stream = ev.generated("clicks", 6000, seed=3, drift_at=3000)
+    report = ev.evaluate(stream, vw=False)
+    r = results(report)
+    assert report["scored"] == 6000 and report["rejected"] == 0
+    assert {"ours", "constant rate", "River LogisticRegression",
+            "River HoeffdingAdaptiveTreeClassifier"} <= set(r)  # fmt: skip
+    assert r["ours"]["log_loss"] < r["constant rate"]["log_loss"]
+    for row in r.values():
+        assert 0.0 < row["log_loss"] < 50 and 0.3 < row["auc"] <= 1.0
+        assert row["events_per_s"] > 0
+    assert r["ours"]["log_loss"] < r["River LogisticRegression"]["log_loss"] < 0.69
+    # the constant rate is calibrated by construction
+    assert abs(r["constant rate"]["calibration_gap"]) < 0.02
+
+
+@pytest.mark.parametrize(
+    ("kind", "events", "trees"), [("ticks", 3000, True), ("sensors", 6000, False)]
+)
+def test_series_baselines_are_scored_in_raw_units_on_our_examples(kind, events, trees):
+    stream = ev.generated(kind, events, seed=1)
+    report = ev.evaluate(stream, trees=trees)
+    r = results(report)
+    assert 0 < report["scored"] < events  # each key's first readings only seed state
+    assert r["ours"]["mse"] < r["River LinearRegression"]["mse"]
+    assert ("River HoeffdingAdaptiveTreeRegressor" in r) == trees
+    if kind == "ticks":
+        assert r["ours"]["mse"] < r["zero return"]["mse"] < r["last return"]["mse"]
+        assert 0.5 < r["ours"]["directional_accuracy"] <= 1.0
+    else:
+        assert r["last value"]["mse"] > 0 and 0.0 <= r["ours"]["anomaly_rate"] < 0.2
+
+
+def test_bad_lines_in_a_file_are_rejected_not_fatal(tmp_path):
+    path = tmp_path / "clicks.jsonl"
+    good = [json.dumps(e) for e in ev.make_generator("clicks", seed=0, count=600)]
+    path.write_text("\n".join([*good[:300], "not json", '{"user_id": 1}', *good[300:]]))
+    report = ev.evaluate(ev.from_file("clicks", path), vw=False)
+    assert report["events"] == 602 and report["rejected"] == 2 and report["scored"] == 600
+
+
+def test_cli_prints_a_markdown_table_and_json(tmp_path, capsys):
+    assert main(["evaluate", "--kind", "ticks", "--events", "2000", "--no-trees"]) == 0
+    out = capsys.readouterr().out
+    assert "| method |" in out and "| ours" in out and "River LinearRegression" in out
+    assert main(["evaluate", "--kind", "clicks", "--events", "1500", "--json", "--no-vw"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "clicks" and doc["results"][0]["name"].startswith("ours")
+    assert not math.isnan(doc["results"][0]["log_loss"])
+
+
+def test_cli_explains_a_missing_input(capsys):
+    assert main(["evaluate", "--kind", "clicks", "--input", "/nonexistent.jsonl"]) != 0
+    assert "cannot read /nonexistent.jsonl" in capsys.readouterr().err
