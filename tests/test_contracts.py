@@ -118,3 +118,78 @@ def test_plugin_errors_are_clear(path, msg):
     f = build_featurizer("custom", "plugin_example:MeanFeaturizer")
     with pytest.raises(PluginError, match=msg):
         build_model("custom", path, f)
+
+
+# ---- learners (model + optimizers) and drift detectors --------------------------------
+def learner_for(kind: str):
+    from stream_trainer.learner import Learner
+
+    f = build_featurizer(kind, {})
+    fbs = [f.featurize(evs) for evs in np.array_split(np.array(events(kind, 600)), 6)]
+    torch.manual_seed(0)
+    return Learner(build_model(kind, {}, f), f.task), [b for b in fbs if len(b)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_learner_state_round_trip_through_a_checkpoint_continues_identically(kind, tmp_path):
+    """Model and both optimizers (Adagrad on sparse embeddings, Adam elsewhere)."""
+    a, batches = learner_for(kind)
+    for fb in batches[:3]:
+        a.step(fb.inputs, fb.targets)
+    torch.save(a.state_dict(), tmp_path / "l.pt")
+    b, _ = learner_for(kind)
+    b.load_state_dict(torch.load(tmp_path / "l.pt", weights_only=True))
+    for fb in batches[3:]:
+        ra, rb = a.step(fb.inputs, fb.targets), b.step(fb.inputs, fb.targets)
+        np.testing.assert_array_equal(ra.losses, rb.losses)
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_learning_is_seeded_and_does_not_mutate_its_inputs(kind):
+    a, batches = learner_for(kind)
+    b, _ = learner_for(kind)
+    for fb in batches:
+        before = copy.deepcopy((fb.inputs, fb.targets))
+        ra, rb = a.step(fb.inputs, fb.targets), b.step(fb.inputs, fb.targets)
+        np.testing.assert_array_equal(ra.outputs, rb.outputs)
+        for k, v in before[0].items():
+            np.testing.assert_array_equal(fb.inputs[k], v)
+        np.testing.assert_array_equal(fb.targets, before[1])
+
+
+DETECTORS = ["adwin", "page_hinkley", "kswin"]
+
+
+def losses(n: int = 900, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    level = np.where(np.arange(n) < n // 2, 0.5, 0.65)  # a step up midway
+    return (level + rng.normal(0, 0.02, n)).tolist()
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detector_state_round_trip_continues_identically(detector):
+    from stream_trainer.drift import DriftMonitor
+
+    seq = losses()
+    params = {"seed": 1} if detector == "kswin" else {}
+    a = DriftMonitor(detector, params)
+    for x in seq[:300]:
+        a.update(x)
+    b = DriftMonitor(detector, params)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    assert [a.update(x) for x in seq[300:]] == [b.update(x) for x in seq[300:]]
+    assert a.detections == b.detections
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_detector_is_deterministic_and_leaves_its_input_alone(detector):
+    from stream_trainer.drift import DriftMonitor
+
+    seq = losses(seed=3)
+    before = list(seq)
+    params = {"seed": 1} if detector == "kswin" else {}
+    m1, m2 = DriftMonitor(detector, params), DriftMonitor(detector, params)
+    assert [m1.update(x) for x in seq] == [m2.update(x) for x in seq]
+    assert seq == before
