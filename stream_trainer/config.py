@@ -151,7 +151,7 @@ class OptimizerSettings(_Frozen):
     embedding_lr: float | None = Field(0.1, gt=0)  # null = lr
 
 
-DriftAction = Literal["reset_optimizer", "boost_lr"]
+DriftAction = Literal["reset_optimizer", "boost_lr", "reset_model", "challenger"]
 
 
 class DriftSettings(_Frozen):
@@ -161,6 +161,11 @@ class DriftSettings(_Frozen):
     boost_factor: float = Field(3.0, ge=1.0)
     boost_updates: int = Field(200, ge=1)
     warmup_updates: int = Field(20, ge=0)
+    # the challenger action: a fresh model beside the champion, promoted when its loss
+    # over the last `window` examples is `margin` (relative) below; dropped after `patience`
+    challenger_window: int = Field(2000, ge=1)
+    challenger_margin: float = Field(0.02, ge=0.0, lt=1.0)
+    challenger_patience: int = Field(20000, ge=1)
 
 
 class PipelineSettings(_Frozen):

@@ -101,7 +101,20 @@ class Pipeline:
             if d.detector != "none"
             else None
         )
-        self.policy = AdaptationPolicy(d.actions, d.boost_factor, d.boost_updates)
+        try:
+            self.policy = AdaptationPolicy(
+                d.actions,
+                d.boost_factor,
+                d.boost_updates,
+                spawn=lambda: self.learner.spawn(),
+                challenger={
+                    "window": d.challenger_window,
+                    "margin": d.challenger_margin,
+                    "patience": d.challenger_patience,
+                },
+            )
+        except ValueError as err:
+            raise ConfigError(f"pipeline {spec.name}: drift: {err}") from None
         self.batcher: MicroBatcher[Item] = MicroBatcher(
             spec.batch.max_size, spec.batch.max_latency_ms / 1000, clock
         )
@@ -323,6 +336,8 @@ class Pipeline:
                         "actions": ",".join(self.policy.actions),
                     },
                 )
+        if not res.skipped:
+            self._compete(fb, res.losses)
         now_ms = time.time() * 1000.0
         ages = [max(0.0, (now_ms - items[j].record.timestamp_ms) / 1000.0) for j in fb.index]
         self.hooks.on_batch(
@@ -343,6 +358,21 @@ class Pipeline:
             self.quality.update(pred, target, res.losses, extra.get("anomaly"))
         if self.output is not None and self.sink is not None:
             self._emit(items, fb, res.outputs, res.losses, extra)
+
+    def _compete(self, fb: Any, losses: np.ndarray) -> None:
+        """A running challenger learns from the same batch; promote or drop it."""
+        outcome = self.policy.compete(fb.inputs, fb.targets, losses)
+        if outcome is None:
+            return
+        verdict, winner = outcome
+        if winner is not None:
+            winner.updates = self.learner.updates  # the model version keeps counting up
+            self.learner = winner
+        self.hooks.on_challenger(verdict)
+        log.info(
+            f"challenger {verdict}",
+            extra={"pipeline": self.name, "model_version": self.learner.updates},
+        )
 
     def _emit(
         self,

@@ -3,6 +3,7 @@ then backward and an optimizer step, unless a guard refuses the update."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -118,6 +119,22 @@ class Learner:
         self.lr_multiplier = 1.0
         self.updates = 0
         self.optimizer = SplitOptimizer(*self._groups, **self._opt_args)
+        # the weights it started from: reset_model() and spawn() go back to them
+        self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._init_args = {
+            "task": task,
+            "optimizer": optimizer,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "grad_clip_norm": grad_clip_norm,
+            "device": self.device,
+            "sparse_embeddings": sparse_embeddings,
+            "embedding_optimizer": embedding_optimizer,
+            "embedding_lr": embedding_lr,
+            "fixed_batch": fixed_batch,
+            "cuda_graphs": cuda_graphs,
+            "bf16": bf16,
+        }
         self._pin = cuda
         self.static = StaticBatch(fixed_batch, self.device) if fixed_batch else None
         self.cuda_graphs = cuda_graphs
@@ -141,6 +158,20 @@ class Learner:
         self.optimizer = SplitOptimizer(
             *self._groups, **self._opt_args, lr_multiplier=self.lr_multiplier
         )
+
+    def reset_model(self) -> None:
+        """Back to the initial weights, with a fresh optimizer (the ``reset_model``
+        drift action: forget a concept that no longer holds)."""
+        self.model.load_state_dict(self._initial)
+        self.reset_optimizer()
+
+    def spawn(self) -> Learner:
+        """A new learner like this one, from the initial weights (a challenger)."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self._initial)
+        child = Learner(model, **self._init_args)
+        child.set_lr_multiplier(1.0)
+        return child
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))

@@ -69,6 +69,12 @@ class Metrics:
             Gauge, "last_drift_timestamp_seconds", "Unix time of the last drift detection"
         )
         self.anomalies = make(Counter, "anomalies", "Events scored as anomalies")
+        self.challenger = make(
+            Counter,
+            "challenger_outcomes",
+            "Challenger models (drift action) promoted to champion or dropped",
+            "outcome",
+        )
         self.quality = make(
             Gauge,
             "quality",
@@ -197,6 +203,9 @@ class PipelineMetrics(PipelineHooks):
 
     def on_anomalies(self, n: int) -> None:
         self.m.anomalies.labels(self.name).inc(n)
+
+    def on_challenger(self, outcome: str) -> None:
+        self.m.challenger.labels(self.name, outcome).inc()
 
     def on_quality(self, values: dict[str, float]) -> None:
         for metric, value in values.items():
