@@ -20,6 +20,7 @@ Every method is scored on the same events: those our featurizer makes an example
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import tempfile
@@ -151,7 +152,10 @@ def pipeline_settings(kind: str, stream: Stream, config: str | None = None) -> S
 def run_ours(stream: Stream, settings: Settings) -> tuple[Result, dict[int, dict], Any]:
     from stream_trainer.pipeline import Pipeline
 
+    import torch
+
     spec: PipelineSettings = settings.pipelines[0]
+    torch.set_num_threads(settings.torch_threads)  # as the daemon does
     with tempfile.TemporaryDirectory(prefix="evaluate-") as work:
         settings = settings.model_copy(
             update={"checkpoint": settings.checkpoint.model_copy(update={"dir": Path(work)})}
@@ -383,6 +387,10 @@ def evaluate(
     """Run ours and the baselines; ``trees``: River's Hoeffding adaptive trees too (the
     slowest baselines by far: ~5k clicks/s, a few hundred sensor readings/s here)."""
     say = progress or (lambda msg: None)
+    # The stream (a million events is millions of objects) lives to the end: out of the
+    # collector's sight, or every full collection walks it (as the daemon does at start).
+    gc.collect()
+    gc.freeze()
     settings = pipeline_settings(stream.kind, stream, config)
     spec = settings.pipelines[0]
     say("ours")
