@@ -243,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave River's Hoeffding adaptive trees out (the slowest baselines)",
     )
+    _flag(
+        ev,
+        "--adaptation",
+        scope="evaluate",
+        action="store_true",
+        help="instead: our pipeline under each drift policy (none, reset_optimizer + "
+        "boost_lr, reset_model, challenger) and the events each takes to recover",
+    )
     _flag(ev, "--quiet", scope="evaluate", action="store_true", help="no progress lines")
     _common_logging(ev)
 
@@ -397,6 +405,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if not stream.raw:
         raise StreamTrainerError(f"no events in {stream.source}")
     say = (lambda msg: print(f"evaluate: {msg}", file=sys.stderr)) if not a.quiet else None
+    if a.adaptation:
+        result = ev.adaptation(stream, config=a.config, progress=say)
+        print(json.dumps(result, indent=1) if a.json else ev.adaptation_markdown(result))
+        return 0
     report = ev.evaluate(
         stream, config=a.config, vw=not a.no_vw, trees=not a.no_trees, progress=say
     )

@@ -150,9 +150,9 @@ def pipeline_settings(kind: str, stream: Stream, config: str | None = None) -> S
 
 
 def run_ours(stream: Stream, settings: Settings) -> tuple[Result, dict[int, dict], Any]:
-    from stream_trainer.pipeline import Pipeline
-
     import torch
+
+    from stream_trainer.pipeline import Pipeline
 
     spec: PipelineSettings = settings.pipelines[0]
     torch.set_num_threads(settings.torch_threads)  # as the daemon does
@@ -460,3 +460,93 @@ def _fmt(v: float) -> str:
         return "n/a"
     a = abs(v)
     return f"{v:.3e}" if (a and (a < 1e-3 or a >= 1e5)) else f"{v:.4f}"
+
+
+# ---- adaptation on drift ----------------------------------------------------------------
+ADAPTATIONS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "reset_optimizer + boost_lr": ("reset_optimizer", "boost_lr"),
+    "reset_model": ("reset_model",),
+    "challenger": ("challenger",),
+}
+RECOVERY_WINDOW = 2000  # events in the rolling loss
+RECOVERY_TOLERANCE = 0.05  # within 5% of the pre-drift loss
+
+
+def recovery(losses: np.ndarray, drift_at: int, window: int = RECOVERY_WINDOW) -> dict[str, float]:
+    """Events after ``drift_at`` until the rolling mean loss (over ``window`` events) is
+    back within 5% of its mean over the ``5 * window`` events before the drift; the peak
+    rolling loss after the drift; the mean loss from the drift on.
+
+    >>> x = np.r_[np.full(20000, 0.5), np.full(3000, 1.0), np.full(7000, 0.5)]
+    >>> r = recovery(x, 20000, window=1000)
+    >>> r["events_to_recover"], r["peak"]
+    (3949.0, 1.0)
+    """
+    before = losses[max(0, drift_at - 5 * window) : drift_at]
+    target = float(before.mean()) * (1.0 + RECOVERY_TOLERANCE)
+    c = np.concatenate([[0.0], np.cumsum(losses)])
+    ends = np.arange(drift_at + window, losses.size + 1)
+    rolling = (c[ends] - c[ends - window]) / window
+    ok = np.nonzero(rolling <= target)[0]
+    return {
+        "pre_drift_loss": float(before.mean()),
+        "peak": float(rolling.max()) if rolling.size else math.nan,
+        "events_to_recover": float(ends[ok[0]] - drift_at - 1) if ok.size else math.inf,
+        "loss_after_drift": float(losses[drift_at:].mean()),
+    }
+
+
+def adaptation(stream: Stream, config: str | None = None, progress: Any = None) -> dict[str, Any]:
+    """Our pipeline once per adaptation policy on a stream with one known drift."""
+    if not stream.drift_at:
+        raise StreamTrainerError("the adaptation comparison needs a stream with --drift-at")
+    drift_at = stream.drift_at[0]
+    say = progress or (lambda msg: None)
+    base = pipeline_settings(stream.kind, stream, config)
+    rows = []
+    for name, actions in ADAPTATIONS.items():
+        say(f"adaptation: {name}")
+        spec = base.pipelines[0]
+        drift = spec.drift.model_copy(update={"actions": actions})
+        settings = base.model_copy(
+            update={"pipelines": (spec.model_copy(update={"drift": drift}),)}
+        )
+        result, docs, pipeline = run_ours(stream, settings)
+        index = sorted(docs)
+        losses = np.array([docs[i]["loss"] for i in index])
+        position = int(np.searchsorted(index, drift_at))
+        race = pipeline.policy.race
+        rows.append(
+            {
+                "policy": name,
+                **recovery(losses, position),
+                "drift_detections": pipeline.monitor.detections if pipeline.monitor else 0,
+                "promotions": race.promotions if race is not None else 0,
+                "events_per_s": result.events_per_s,
+            }
+        )
+    return {"kind": stream.kind, "source": stream.source, "drift_at": drift_at, "rows": rows}
+
+
+def adaptation_markdown(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    none = rows[0]["events_to_recover"]
+    lines = [
+        f"**{report['kind']}**, drift at event {report['drift_at']:,} ({report['source']}): "
+        f"events until the rolling loss ({RECOVERY_WINDOW:,} events) is back within "
+        f"{RECOVERY_TOLERANCE:.0%} of the pre-drift loss.",
+        "",
+        "| policy on drift | events to recover | vs none | peak rolling loss | mean loss "
+        "after drift | detections | challenger promotions |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        n = r["events_to_recover"]
+        vs = f"{n / none:.2f} ×" if math.isfinite(n) and math.isfinite(none) and none else "n/a"
+        shown = f"{n:,.0f}" if math.isfinite(n) else "not recovered"
+        lines.append(
+            f"| {r['policy']} | {shown} | {vs} | {r['peak']:.4f} | {r['loss_after_drift']:.4f} "
+            f"| {r['drift_detections']} | {r['promotions']} |"
+        )
+    return "\n".join(lines)

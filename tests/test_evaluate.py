@@ -69,3 +69,23 @@ def test_cli_prints_a_markdown_table_and_json(tmp_path, capsys):
 def test_cli_explains_a_missing_input(capsys):
     assert main(["evaluate", "--kind", "clicks", "--input", "/nonexistent.jsonl"]) != 0
     assert "cannot read /nonexistent.jsonl" in capsys.readouterr().err
+
+
+def test_adaptation_runs_every_policy_on_the_same_drifting_stream(capsys):
+    stream = ev.generated("clicks", 16000, seed=6, drift_at=8000)
+    report = ev.adaptation(stream)
+    assert [r["policy"] for r in report["rows"]] == list(ev.ADAPTATIONS)
+    for r in report["rows"]:
+        assert r["pre_drift_loss"] > 0 and r["peak"] >= r["pre_drift_loss"] * 0.5
+        assert r["events_to_recover"] >= 0 and r["events_per_s"] > 0
+    none = report["rows"][0]
+    assert none["promotions"] == 0
+    text = ev.adaptation_markdown(report)
+    assert "| challenger |" in text and "events to recover" in text
+
+
+def test_adaptation_needs_a_known_drift(tmp_path, capsys):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in ev.make_generator("clicks", count=50)))
+    assert main(["evaluate", "--kind", "clicks", "--input", str(path), "--adaptation"]) != 0
+    assert "needs a stream with --drift-at" in capsys.readouterr().err
