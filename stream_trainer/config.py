@@ -168,6 +168,13 @@ class DriftSettings(_Frozen):
     challenger_patience: int = Field(20000, ge=1)
 
 
+class ReplaySettings(_Frozen):
+    """A reservoir of past examples mixed into each update (0 = off)."""
+
+    capacity: int = Field(0, ge=0)
+    fraction: float = Field(0.25, gt=0.0, le=4.0)  # replayed rows per new row
+
+
 class PipelineSettings(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,62}$")
     kind: Literal["clicks", "ticks", "sensors", "custom"]
@@ -179,6 +186,7 @@ class PipelineSettings(_Frozen):
     batch: BatchSettings = BatchSettings()
     optimizer: OptimizerSettings = OptimizerSettings()
     drift: DriftSettings = DriftSettings()
+    replay: ReplaySettings = ReplaySettings()
     max_event_bytes: int = Field(1 << 20, ge=64)
     dedup_window: int = Field(100_000, ge=0)  # refuse exact repeats of recent events; 0 = off
 

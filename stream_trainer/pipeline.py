@@ -31,6 +31,7 @@ from stream_trainer.events import Rejected, decoder_for, reasons
 from stream_trainer.events.dedup import Deduper
 from stream_trainer.hooks import NullHooks, PipelineHooks
 from stream_trainer.learner import Learner
+from stream_trainer.learner.replay import ReplayBuffer
 from stream_trainer.ledger import OffsetLedger
 from stream_trainer.models.registry import build_featurizer, build_model
 from stream_trainer.quality import Quality, profile_for
@@ -121,6 +122,8 @@ class Pipeline:
         self.store = CheckpointStore(settings.checkpoint.dir, spec.name, settings.checkpoint.keep)
         self.output = output_topic(spec)
         self.quality = Quality(profile_for(spec.kind, self.featurizer.task))
+        r = spec.replay
+        self.replay = ReplayBuffer(r.capacity, r.fraction, settings.seed) if r.capacity else None
         self.next_offsets: dict[TP, int] = {}  # next offset to read, per the model state
         self.polled_next: dict[TP, int] = {}  # next offset we expect from the consumer
         self.ledger = OffsetLedger()
@@ -149,6 +152,8 @@ class Pipeline:
             return False
         try:
             self.learner.load_state_dict(doc["learner"])
+            if self.replay is not None and doc["learner"].get("replay"):
+                self.replay.load_state_dict(doc["learner"]["replay"])
             self.featurizer.load_state_dict(doc["featurizer"])
             if self.monitor is not None and doc["drift"]:
                 self.monitor.load_state_dict(doc["drift"])
@@ -179,7 +184,10 @@ class Pipeline:
 
     def state(self) -> dict[str, Any]:
         return {
-            "learner": self.learner.state_dict(),
+            "learner": {
+                **self.learner.state_dict(),
+                "replay": self.replay.state_dict() if self.replay is not None else {},
+            },
             "featurizer": self.featurizer.state_dict(),
             "drift": self.monitor.state_dict() if self.monitor is not None else {},
             "policy": self.policy.state_dict(),
@@ -308,7 +316,8 @@ class Pipeline:
         if n == 0:
             return
         t0 = time.perf_counter()
-        res = self.learner.step(fb.inputs, fb.targets)
+        replayed = self.replay.sample(n) if self.replay is not None else None
+        res = self.learner.step(fb.inputs, fb.targets, replayed)
         dt = time.perf_counter() - t0
         self.counters["trained"] += n
         batch_loss = res.mean_loss
@@ -337,6 +346,8 @@ class Pipeline:
                     },
                 )
         if not res.skipped:
+            if self.replay is not None:
+                self.replay.add(fb.inputs, fb.targets)
             self._compete(fb, res.losses)
         now_ms = time.time() * 1000.0
         ages = [max(0.0, (now_ms - items[j].record.timestamp_ms) / 1000.0) for j in fb.index]

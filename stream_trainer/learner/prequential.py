@@ -229,11 +229,22 @@ class Learner:
             out = torch.sigmoid(out)
         return out.detach().float().cpu().numpy()
 
-    def step(self, inputs: Mapping[str, np.ndarray], targets: np.ndarray) -> StepResult:
+    def step(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        targets: np.ndarray,
+        replay: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
+    ) -> StepResult:
+        """Score the batch with the current weights, then learn from it. ``replay``:
+        past examples that join the update only (losses and outputs are the batch's)."""
         self.model.train()
         n = int(targets.shape[0])
+        if replay is not None:
+            old_inputs, old_targets = replay
+            inputs = {k: np.concatenate([v, old_inputs[k]]) for k, v in inputs.items()}
+            targets = np.concatenate([targets, old_targets])
         graphed = False
-        if self.static is not None and n <= self.static.size:
+        if self.static is not None and targets.shape[0] <= self.static.size:
             x, y, m = self.static.load(inputs, targets)
             if self.cuda_graphs:
                 if self._graph is None or self._graph_shapes != self.static.shapes:

@@ -47,11 +47,14 @@ def clicks(
     n_users: int = 2000,
     n_items: int = 500,
     dim: int = 8,
+    recurring: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Click-through on (user, item, context): latent factors, popularity skew.
 
     p(click) = sigmoid(base + item_bias + device effect + hour effect + u.v). At a
-    drift the item factors and biases are redrawn: tastes and popularity change.
+    drift the item factors and biases are redrawn: tastes and popularity change. With
+    ``recurring``, drifts alternate between two concepts instead (A, B, A, ...): what
+    a replay buffer should help a model remember.
     """
     rng = np.random.default_rng(seed)
     users = rng.normal(0, 0.6, (n_users, dim))
@@ -65,11 +68,18 @@ def clicks(
         return rng.normal(0, 0.6, (n_items, dim)), rng.normal(0, 1.0, n_items)
 
     items, item_bias = redraw()
+    concepts = [(items, item_bias)]
     is_drift = _drift_points(drift_at, drift_every)
     i = 0
     while count is None or i < count:
         if is_drift(i):
-            items, item_bias = redraw()
+            if not recurring:
+                items, item_bias = redraw()
+            else:
+                if len(concepts) == 1:
+                    concepts.append(redraw())
+                concepts.reverse()
+                items, item_bias = concepts[0]
         u = int(np.searchsorted(user_cdf, rng.random()))
         it = int(np.searchsorted(item_cdf, rng.random()))
         d = int(rng.integers(3))
