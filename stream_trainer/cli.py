@@ -251,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: our pipeline under each drift policy (none, reset_optimizer + "
         "boost_lr, reset_model, challenger) and the events each takes to recover",
     )
+    _flag(
+        ev,
+        "--replay-study",
+        scope="evaluate",
+        action="store_true",
+        help="instead: clicks drifting A -> B -> A, our pipeline with and without replay",
+    )
     _flag(ev, "--quiet", scope="evaluate", action="store_true", help="no progress lines")
     _common_logging(ev)
 
@@ -397,6 +404,15 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from stream_trainer import evaluate as ev
 
+    say = (lambda msg: print(f"evaluate: {msg}", file=sys.stderr)) if not a.quiet else None
+    if a.replay_study:
+        if a.kind != "clicks" or a.input:
+            raise StreamTrainerError("--replay-study uses its own click stream (--kind clicks)")
+        study = ev.replay_study(
+            ev.recurring_clicks(a.events or 300_000, seed=a.seed), config=a.config, progress=say
+        )
+        print(json.dumps(study, indent=1) if a.json else ev.replay_markdown(study))
+        return 0
     if a.input:
         stream = ev.from_file(a.kind, a.input, limit=a.events)
     else:
@@ -404,7 +420,6 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         stream = ev.generated(a.kind, a.events or 100_000, seed=a.seed, drift_at=drift_at)
     if not stream.raw:
         raise StreamTrainerError(f"no events in {stream.source}")
-    say = (lambda msg: print(f"evaluate: {msg}", file=sys.stderr)) if not a.quiet else None
     if a.adaptation:
         result = ev.adaptation(stream, config=a.config, progress=say)
         print(json.dumps(result, indent=1) if a.json else ev.adaptation_markdown(result))

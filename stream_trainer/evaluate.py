@@ -78,6 +78,17 @@ def generated(kind: str, count: int, seed: int = 0, drift_at: int | None = None)
     return _decoded(kind, raw, src, [drift_at] if drift_at else [])
 
 
+def recurring_clicks(count: int, seed: int = 0) -> Stream:
+    """Clicks whose concept goes A -> B -> A, a third of the stream each."""
+    every = count // 3
+    evs = list(make_generator("clicks", seed=seed, count=count, drift_every=every, recurring=True))
+    raw = [json.dumps(e, separators=(",", ":")).encode() for e in evs]
+    src = (
+        f"make_generator('clicks', seed={seed}, count={count}, drift_every={every}, recurring=True)"
+    )
+    return _decoded("clicks", raw, src, [every, 2 * every])
+
+
 def from_file(kind: str, path: str | Path, limit: int | None = None) -> Stream:
     raw = []
     for line in read_jsonl(path):
@@ -548,5 +559,66 @@ def adaptation_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['policy']} | {shown} | {vs} | {r['peak']:.4f} | {r['loss_after_drift']:.4f} "
             f"| {r['drift_detections']} | {r['promotions']} |"
+        )
+    return "\n".join(lines)
+
+
+# ---- replay on a recurring concept ----------------------------------------------------------
+RETURN_WINDOW = 10_000  # events after the return to A that are compared
+
+
+def replay_study(
+    stream: Stream,
+    capacities: Sequence[int] = (0, 20_000),
+    fraction: float = 0.5,
+    config: str | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Our pipeline with and without a replay buffer on an A -> B -> A stream: the loss
+    when A comes back (first ``RETURN_WINDOW`` events, and the whole last third)."""
+    if len(stream.drift_at) < 2:
+        raise StreamTrainerError("the replay study needs a stream that returns to its concept")
+    back = stream.drift_at[1]
+    say = progress or (lambda msg: None)
+    base = pipeline_settings(stream.kind, stream, config)
+    rows = []
+    for capacity in capacities:
+        say(f"replay capacity {capacity}")
+        spec = base.pipelines[0]
+        replay = spec.replay.model_copy(update={"capacity": capacity, "fraction": fraction})
+        settings = base.model_copy(
+            update={"pipelines": (spec.model_copy(update={"replay": replay}),)}
+        )
+        result, docs, _ = run_ours(stream, settings)
+        index = np.array(sorted(docs))
+        losses = np.array([docs[i]["loss"] for i in index])
+        a1 = losses[index < stream.drift_at[0]]
+        a2 = losses[index >= back]
+        rows.append(
+            {
+                "replay": f"{capacity:,} examples, {fraction} per new one" if capacity else "off",
+                "loss_first_a": float(a1.mean()),
+                "loss_b": float(losses[(index >= stream.drift_at[0]) & (index < back)].mean()),
+                "loss_return_window": float(a2[:RETURN_WINDOW].mean()),
+                "loss_second_a": float(a2.mean()),
+                "events_per_s": result.events_per_s,
+            }
+        )
+    return {"source": stream.source, "back_at": back, "rows": rows}
+
+
+def replay_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"A -> B -> A ({report['source']}); A returns at event {report['back_at']:,}.",
+        "",
+        f"| replay | loss on A (first) | loss on B | loss on A again, first {RETURN_WINDOW:,} "
+        "events | loss on A again, all | events/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['replay']} | {r['loss_first_a']:.4f} | {r['loss_b']:.4f} | "
+            f"{r['loss_return_window']:.4f} | {r['loss_second_a']:.4f} | "
+            f"{r['events_per_s']:,.0f} |"
         )
     return "\n".join(lines)

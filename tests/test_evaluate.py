@@ -89,3 +89,16 @@ def test_adaptation_needs_a_known_drift(tmp_path, capsys):
     path.write_text("\n".join(json.dumps(e) for e in ev.make_generator("clicks", count=50)))
     assert main(["evaluate", "--kind", "clicks", "--input", str(path), "--adaptation"]) != 0
     assert "needs a stream with --drift-at" in capsys.readouterr().err
+
+
+def test_replay_study_compares_with_and_without_a_buffer(capsys):
+    stream = ev.recurring_clicks(9000, seed=1)
+    assert stream.drift_at == [3000, 6000]
+    report = ev.replay_study(stream, capacities=(0, 2000))
+    off, on = report["rows"]
+    assert off["replay"] == "off" and on["replay"].startswith("2,000 examples")
+    for r in (off, on):
+        assert 0.3 < r["loss_first_a"] < 0.8 and 0.3 < r["loss_return_window"] < 0.8
+    assert "| off |" in ev.replay_markdown(report)
+    assert main(["evaluate", "--kind", "ticks", "--replay-study"]) != 0
+    assert "--replay-study uses its own click stream" in capsys.readouterr().err
