@@ -157,7 +157,10 @@ DriftAction = Literal["reset_optimizer", "boost_lr", "reset_model", "challenger"
 class DriftSettings(_Frozen):
     detector: Literal["adwin", "page_hinkley", "kswin", "none"] = "page_hinkley"
     params: dict[str, float | int | str] = Field(default_factory=dict)
-    actions: tuple[DriftAction, ...] = ("reset_optimizer", "boost_lr")
+    # challenger by default: measured (`evaluate --adaptation`) to recover sooner than
+    # no action, and harmless on a false alarm (it is dropped unless it wins), where
+    # reset_optimizer + boost_lr raised the loss after a drift on the click streams
+    actions: tuple[DriftAction, ...] = ("challenger",)
     boost_factor: float = Field(3.0, ge=1.0)
     boost_updates: int = Field(200, ge=1)
     warmup_updates: int = Field(20, ge=0)

@@ -16,7 +16,7 @@ def test_defaults_are_sensible():
     assert s.metrics.address == "127.0.0.1:9108"
     assert p.dlq_topic == "clicks.dlq"
     assert s.kafka.session_timeout_ms == 6000 and s.kafka.heartbeat_interval_ms == 1000
-    assert p.drift.actions == ("reset_optimizer", "boost_lr")
+    assert p.drift.actions == ("challenger",)
 
 
 def test_settings_are_frozen():

@@ -165,7 +165,11 @@ def test_drift_triggers_the_configured_actions(tmp_path):
         tmp_path,
         every_seconds=60,
         output_topic=None,
-        drift={"detector": "page_hinkley", "boost_factor": 5.0},
+        drift={
+            "detector": "page_hinkley",
+            "boost_factor": 5.0,
+            "actions": ["reset_optimizer", "boost_lr"],
+        },
     )
     hooks = Recorder()
     p = Pipeline(s, s.pipelines[0], hooks=hooks)
