@@ -190,6 +190,10 @@ def run_ours(stream: Stream, settings: Settings) -> tuple[Result, dict[int, dict
 Predict = Callable[[int, dict[str, Any]], Any]
 
 
+def _quiet(msg: str) -> None:
+    pass
+
+
 def _prequential(
     events: Sequence[dict[str, Any] | None], step: Callable[[dict[str, Any]], Any]
 ) -> tuple[dict[int, Any], float]:
@@ -214,7 +218,7 @@ def _click_tokens(ev: dict[str, Any]) -> dict[str, float]:
 
 
 def click_baselines(
-    stream: Stream, vw: bool = True, trees: bool = True
+    stream: Stream, vw: bool = True, trees: bool = True, say: Callable[[str], None] = _quiet
 ) -> list[tuple[str, dict[int, Any], float]]:
     from river import linear_model, tree
 
@@ -227,7 +231,9 @@ def click_baselines(
         seen[1] += int(ev["label"])
         return p
 
-    out.append(("constant rate (running mean)", *_prequential(stream.events, constant)))
+    name = "constant rate (running mean)"
+    say(name)
+    out.append((name, *_prequential(stream.events, constant)))
 
     lr = linear_model.LogisticRegression()
 
@@ -237,8 +243,9 @@ def click_baselines(
         lr.learn_one(x, bool(ev["label"]))
         return p
 
-    out.append(("River LogisticRegression (one-hot + user x item)",
-                *_prequential(stream.events, river_lr)))  # fmt: skip
+    name = "River LogisticRegression (one-hot + user x item)"
+    say(name)
+    out.append((name, *_prequential(stream.events, river_lr)))
 
     hat = tree.HoeffdingAdaptiveTreeClassifier(seed=0)
 
@@ -250,9 +257,9 @@ def click_baselines(
         return p
 
     if trees:
-        out.append(
-            ("River HoeffdingAdaptiveTreeClassifier", *_prequential(stream.events, river_tree))
-        )
+        name = "River HoeffdingAdaptiveTreeClassifier"
+        say(name)
+        out.append((name, *_prequential(stream.events, river_tree)))
 
     if vw:
         try:
@@ -271,8 +278,9 @@ def click_baselines(
             ws.finish_example(ex)
             return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, raw))))
 
-        out.append(("Vowpal Wabbit --loss_function logistic -q ui",
-                    *_prequential(stream.events, vw_step)))  # fmt: skip
+        name = "Vowpal Wabbit --loss_function logistic -q ui"
+        say(name)
+        out.append((name, *_prequential(stream.events, vw_step)))
         ws.finish()
     return out
 
@@ -288,7 +296,10 @@ def _feature_rows(fb: FeatureBatch) -> Iterable[tuple[int, dict[str, float], np.
 
 
 def series_baselines(
-    stream: Stream, featurizer_spec: Any, trees: bool = True
+    stream: Stream,
+    featurizer_spec: Any,
+    trees: bool = True,
+    say: Callable[[str], None] = _quiet,
 ) -> list[tuple[str, dict, float]]:
     """Zero change, last value, and River regressors on our featurizer's features."""
     from river import linear_model, tree
@@ -344,6 +355,7 @@ def series_baselines(
             )  # fmt: skip
         )
     for name, make in regressors:
+        say(name)
         models = [make() for _ in range(n_out)]
         preds: dict[int, Any] = {}
         t0 = time.perf_counter()
@@ -397,7 +409,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run ours and the baselines; ``trees``: River's Hoeffding adaptive trees too (the
     slowest baselines by far: ~5k clicks/s, a few hundred sensor readings/s here)."""
-    say = progress or (lambda msg: None)
+    say = progress or _quiet
     # The stream (a million events is millions of objects) lives to the end: out of the
     # collector's sight, or every full collection walks it (as the daemon does at start).
     gc.collect()
@@ -414,11 +426,10 @@ def evaluate(
         flags = [bool(docs[i].get("anomaly")) for i in index]
         ours.metrics["anomaly_rate"] = float(np.mean(flags)) if flags else math.nan
     if stream.kind == "clicks":
-        baselines = click_baselines(stream, vw=vw, trees=trees)
+        baselines = click_baselines(stream, vw=vw, trees=trees, say=say)
     else:
-        baselines = series_baselines(stream, spec.featurizer, trees=trees)
+        baselines = series_baselines(stream, spec.featurizer, trees=trees, say=say)
     for name, preds, seconds in baselines:
-        say(name)
         missing = [i for i in index if i not in preds]
         if missing:
             raise RuntimeError(f"{name}: no prediction for {len(missing)} scored events")
