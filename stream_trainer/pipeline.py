@@ -320,40 +320,18 @@ class Pipeline:
         res = self.learner.step(fb.inputs, fb.targets, replayed)
         dt = time.perf_counter() - t0
         self.counters["trained"] += n
-        batch_loss = res.mean_loss
+        annotate = getattr(self.featurizer, "annotate", None)
+        extra = annotate(res.outputs, fb.targets) if annotate is not None else {}
         if res.skipped:
             self.counters["skipped"] += 1
             log.warning("update skipped", extra={"pipeline": self.name, "reason": res.skipped})
         else:
-            self.last_batch_loss = batch_loss
-            a = 1.0 - (1.0 - 1.0 / SMOOTHING_EVENTS) ** n
-            self.smoothed_loss = (
-                batch_loss
-                if math.isnan(self.smoothed_loss)
-                else self.smoothed_loss + a * (batch_loss - self.smoothed_loss)
-            )
-            self.policy.after_update(self.learner)
-            if self.monitor is not None and self.monitor.update(batch_loss):
-                self.policy.on_drift(self.learner)
-                self.hooks.on_drift(self.monitor.detector_name, time.time())
-                log.info(
-                    "drift detected",
-                    extra={
-                        "pipeline": self.name,
-                        "detector": self.monitor.detector_name,
-                        "loss": round(batch_loss, 5),
-                        "actions": ",".join(self.policy.actions),
-                    },
-                )
-        if not res.skipped:
-            if self.replay is not None:
-                self.replay.add(fb.inputs, fb.targets)
-            self._compete(fb, res.losses)
+            self._learned(fb, res, extra)
         now_ms = time.time() * 1000.0
         ages = [max(0.0, (now_ms - items[j].record.timestamp_ms) / 1000.0) for j in fb.index]
         self.hooks.on_batch(
             trained=n,
-            batch_loss=batch_loss,
+            batch_loss=res.mean_loss,
             smoothed_loss=self.smoothed_loss,
             update_seconds=dt,
             event_ages=ages,
@@ -362,13 +340,37 @@ class Pipeline:
             skipped=res.skipped,
             clipped=res.clipped,
         )
-        annotate = getattr(self.featurizer, "annotate", None)
-        extra = annotate(res.outputs, fb.targets) if annotate is not None else {}
-        if not res.skipped:
-            pred, target = raw_units(fb, res.outputs)
-            self.quality.update(pred, target, res.losses, extra.get("anomaly"))
         if self.output is not None and self.sink is not None:
             self._emit(items, fb, res.outputs, res.losses, extra)
+
+    def _learned(self, fb: Any, res: Any, extra: Mapping[str, np.ndarray]) -> None:
+        """After an applied update: smoothed loss, quality, the drift monitor and the
+        policy, the replay buffer, a running challenger."""
+        batch_loss = self.last_batch_loss = res.mean_loss
+        a = 1.0 - (1.0 - 1.0 / SMOOTHING_EVENTS) ** len(fb)
+        self.smoothed_loss = (
+            batch_loss
+            if math.isnan(self.smoothed_loss)
+            else self.smoothed_loss + a * (batch_loss - self.smoothed_loss)
+        )
+        pred, target = raw_units(fb, res.outputs)
+        self.quality.update(pred, target, res.losses, extra.get("anomaly"))
+        self.policy.after_update(self.learner)
+        if self.monitor is not None and self.monitor.update(batch_loss):
+            self.policy.on_drift(self.learner)
+            self.hooks.on_drift(self.monitor.detector_name, time.time())
+            log.info(
+                "drift detected",
+                extra={
+                    "pipeline": self.name,
+                    "detector": self.monitor.detector_name,
+                    "loss": round(batch_loss, 5),
+                    "actions": ",".join(self.policy.actions),
+                },
+            )
+        if self.replay is not None:
+            self.replay.add(fb.inputs, fb.targets)
+        self._compete(fb, res.losses)
 
     def _compete(self, fb: Any, losses: np.ndarray) -> None:
         """A running challenger learns from the same batch; promote or drop it."""
