@@ -239,7 +239,10 @@ def stage_profile(bootstrap: str, topic: str, n: int) -> dict[str, float]:
         timed(p, "decode", "decode + validate (JSON)")
         timed(p.dedup, "seen", "duplicate check")
         timed(p.featurizer, "featurize", "featurize")
-        timed(p.learner, "step", "train step (forward, backward, optimizer)")
+        # at the class: a challenger (the default drift action) steps too while it races,
+        # and may replace the champion learner object
+        own_step = Learner.step
+        timed(Learner, "step", "train steps (forward, backward, optimizer; a challenger's too)")
         timed(p, "checkpoint", "checkpoints")
         stop = threading.Event()
         c = p.counters
@@ -254,6 +257,7 @@ def stage_profile(bootstrap: str, topic: str, n: int) -> dict[str, float]:
             p.run(source, None, stop)
         finally:
             source.close()
+            Learner.step = own_step  # type: ignore[method-assign]
         wall = time.perf_counter() - started[0]
     out = {k: 1e6 * v / n for k, v in spent.items()}
     out["everything else (loop, batching, offsets, ledger, metrics hooks)"] = 1e6 * wall / n - sum(
