@@ -174,13 +174,15 @@ def river_run(events: Sequence[dict[str, Any]]) -> tuple[float, float]:
 
 
 # ---- ours -----------------------------------------------------------------------------------
-def core_run(events: Sequence[dict[str, Any]], batch: int) -> tuple[float, float]:
-    """The daemon's featurizer, model and Learner.step (its defaults), on batches built
-    beforehand: events/s of the steps alone and prequential log loss."""
+def core_run(
+    events: Sequence[dict[str, Any]], batch: int, **learner_args: Any
+) -> tuple[float, float]:
+    """The daemon's featurizer, model and Learner.step (its defaults unless overridden),
+    on batches built beforehand: events/s of the steps alone and prequential log loss."""
     torch.manual_seed(0)
     featurizer = ClickFeaturizer()
     batches = [featurizer.featurize(events[i : i + batch]) for i in range(0, len(events), batch)]
-    learner = Learner(build_click_model(featurizer.input_spec), featurizer.task)
+    learner = Learner(build_click_model(featurizer.input_spec), featurizer.task, **learner_args)
     losses = []
     t0 = time.perf_counter()
     for fb in batches:
@@ -598,6 +600,13 @@ def render(r: dict[str, Any], argv: Sequence[str]) -> str:
             f"| ours, trainer core, batch {bs} | {spread(v['rate'])} | {med(v['ll']):.4f} | "
             f"{med(v['rate']) / vw_rate:.2f} |"
         )
+    if r.get("core_dense"):
+        v = r["core_dense"]
+        lines.append(
+            f"| ours, batch 1024, dense embedding gradients and Adam on every weight "
+            f"(before sparse embeddings) | {spread(v['rate'])} | {med(v['ll']):.4f} | "
+            f"{med(v['rate']) / vw_rate:.2f} |"
+        )
     lines += [
         "",
         "Trainer core: `Learner.step` with the daemon's defaults (sparse embedding gradients, "
@@ -739,6 +748,10 @@ def main() -> int:
             runs = [core_run(events, bs) for _ in range(reps)]
             r["core"][bs] = {"rate": [x[0] for x in runs], "ll": [x[1] for x in runs]}
             say(f"core batch {bs}: {med(r['core'][bs]['rate']):,.0f}/s")
+        # the step as it was before sparse embeddings: dense gradients, Adam on everything
+        runs = [core_run(events, 1024, sparse_embeddings=False) for _ in range(reps)]
+        r["core_dense"] = {"rate": [x[0] for x in runs], "ll": [x[1] for x in runs]}
+        say(f"core batch 1024, dense embeddings: {med(r['core_dense']['rate']):,.0f}/s")
 
         r["e2e"], r["rss"], r["peak_rss"] = {}, {}, {}
         for kind in a.kinds.split(","):

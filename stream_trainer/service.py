@@ -205,8 +205,8 @@ class Service:
                 },
             )
             # Everything built so far (torch, models, clients) lives as long as the daemon:
-            # out of the collector's sight, a full collection no longer walks it. Without
-            # this, full collections paused training for ~200 ms (`make bench` latency p99).
+            # out of the collector's sight, a full collection no longer walks it while
+            # training waits (a latency spike each time).
             gc.collect()
             gc.freeze()
             for p in self.pipelines:

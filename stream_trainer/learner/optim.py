@@ -1,8 +1,8 @@
 """Optimizers for models whose embeddings are most of the weights.
 
 A step touches a few hundred embedding rows out of hundreds of thousands. Dense Adam
-rewrites every row and both moment buffers at every step (on the click model that was
-~90% of a step's time); with sparse embedding gradients only the touched rows move.
+rewrites every row and both moment buffers at every step (`make bench` times the click
+model both ways); with sparse embedding gradients only the touched rows move.
 So a learner holds two optimizers: one for sparse-gradient parameters (embeddings)
 and one for the rest, behind the small part of the ``torch.optim.Optimizer`` interface
 the learner uses.
