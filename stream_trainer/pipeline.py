@@ -143,6 +143,7 @@ class Pipeline:
         self.last_checkpoint = clock()
         self.dirty = False  # state changed since the last checkpoint
         self.failed: str | None = None
+        self.restored = False  # a checkpoint was loaded: its offsets are the truth
 
     # ---- state -------------------------------------------------------------------------
     def restore(self) -> bool:
@@ -169,6 +170,7 @@ class Pipeline:
                 "checkpoint directory away to start fresh"
             ) from None
         self.next_offsets = {_parse_tp(k): int(v) for k, v in doc["offsets"].items()}
+        self.restored = True
         self.counters.update({k: int(v) for k, v in doc["counters"].items() if k in self.counters})
         self.smoothed_loss = float(doc["counters"].get("smoothed_loss", math.nan))
         log.info(

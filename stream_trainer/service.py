@@ -154,6 +154,7 @@ class Service:
                     resume_from=p.resume_offsets,
                     on_revoke=p.on_revoke,
                     on_assign=p.hooks.on_partitions,
+                    restored=lambda: p.restored,
                     client_id=f"stream-trainer-{p.name}",
                     security=self.security,
                 )

@@ -29,7 +29,7 @@ from support import (
 )
 
 from stream_trainer.broker import LocalBroker, free_port
-from stream_trainer.kafka_common import create_topics
+from stream_trainer.kafka_common import create_topics, offset_and_metadata
 from stream_trainer.producers import make_generator
 
 pytestmark = pytest.mark.integration
@@ -406,3 +406,47 @@ def test_poison_input_is_dead_lettered_counted_and_never_stops_training(
         state = newest_checkpoint(workdir / "ckpt", name)
         for k, v in state["learner"]["model"].items():
             assert torch.isfinite(v).all(), (name, k)
+
+
+def test_a_partition_the_checkpoint_never_saw_is_read_from_its_start(
+    broker, topic, workdir, metrics_port
+):
+    """The group may hold a commit from a newer checkpoint that was lost; the restored
+    model state never learned that partition, so it must start at the log's beginning."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    bs = broker.bootstrap
+    create_topics(bs, {topic: 2})
+    events = [json.dumps(e).encode() for e in make_generator("clicks", seed=5, count=3000)]
+    producer = KafkaProducer(bootstrap_servers=bs, linger_ms=5)
+    for v in events[:2000]:  # partition 0 only: the first checkpoint knows nothing else
+        producer.send(topic, value=v, partition=0)
+    producer.flush()
+    cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
+    d = Daemon(cfg, workdir, metrics_port).start()
+    d.wait_for(
+        lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 2000,
+        what="partition 0 trained",
+    )
+    assert d.terminate() == 0
+    assert f"{topic}:1" not in newest_checkpoint(workdir / "ckpt", "clicks")["offsets"]
+    for v in events[2000:]:
+        producer.send(topic, value=v, partition=1)
+    producer.flush()
+    producer.close()
+    # a commit for partition 1 that no surviving checkpoint holds
+    prefix = cfg["kafka"].get("group_prefix", "stream-trainer")
+    group = KafkaConsumer(bootstrap_servers=bs, group_id=f"{prefix}.clicks")
+    group.commit({TopicPartition(topic, 1): offset_and_metadata(600)})
+    group.close()
+    d = Daemon(cfg, workdir, metrics_port).start()
+    try:
+        d.wait_for(
+            lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 1000,
+            what="all of partition 1 trained (this process counts from 0)",
+        )
+    finally:
+        assert d.terminate() == 0
+    state = newest_checkpoint(workdir / "ckpt", "clicks")
+    assert ledger_ranges(state) == {f"{topic}:0": [(0, 2000)], f"{topic}:1": [(0, 1000)]}
+    assert f"from_log_start={topic}:1" in d.log()

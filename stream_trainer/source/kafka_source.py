@@ -2,8 +2,11 @@
 
 On every assignment each partition the caller has an offset for is sought to it
 (the offset stored in the model's checkpoint), so the model state is exactly-once
-with respect to the log; partitions it does not know start from the group's
-committed offset, or ``auto_offset_reset``.
+with respect to the log. A partition the restored checkpoint does not know was never
+learned by that model state: it starts at the log's beginning, whatever the group
+committed (a commit may come from a newer checkpoint that was lost). Without any
+checkpoint (a fresh model), partitions start from the group's committed offset, or
+``auto_offset_reset``.
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ class KafkaSource:
         resume_from: Callable[[], Mapping[TP, int]],
         on_revoke: Callable[[list[TP]], None] = lambda tps: None,
         on_assign: Callable[[list[TP]], None] = lambda tps: None,
+        restored: Callable[[], bool] = lambda: False,
         client_id: str = "stream-trainer",
         security: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.resume_from = resume_from
         self.on_revoke, self.on_assign = on_revoke, on_assign
+        self.restored = restored
         try:
             self.consumer = KafkaConsumer(
                 bootstrap_servers=settings.bootstrap_servers,
@@ -76,15 +81,20 @@ class KafkaSource:
 
     def _assigned(self, tps: list[TP]) -> None:
         start = self.resume_from()
+        from_beginning = []
         for t, p in tps:
             if (t, p) in start:
                 self.consumer.seek(TopicPartition(t, p), start[(t, p)])
+            elif self.restored():
+                self.consumer.seek_to_beginning(TopicPartition(t, p))
+                from_beginning.append(f"{t}:{p}")
         self.assignment = sorted(tps)
         log.info(
             "partitions assigned",
             extra={
                 "partitions": ",".join(f"{t}:{p}" for t, p in self.assignment),
                 "resumed": ",".join(f"{t}:{p}@{start[(t, p)]}" for t, p in tps if (t, p) in start),
+                "from_log_start": ",".join(from_beginning),
             },
         )
         self.on_assign(self.assignment)
