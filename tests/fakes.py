@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,3 +82,22 @@ class ListSink:
 
     def close(self) -> None:
         pass
+
+
+def run_until(
+    p: Any, source: ListSource, sink: ListSink, stop_after_polls: int | None = None
+) -> None:
+    """Run the real loop; stop once the source is drained (or after N polls)."""
+    stop = threading.Event()
+    orig = source.poll
+
+    def poll(timeout_s, max_records=None):
+        out = orig(timeout_s, max_records)
+        if (stop_after_polls is not None and source.polls >= stop_after_polls) or (
+            not out and source.exhausted()
+        ):
+            stop.set()
+        return out
+
+    source.poll = poll  # type: ignore[method-assign]
+    p.run(source, sink, stop, idle_poll_s=0.0)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 
 import numpy as np
 import pytest
 import torch
-from fakes import ListSink, ListSource
+from fakes import ListSink, ListSource, run_until
 
 from stream_trainer.config import parse_settings
 from stream_trainer.drift.challenger import DROPPED, PROMOTED, ChallengerRace
@@ -138,17 +137,7 @@ def test_pipeline_races_a_challenger_after_drift_and_checkpoints_it(tmp_path):
     hooks = Outcomes()
     p = Pipeline(s, s.pipelines[0], hooks=hooks)
     src, sink = ListSource({("t", 0): stream}, {}, batch=256), ListSink()
-    stop = threading.Event()
-    orig = src.poll
-
-    def poll(timeout_s, max_records=None):
-        out = orig(timeout_s, max_records)
-        if not out and src.exhausted():
-            stop.set()
-        return out
-
-    src.poll = poll
-    p.run(src, sink, stop, idle_poll_s=0.0)
+    run_until(p, src, sink)
     assert hooks.drifts >= 1
     race = p.policy.race
     # every race that ended was counted, and the counts survive in the checkpoint

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
 import torch
-from fakes import ListSink, ListSource
+from fakes import ListSink, ListSource, run_until
 
 from stream_trainer.config import parse_settings
 from stream_trainer.hooks import PipelineHooks
@@ -48,23 +47,6 @@ def plugin_settings(tmp_path, **pipeline):
 
 def click_stream(n: int, seed: int = 0) -> list[bytes]:
     return [json.dumps(e).encode() for e in make_generator("clicks", seed=seed, count=n)]
-
-
-def run_until(p: Pipeline, source: ListSource, sink: ListSink, stop_after_polls=None) -> None:
-    """Run the real loop; stop once the source is drained (or after N polls)."""
-    stop = threading.Event()
-    orig = source.poll
-
-    def poll(timeout_s, max_records=None):
-        out = orig(timeout_s, max_records)
-        if (stop_after_polls is not None and source.polls >= stop_after_polls) or (
-            not out and source.exhausted()
-        ):
-            stop.set()
-        return out
-
-    source.poll = poll  # type: ignore[method-assign]
-    p.run(source, sink, stop, idle_poll_s=0.0)
 
 
 def test_everything_is_trained_once_and_commits_follow_checkpoints(tmp_path):

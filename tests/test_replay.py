@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 
 import numpy as np
 import pytest
 import torch
-from fakes import ListSink, ListSource
+from fakes import ListSink, ListSource, run_until
 
 from stream_trainer.config import parse_settings
 from stream_trainer.learner import Learner
@@ -106,17 +105,7 @@ def test_pipeline_replays_and_checkpoints_its_buffer(tmp_path):
     stream = [json.dumps(e).encode() for e in make_generator("clicks", seed=2, count=5000)]
     p = Pipeline(s, s.pipelines[0])
     src, sink = ListSource({("t", 0): stream}, {}, batch=500), ListSink()
-    stop = threading.Event()
-    orig = src.poll
-
-    def poll(timeout_s, max_records=None):
-        out = orig(timeout_s, max_records)
-        if not out and src.exhausted():
-            stop.set()
-        return out
-
-    src.poll = poll
-    p.run(src, sink, stop, idle_poll_s=0.0)
+    run_until(p, src, sink)
     assert p.counters["trained"] == 5000 and p.replay.seen == 5000 and len(p.replay) == 2000
     restored = Pipeline(s, s.pipelines[0])
     assert restored.restore()
