@@ -33,12 +33,14 @@ import torch
 
 from stream_trainer.broker import LocalBroker, free_port
 from stream_trainer.config import KafkaSettings, parse_settings
+from stream_trainer.evaluate import click_tokens, vw_line
 from stream_trainer.features.clicks import ClickFeaturizer
 from stream_trainer.kafka_common import create_topics
 from stream_trainer.learner import Learner
 from stream_trainer.models.clicks import build as build_click_model
 from stream_trainer.producers.generators import KEY_FIELD, make_generator
 from stream_trainer.producers.publish import publish
+from stream_trainer.source.kafka_source import consumer_config
 
 SEED = 7
 PARTITIONS = 2
@@ -87,21 +89,8 @@ def client_rate(bootstrap: str, topic: str, n: int, decode: bool, group: str) ->
     non-empty poll to the n-th record (with ``decode``: ``json.loads`` of every value)."""
     from kafka import KafkaConsumer
 
-    k = KafkaSettings()
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=k.session_timeout_ms,
-        heartbeat_interval_ms=k.heartbeat_interval_ms,
-        max_poll_interval_ms=k.max_poll_interval_ms,
-        max_poll_records=k.max_poll_records,
-        fetch_max_wait_ms=k.fetch_max_wait_ms,
-        max_partition_fetch_bytes=4 << 20,
-        fetch_max_bytes=64 << 20,
-    )
+    settings = KafkaSettings(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(topic, **consumer_config(settings, group, "bench"))
     seen, t0 = 0, None
     loads = json.loads
     try:
@@ -120,11 +109,6 @@ def client_rate(bootstrap: str, topic: str, n: int, decode: bool, group: str) ->
 
 
 # ---- the trainers people use today -------------------------------------------------------
-def vw_line(ev: dict[str, Any]) -> str:
-    ctx = " ".join(f"{k}={v}" for k, v in sorted(ev["context"].items()))
-    return f"{1 if ev['label'] else -1} |u {ev['user_id']} |i {ev['item_id']} |c {ctx}"
-
-
 def vw_run(events: Sequence[dict[str, Any]]) -> tuple[float, float]:
     """Vowpal Wabbit, ``--loss_function logistic -q ui``: events/s and prequential log loss.
 
@@ -149,19 +133,11 @@ def vw_run(events: Sequence[dict[str, Any]]) -> tuple[float, float]:
     return len(lines) / dt, log_loss(1 / (1 + np.exp(-raw)), y)
 
 
-def river_features(ev: dict[str, Any]) -> dict[str, float]:
-    x = {f"u={ev['user_id']}": 1.0, f"i={ev['item_id']}": 1.0}
-    x[f"ui={ev['user_id']}|{ev['item_id']}"] = 1.0  # the same cross VW's -q ui makes
-    for k, v in ev["context"].items():
-        x[f"{k}={v}"] = 1.0
-    return x
-
-
 def river_run(events: Sequence[dict[str, Any]]) -> tuple[float, float]:
     """River LogisticRegression (its SGD default, lr 0.01), one-hot ids and their cross."""
     from river import linear_model
 
-    xs = [river_features(ev) for ev in events]
+    xs = [click_tokens(ev) for ev in events]
     y = np.array([ev["label"] for ev in events], np.float64)
     model = linear_model.LogisticRegression()
     p = np.empty(len(xs))

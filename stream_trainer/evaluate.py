@@ -206,7 +206,8 @@ def _prequential(
     return out, time.perf_counter() - t0
 
 
-def _click_tokens(ev: dict[str, Any]) -> dict[str, float]:
+def click_tokens(ev: dict[str, Any]) -> dict[str, float]:
+    """One-hot ids, context tokens and the user x item cross (River's click features)."""
     x = {f"u={ev['user_id']}": 1.0, f"i={ev['item_id']}": 1.0}
     x[f"ui={ev['user_id']}|{ev['item_id']}"] = 1.0
     for k, v in ev.get("context", {}).items():
@@ -215,6 +216,12 @@ def _click_tokens(ev: dict[str, Any]) -> dict[str, float]:
         else:
             x[f"{k}={v}"] = 1.0
     return x
+
+
+def vw_line(ev: dict[str, Any]) -> str:
+    """A click event in Vowpal Wabbit's text format: namespaces u, i (crossed by -q ui), c."""
+    ctx = " ".join(f"{k}={v}" for k, v in sorted(ev.get("context", {}).items()))
+    return f"{1 if ev['label'] else -1} |u {ev['user_id']} |i {ev['item_id']} |c {ctx}"
 
 
 def click_baselines(
@@ -238,7 +245,7 @@ def click_baselines(
     lr = linear_model.LogisticRegression()
 
     def river_lr(ev: dict[str, Any]) -> float:
-        x = _click_tokens(ev)
+        x = click_tokens(ev)
         p = lr.predict_proba_one(x).get(True, 0.5)
         lr.learn_one(x, bool(ev["label"]))
         return p
@@ -269,10 +276,7 @@ def click_baselines(
         ws = Workspace("--loss_function logistic -q ui --quiet")
 
         def vw_step(ev: dict[str, Any]) -> float:
-            ctx = " ".join(f"{k}={v}" for k, v in sorted(ev.get("context", {}).items()))
-            ex = ws.parse(
-                f"{1 if ev['label'] else -1} |u {ev['user_id']} |i {ev['item_id']} |c {ctx}"
-            )
+            ex = ws.parse(vw_line(ev))
             ws.learn(ex)
             raw = ex.get_simplelabel_prediction()
             ws.finish_example(ex)

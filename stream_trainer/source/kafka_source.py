@@ -26,6 +26,25 @@ from stream_trainer.kafka_common import offset_and_metadata, unreachable
 log = logging.getLogger(__name__)
 
 
+def consumer_config(settings: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
+    """The daemon's KafkaConsumer settings (the bench measures the bare client with them)."""
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "group_id": group_id,
+        "client_id": client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.auto_offset_reset,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "max_poll_records": settings.max_poll_records,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "request_timeout_ms": max(settings.request_timeout_ms, settings.session_timeout_ms + 1000),
+        "max_partition_fetch_bytes": 4 << 20,
+        "fetch_max_bytes": 64 << 20,
+    }
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
@@ -57,22 +76,7 @@ class KafkaSource:
         self.restored = restored
         try:
             self.consumer = KafkaConsumer(
-                bootstrap_servers=settings.bootstrap_servers,
-                group_id=group_id,
-                client_id=client_id,
-                enable_auto_commit=False,
-                auto_offset_reset=settings.auto_offset_reset,
-                session_timeout_ms=settings.session_timeout_ms,
-                heartbeat_interval_ms=settings.heartbeat_interval_ms,
-                max_poll_interval_ms=settings.max_poll_interval_ms,
-                max_poll_records=settings.max_poll_records,
-                fetch_max_wait_ms=settings.fetch_max_wait_ms,
-                request_timeout_ms=max(
-                    settings.request_timeout_ms, settings.session_timeout_ms + 1000
-                ),
-                max_partition_fetch_bytes=4 << 20,
-                fetch_max_bytes=64 << 20,
-                **dict(security or {}),
+                **consumer_config(settings, group_id, client_id), **dict(security or {})
             )
         except (KafkaError, OSError) as err:
             raise unreachable(settings.bootstrap_servers, err) from None
