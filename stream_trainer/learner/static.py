@@ -50,8 +50,7 @@ class StaticBatch:
             raise ValueError(f"batch of {n} rows > the fixed size {self.size}")
         x = {k: self._load(k, v) for k, v in inputs.items()}
         y = self._load("__targets__", targets)
-        mask = np.zeros(n, np.float32) + 1.0
-        return x, y, self._load("__mask__", mask)
+        return x, y, self._load("__mask__", np.ones(n, np.float32))
 
     @property
     def shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
