@@ -208,9 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         ev,
         "--kind",
         scope="evaluate",
-        required=True,
         choices=KINDS,
-        help="event kind (which pipeline and baselines)",
+        help="event kind (which pipeline and baselines); required but with --drift-suite",
     )
     _flag(ev, "--input", scope="evaluate", metavar="FILE", help="JSON-lines events to replay")
     _flag(
@@ -257,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
         scope="evaluate",
         action="store_true",
         help="instead: clicks drifting A -> B -> A, our pipeline with and without replay",
+    )
+    _flag(
+        ev,
+        "--drift-suite",
+        scope="evaluate",
+        action="store_true",
+        help="instead: drift detectors on streams with known change points (river's SEA, "
+        "STAGGER, Agrawal, Hyperplane, FriedmanDrift; our clicks, ticks, sensors); "
+        "--events per river stream (default 400000)",
     )
     _flag(ev, "--quiet", scope="evaluate", action="store_true", help="no progress lines")
     _common_logging(ev)
@@ -405,6 +413,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from stream_trainer import evaluate as ev
 
     say = (lambda msg: print(f"evaluate: {msg}", file=sys.stderr)) if not a.quiet else None
+    if a.drift_suite:
+        from stream_trainer import drift_suite
+
+        n = a.events or 400_000
+        suite = drift_suite.run(
+            n,
+            {"clicks": n * 5 // 2, "ticks": n * 3 // 4, "sensors": n * 3 // 4},
+            seed=a.seed,
+            progress=say,
+        )
+        print(json.dumps(suite, indent=1) if a.json else drift_suite.markdown(suite))
+        return 0
+    if a.kind is None:
+        raise StreamTrainerError("evaluate needs --kind clicks|ticks|sensors (or --drift-suite)")
     if a.replay_study:
         if a.kind != "clicks" or a.input:
             raise StreamTrainerError("--replay-study uses its own click stream (--kind clicks)")

@@ -155,15 +155,25 @@ DriftAction = Literal["reset_optimizer", "boost_lr", "reset_model", "challenger"
 
 
 class DriftSettings(_Frozen):
-    detector: Literal["adwin", "page_hinkley", "kswin", "none"] = "page_hinkley"
-    params: dict[str, float | int | str] = Field(default_factory=dict)
+    detector: Literal[
+        "page_hinkley", "adwin", "kswin", "ddm", "eddm", "hddm_a", "hddm_w", "none"
+    ] = "page_hinkley"
+    params: dict[str, float | int | str] = Field(default_factory=dict)  # passed to river
+    # the calibrated signal (drift/signal.py): per-event losses in blocks of `block`
+    # events, each block's mean a z-score against a reference with this half-life (in
+    # blocks), built over `warmup_blocks` blocks after a start or a detection
+    block: int = Field(250, ge=1)
+    warmup_blocks: int = Field(16, ge=2)
+    reference_half_life: float = Field(64.0, gt=0)
+    # watch the float inputs' statistics too (reported, no action: a shift in the inputs
+    # that does not raise the loss needs none, and one that does is caught by the loss)
+    input: bool = True
     # challenger by default: measured (`evaluate --adaptation`) to recover sooner than
     # no action, and harmless on a false alarm (it is dropped unless it wins), where
     # reset_optimizer + boost_lr raised the loss after a drift on the click streams
     actions: tuple[DriftAction, ...] = ("challenger",)
     boost_factor: float = Field(3.0, ge=1.0)
     boost_updates: int = Field(200, ge=1)
-    warmup_updates: int = Field(20, ge=0)
     # the challenger action: a fresh model beside the champion, promoted when its loss
     # over the last `window` examples is `margin` (relative) below; dropped after `patience`
     challenger_window: int = Field(2000, ge=1)

@@ -24,7 +24,7 @@ from kafka.errors import KafkaError
 from stream_trainer.batcher import MicroBatcher
 from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
-from stream_trainer.drift import AdaptationPolicy, DriftMonitor
+from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.edges import TP, Record, Sink, Source
 from stream_trainer.errors import ConfigError, StreamTrainerError
 from stream_trainer.events import Rejected, decoder_for, reasons
@@ -97,11 +97,14 @@ class Pipeline:
         except ValueError as err:
             raise ConfigError(f"pipeline {spec.name}: {err}") from None
         d = spec.drift
-        self.monitor = (
-            DriftMonitor(d.detector, d.params, warmup=d.warmup_updates)
-            if d.detector != "none"
-            else None
-        )
+        signal = {"block": d.block, "warmup": d.warmup_blocks, "half_life": d.reference_half_life}
+        try:
+            self.monitor = (
+                DriftMonitor(d.detector, d.params, **signal) if d.detector != "none" else None
+            )
+        except ValueError as err:
+            raise ConfigError(f"pipeline {spec.name}: drift: {err}") from None
+        self.input_monitor = InputDriftMonitor(**signal) if d.input else None
         try:
             self.policy = AdaptationPolicy(
                 d.actions,
@@ -156,8 +159,10 @@ class Pipeline:
             if self.replay is not None and doc["learner"].get("replay"):
                 self.replay.load_state_dict(doc["learner"]["replay"])
             self.featurizer.load_state_dict(doc["featurizer"])
-            if self.monitor is not None and doc["drift"]:
+            if self.monitor is not None and doc["drift"].get("detector"):
                 self.monitor.load_state_dict(doc["drift"])
+            if self.input_monitor is not None and doc["drift"].get("input"):
+                self.input_monitor.load_state_dict(doc["drift"]["input"])
             self.policy.load_state_dict(doc["policy"])
             if doc["ledger"]:
                 self.ledger.load_state_dict(doc["ledger"])
@@ -191,7 +196,10 @@ class Pipeline:
                 "replay": self.replay.state_dict() if self.replay is not None else {},
             },
             "featurizer": self.featurizer.state_dict(),
-            "drift": self.monitor.state_dict() if self.monitor is not None else {},
+            "drift": {
+                **(self.monitor.state_dict() if self.monitor is not None else {}),
+                "input": self.input_monitor.state_dict() if self.input_monitor else {},
+            },
             "policy": self.policy.state_dict(),
             "offsets": {f"{t}:{p}": o for (t, p), o in sorted(self.next_offsets.items())},
             "ledger": self.ledger.state_dict(),
@@ -358,7 +366,7 @@ class Pipeline:
         pred, target = raw_units(fb, res.outputs)
         self.quality.update(pred, target, res.losses, extra.get("anomaly"))
         self.policy.after_update(self.learner)
-        if self.monitor is not None and self.monitor.update(batch_loss):
+        if self.monitor is not None and self.monitor.update(res.losses):
             self.policy.on_drift(self.learner)
             self.hooks.on_drift(self.monitor.detector_name, time.time())
             log.info(
@@ -370,6 +378,9 @@ class Pipeline:
                     "actions": ",".join(self.policy.actions),
                 },
             )
+        if self.input_monitor is not None and self.input_monitor.update(fb.inputs):
+            self.hooks.on_input_drift(time.time())
+            log.info("input drift detected", extra={"pipeline": self.name})
         if self.replay is not None:
             self.replay.add(fb.inputs, fb.targets)
         self._compete(fb, res.losses)

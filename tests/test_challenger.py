@@ -131,7 +131,7 @@ def test_pipeline_races_a_challenger_after_drift_and_checkpoints_it(tmp_path):
 
     stream = [
         json.dumps(e).encode()
-        for e in make_generator("clicks", seed=6, count=30_000, drift_at=15_000)
+        for e in make_generator("clicks", seed=6, count=60_000, drift_at=50_000)
     ]
     s = settings(60)
     hooks = Outcomes()

@@ -159,13 +159,14 @@ def test_learning_is_seeded_and_does_not_mutate_its_inputs(kind):
         np.testing.assert_array_equal(fb.targets, before[1])
 
 
-DETECTORS = ["adwin", "page_hinkley", "kswin"]
+DETECTORS = ["page_hinkley", "adwin", "kswin", "ddm", "eddm", "hddm_a", "hddm_w"]
 
 
-def losses(n: int = 900, seed: int = 0) -> list[float]:
+def losses(n: int = 60_000, seed: int = 0) -> list[np.ndarray]:
+    """Per-event losses with a step up midway, in updates of 100 events."""
     rng = np.random.default_rng(seed)
-    level = np.where(np.arange(n) < n // 2, 0.5, 0.65)  # a step up midway
-    return (level + rng.normal(0, 0.02, n)).tolist()
+    level = np.where(np.arange(n) < n // 2, 0.5, 0.65)
+    return np.split(level + rng.normal(0, 0.05, n), n // 100)
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
@@ -175,12 +176,12 @@ def test_detector_state_round_trip_continues_identically(detector):
     seq = losses()
     params = {"seed": 1} if detector == "kswin" else {}
     a = DriftMonitor(detector, params)
-    for x in seq[:300]:
+    for x in seq[:250]:
         a.update(x)
     b = DriftMonitor(detector, params)
     b.load_state_dict(copy.deepcopy(a.state_dict()))
-    assert [a.update(x) for x in seq[300:]] == [b.update(x) for x in seq[300:]]
-    assert a.detections == b.detections
+    assert [a.update(x) for x in seq[250:]] == [b.update(x) for x in seq[250:]]
+    assert a.detections == b.detections >= 1
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
@@ -188,8 +189,8 @@ def test_detector_is_deterministic_and_leaves_its_input_alone(detector):
     from stream_trainer.drift import DriftMonitor
 
     seq = losses(seed=3)
-    before = list(seq)
+    before = [x.copy() for x in seq]
     params = {"seed": 1} if detector == "kswin" else {}
     m1, m2 = DriftMonitor(detector, params), DriftMonitor(detector, params)
     assert [m1.update(x) for x in seq] == [m2.update(x) for x in seq]
-    assert seq == before
+    assert all(np.array_equal(x, y) for x, y in zip(seq, before, strict=True))

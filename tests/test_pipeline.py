@@ -157,7 +157,7 @@ def test_drift_triggers_the_configured_actions(tmp_path):
     p = Pipeline(s, s.pipelines[0], hooks=hooks)
     stream = [
         json.dumps(e).encode()
-        for e in make_generator("clicks", seed=6, count=30_000, drift_at=15_000)
+        for e in make_generator("clicks", seed=6, count=80_000, drift_at=50_000)
     ]
     src, sink = ListSource({("t", 0): stream}, {}, batch=256), ListSink()
     run_until(p, src, sink)

@@ -68,6 +68,9 @@ class Metrics:
         self.last_drift = make(
             Gauge, "last_drift_timestamp_seconds", "Unix time of the last drift detection"
         )
+        self.input_drift = make(
+            Counter, "input_drift_detected", "Input drift detections (float feature statistics moved)"
+        )
         self.anomalies = make(Counter, "anomalies", "Events scored as anomalies")
         self.challenger = make(
             Counter,
@@ -159,6 +162,7 @@ class PipelineMetrics(PipelineHooks):
         m.checkpoints.labels(name)
         m.checkpoint_failures.labels(name)
         m.anomalies.labels(name)
+        m.input_drift.labels(name)
         if detector != "none":
             m.drift.labels(name, detector)
 
@@ -214,6 +218,9 @@ class PipelineMetrics(PipelineHooks):
     def on_drift(self, detector: str, timestamp: float) -> None:
         self.m.drift.labels(self.name, detector).inc()
         self.m.last_drift.labels(self.name).set(timestamp)
+
+    def on_input_drift(self, timestamp: float) -> None:
+        self.m.input_drift.labels(self.name).inc()
 
     def on_checkpoint(self, seconds: float, timestamp: float) -> None:
         self.m.checkpoints.labels(self.name).inc()
