@@ -63,3 +63,12 @@ class MicroBatcher(Generic[T]):
         for _ in range(n):
             self._since.popleft()
         return out
+
+    def discard(self, drop: Callable[[T], bool]) -> int:
+        """Remove the items ``drop`` selects (e.g. of partitions this process lost);
+        return how many."""
+        kept = [(x, t) for x, t in zip(self._items, self._since, strict=True) if not drop(x)]
+        n = len(self._items) - len(kept)
+        self._items = deque(x for x, _ in kept)
+        self._since = deque(t for _, t in kept)
+        return n

@@ -367,7 +367,16 @@ def cmd_run(a: argparse.Namespace) -> int:
     settings = load_settings(a.config, overrides=overrides)
     service = Service(settings)
     service.install_signal_handlers()
-    return service.run()
+    code = service.run()
+    if service.world.replicated:
+        from stream_trainer import distributed
+        from stream_trainer.service import EXIT_STALLED
+
+        if code == EXIT_STALLED:  # the group is broken: tearing it down may hang
+            logging.shutdown()
+            os._exit(code)
+        distributed.shutdown()
+    return code
 
 
 def cmd_check_config(a: argparse.Namespace) -> int:

@@ -188,6 +188,24 @@ class ReplaySettings(_Frozen):
     fraction: float = Field(0.25, gt=0.0, le=4.0)  # replayed rows per new row
 
 
+class SyncSettings(_Frozen):
+    """How replicas (``torchrun --nproc-per-node N``) keep this pipeline's one model in
+    sync; ignored by a single process.
+
+    ``allreduce``: synchronous data parallel, gradients all-reduced every step (replicas
+    without data that step contribute zero). ``average``: local SGD, each replica steps
+    on its own partitions and parameters and optimizer state are averaged every
+    ``every_steps`` local steps of any replica or ``every_ms``, whichever comes first.
+    """
+
+    mode: Literal["allreduce", "average"] = "allreduce"
+    every_steps: int = Field(50, ge=1)
+    every_ms: float = Field(1000.0, gt=0)
+    # compare a fingerprint of the weights across replicas every this many sync rounds
+    # (0 = never); a mismatch is logged and counted
+    check_every: int = Field(100, ge=0)
+
+
 class PipelineSettings(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,62}$")
     kind: Literal["clicks", "ticks", "sensors", "custom"]
@@ -200,6 +218,7 @@ class PipelineSettings(_Frozen):
     optimizer: OptimizerSettings = OptimizerSettings()
     drift: DriftSettings = DriftSettings()
     replay: ReplaySettings = ReplaySettings()
+    sync: SyncSettings = SyncSettings()
     max_event_bytes: int = Field(1 << 20, ge=64)
     dedup_window: int = Field(100_000, ge=0)  # refuse exact repeats of recent events; 0 = off
 
@@ -235,6 +254,10 @@ class Settings(_Frozen):
     cuda_graphs: bool = False
     bf16: bool = False
     seed: int = 0
+    # replicas under torchrun: a replica that does not answer a sync round within this
+    # many seconds is reported as stalled, and every replica exits so that torchrun
+    # restarts the group (from the last checkpoint) with the members that answer
+    stall_timeout_s: float = Field(60.0, gt=0)
     pipelines: tuple[PipelineSettings, ...] = Field(min_length=1)
 
     @model_validator(mode="after")

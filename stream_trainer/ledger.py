@@ -59,6 +59,16 @@ class OffsetLedger:
         starts.insert(k, lo)
         ends.insert(k, hi)
 
+    def merge(self, other: OffsetLedger) -> None:
+        """Add every range of ``other`` (a replica's ranges since the last merge): an
+        offset both hold was applied twice, and counts as a duplicate."""
+        for tp in other.partitions():
+            for start, end in other.ranges(tp):
+                self.add_range(tp, start, end)
+        self.duplicates += other.duplicates
+        for tp, e in other.epochs.items():
+            self.epochs[tp] = max(self.epochs.get(tp, 0), e)
+
     def reset(self, tp: TP) -> None:
         """The partition's log was replaced (broker lost data): start a new epoch."""
         self._starts[tp], self._ends[tp] = [], []

@@ -24,6 +24,7 @@ from kafka.errors import KafkaError
 from stream_trainer.batcher import MicroBatcher
 from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.distributed import fingerprint
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.edges import TP, Record, Sink, Source
 from stream_trainer.errors import ConfigError, StreamTrainerError
@@ -65,7 +66,10 @@ class Pipeline:
         device: torch.device | str = "cpu",
         hooks: PipelineHooks | None = None,
         clock: Any = time.monotonic,
+        replicated: bool = False,
     ) -> None:
+        """``replicated``: one of several processes under torchrun sharing this model
+        (then ``attach`` its :class:`~stream_trainer.distributed.Replicas`)."""
         self.settings, self.spec = settings, spec
         self.name = spec.name
         self.hooks = hooks or NullHooks()
@@ -78,6 +82,18 @@ class Pipeline:
         model = build_model(spec.kind, spec.model, self.featurizer)
         o = spec.optimizer
         graphs = settings.cuda_graphs and torch.device(device).type == "cuda"
+        self.replicated = replicated
+        self.replicas: Any = None
+        if replicated:
+            # (embeddings keep their layout and optimizer, so that checkpoints move
+            # between one process and replicas; allreduce densifies their gradients)
+            if "challenger" in spec.drift.actions or spec.replay.capacity:
+                raise ConfigError(
+                    f"pipeline {spec.name}: with replicas (torchrun), the drift action "
+                    "'challenger' and the replay buffer are not supported yet; set "
+                    "drift.actions to reset_model, reset_optimizer and/or boost_lr, "
+                    "and replay.capacity to 0"
+                )
         try:
             self.learner = Learner(
                 model,
@@ -130,6 +146,11 @@ class Pipeline:
         self.next_offsets: dict[TP, int] = {}  # next offset to read, per the model state
         self.polled_next: dict[TP, int] = {}  # next offset we expect from the consumer
         self.ledger = OffsetLedger()
+        # replicas: the ranges this process applied since the last checkpoint's merge
+        self.fresh_ledger = OffsetLedger()
+        self.base_ledger = OffsetLedger()
+        self.drift_pending = False  # replicas: a detection to act on in the next round
+        self.regroup = False  # replicas: another one left; exit for torchrun to regroup
         self.dedup = Deduper(spec.dedup_window)
         self.counters = {
             "consumed": 0,
@@ -166,6 +187,7 @@ class Pipeline:
             self.policy.load_state_dict(doc["policy"])
             if doc["ledger"]:
                 self.ledger.load_state_dict(doc["ledger"])
+                self.base_ledger.load_state_dict(doc["ledger"])
             if doc["dedup"]:
                 self.dedup.load_state_dict(doc["dedup"])
         except (KeyError, ValueError, RuntimeError) as err:
@@ -253,8 +275,12 @@ class Pipeline:
 
     def _offset_reset(self, tp: TP, expected: int, got: int) -> None:
         """The log went back: the broker lost data (a restart of an in-memory broker, a
-        deleted and recreated topic). Learn what we hold, then follow the new log."""
-        self.flush()
+        deleted and recreated topic). Learn what we hold, then follow the new log.
+        (Replicas train only in rounds: the old log's pending events are dropped.)"""
+        if self.replicas is None:
+            self.flush()
+        else:
+            self.batcher.discard(lambda it: (it.record.topic, it.record.partition) == tp)
         self.next_offsets[tp] = got
         self.ledger.reset(tp)
         self.counters["offset_resets"] += 1
@@ -291,6 +317,8 @@ class Pipeline:
         if end > self.next_offsets.get(tp, 0):
             self.next_offsets[tp] = end
         self.ledger.add_range(tp, start, end)
+        if self.replicated:
+            self.fresh_ledger.add_range(tp, start, end)
         self.dirty = True
 
     def pump(self) -> int:
@@ -305,7 +333,13 @@ class Pipeline:
         while len(self.batcher):
             self.train(self.batcher.take())
 
-    def train(self, items: list[Item]) -> None:
+    def train(self, items: list[Item], reduce: Any = None) -> None:
+        """Featurize and learn from ``items``. ``reduce``: replicas in ``allreduce`` mode
+        (every replica calls this in the same round, with or without items)."""
+        if not items:
+            if reduce is not None:
+                self.learner.idle_step(reduce)
+            return
         events = [it.event for it in items]
         try:
             fb = self.featurizer.featurize(events)
@@ -316,6 +350,8 @@ class Pipeline:
             )
             for it in items:
                 self._reject(it.record, Rejected(reasons.FEATURIZER_ERROR, repr(err)[:200]))
+            if reduce is not None:
+                self.learner.idle_step(reduce)
             return
         n = len(fb)
         seeded = len(items) - n
@@ -324,10 +360,12 @@ class Pipeline:
             self.hooks.on_seeded(seeded)
         self._advance_many([it.record for it in items])
         if n == 0:
+            if reduce is not None:
+                self.learner.idle_step(reduce)
             return
         t0 = time.perf_counter()
         replayed = self.replay.sample(n) if self.replay is not None else None
-        res = self.learner.step(fb.inputs, fb.targets, replayed)
+        res = self.learner.step(fb.inputs, fb.targets, replayed, reduce=reduce)
         dt = time.perf_counter() - t0
         self.counters["trained"] += n
         annotate = getattr(self.featurizer, "annotate", None)
@@ -367,7 +405,10 @@ class Pipeline:
         self.quality.update(pred, target, res.losses, extra.get("anomaly"))
         self.policy.after_update(self.learner)
         if self.monitor is not None and self.monitor.update(res.losses):
-            self.policy.on_drift(self.learner)
+            if self.replicated:  # every replica acts on it, in the next round
+                self.drift_pending = True
+            else:
+                self.policy.on_drift(self.learner)
             self.hooks.on_drift(self.monitor.detector_name, time.time())
             log.info(
                 "drift detected",
@@ -464,8 +505,23 @@ class Pipeline:
         return True
 
     def on_revoke(self, tps: list[TP]) -> None:
-        """Before partitions go to another member, persist what we learned from them."""
-        self.checkpoint()
+        """Before partitions go to another member, persist what we learned from them.
+
+        Replicas share one model: what this process learned from them is already in
+        every replica's weights and in the offsets of the last round, where the next
+        owner resumes; it drops their events it has not trained yet (a checkpoint here
+        would be a collective inside the consumer's poll, out of step with the others).
+        """
+        if self.replicas is None:
+            self.checkpoint()
+            return
+        lost = set(tps)
+        dropped = self.batcher.discard(lambda it: (it.record.topic, it.record.partition) in lost)
+        log.info(
+            "partitions revoked",
+            extra={"pipeline": self.name, "partitions": ",".join(f"{t}:{p}" for t, p in tps),
+                   "untrained_dropped": dropped},
+        )
 
     # ---- the loop ----------------------------------------------------------------------
     def ready(self) -> tuple[bool, str]:
@@ -513,6 +569,159 @@ class Pipeline:
             if now - self.last_checkpoint >= every:
                 self.checkpoint()
         self.checkpoint()
+
+    # ---- replicas (torchrun) -----------------------------------------------------------
+    def attach(self, replicas: Any) -> None:
+        """Join the replicas: start from rank 0's weights (equal anyway after a restore
+        from the shared checkpoint; a fresh model is seeded the same, but make sure)."""
+        self.replicas = replicas
+        replicas.broadcast_tensors(self.learner.sync_tensors(with_optimizer=False))
+
+    def _round(self, **flags: Any) -> list[dict[str, Any]]:
+        """One round: every replica's flags and next offsets; the offsets of the model
+        (the highest any replica reached, per partition) become ours, so a partition
+        that moves here resumes where the shared model left it."""
+        views = self.replicas.exchange({**flags, "offsets": self.next_offsets})
+        for view in views:
+            for tp, o in view["offsets"].items():
+                if o > self.next_offsets.get(tp, -1):
+                    self.next_offsets[tp] = o
+        return views
+
+    def _check(self, views: list[dict[str, Any]]) -> None:
+        prints = [v.get("fp") for v in views]
+        if prints[0] is None:
+            return
+        same = all(p == prints[0] for p in prints)
+        self.hooks.on_sync_check(same)
+        if not same:
+            log.error(
+                "replicas' weights differ",
+                extra={"pipeline": self.name, "fingerprints": ";".join(map(str, prints))},
+            )
+
+    def _average(self) -> None:
+        sig = self.learner.optimizer_signature()
+        views = self.replicas.exchange(sig)
+        with_opt = all(tuple(v) == tuple(sig) for v in views)
+        self.replicas.average(self.learner.sync_tensors(with_optimizer=with_opt))
+        if self.spec.sync.check_every:
+            self._check(self.replicas.exchange({"fp": fingerprint(self.learner.sync_tensors(False))}))
+
+    def run_replicated(
+        self, source: Source, sink: Sink | None, stop: threading.Event, *, idle_poll_s: float = 0.01
+    ) -> None:
+        """The loop of one replica: poll, then one round with the others."""
+        rep = self.replicas
+        self.source, self.sink = source, sink
+        sync = self.spec.sync
+        every = self.settings.checkpoint.every_seconds
+        allreduce = sync.mode == "allreduce"
+        rounds, local_steps, last_avg, last_lag = 0, 0, self.clock(), 0.0
+        while True:
+            left = self.batcher.time_left()
+            timeout = idle_poll_s if left is None else min(idle_poll_s, left)
+            try:
+                self.handle(source.poll(timeout))
+            except KafkaError as err:
+                log.warning("poll failed", extra={"pipeline": self.name, "error": repr(err)[:200]})
+            batch = None
+            if allreduce:
+                batch = self.batcher.take() if self.batcher.ready() else None
+            else:
+                local_steps += self.pump()
+            now = self.clock()
+            rounds += 1
+            check = sync.check_every and rounds % sync.check_every == 0
+            views = self._round(
+                batch=batch is not None,
+                stop=stop.is_set(),
+                checkpoint=rep.rank == 0 and now - self.last_checkpoint >= every,
+                drift=self.drift_pending,
+                average=not allreduce
+                and (local_steps >= sync.every_steps or (now - last_avg) * 1000 >= sync.every_ms),
+                # allreduce: the weights are equal after every round; average: only right
+                # after an averaging (checked there)
+                fp=fingerprint(self.learner.sync_tensors(False)) if check and allreduce else None,
+            )
+            self._check(views)
+            if any(v["batch"] for v in views):
+                self.train(batch or [], reduce=rep.reduce_grads)
+            if any(v["drift"] for v in views):
+                self.drift_pending = False
+                self.policy.on_drift(self.learner)
+            if any(v["average"] for v in views):
+                self._average()
+                local_steps, last_avg = 0, self.clock()
+            stopping = any(v["stop"] for v in views)
+            if stopping or any(v["checkpoint"] for v in views):
+                self.checkpoint_replicated()
+            if stopping:
+                # a replica asked to stop leaves after this checkpoint; the others exit
+                # too, for torchrun to restart them in a group of those that remain
+                self.regroup = not stop.is_set()
+                return
+            if now - last_lag >= 1.0:
+                last_lag = now
+                self.hooks.on_quality(self.quality.values())
+                for (t, p), (pos, hw) in source.watermarks().items():
+                    self.hooks.on_lag(t, p, max(0, hw - pos))
+
+    def checkpoint_replicated(self) -> bool:
+        """A checkpoint of the shared model, as a round: every replica trains what it
+        holds (``allreduce``: in lockstep) or averages (``average``); rank 0 writes the
+        weights with every partition's next offset and the union of all replicas'
+        ledgers; then each replica commits the offsets of its own partitions."""
+        rep = self.replicas
+        if self.spec.sync.mode == "allreduce":
+            while True:
+                batch = self.batcher.take() if len(self.batcher) else None
+                views = self._round(batch=batch is not None)
+                if not any(v["batch"] for v in views):
+                    break
+                self.train(batch or [], reduce=rep.reduce_grads)
+        else:
+            self.flush()
+            self._average()
+        t0 = time.perf_counter()
+        views = self._round(fresh=self.fresh_ledger.state_dict(), dirty=self.dirty)
+        ok = True
+        if rep.rank == 0 and any(v["dirty"] for v in views):
+            merged = OffsetLedger()
+            merged.load_state_dict(self.base_ledger.state_dict())
+            for v in views:
+                fresh = OffsetLedger()
+                fresh.load_state_dict(v["fresh"])
+                merged.merge(fresh)
+            self.ledger = merged
+            try:
+                if self.sink is not None:
+                    self.sink.flush(timeout_s=CHECKPOINT_FLUSH_TIMEOUT_S)
+                self.store.save(self.state())
+            except StreamTrainerError as err:
+                ok = False
+                self.hooks.on_checkpoint_failed()
+                log.warning("checkpoint postponed", extra={"pipeline": self.name, "error": str(err)})
+        elif rep.rank != 0 and self.sink is not None:
+            self.sink.flush(timeout_s=CHECKPOINT_FLUSH_TIMEOUT_S)
+        ok, ledger = rep.broadcast((ok, self.ledger.state_dict() if rep.rank == 0 else None))
+        self.last_checkpoint = self.clock()
+        if not ok:
+            return False
+        self.ledger.load_state_dict(ledger)
+        self.base_ledger.load_state_dict(ledger)
+        self.fresh_ledger = OffsetLedger()
+        self.dirty = False
+        self.hooks.on_checkpoint(time.perf_counter() - t0, time.time())
+        if self.source is not None:
+            try:
+                self.source.commit(self.next_offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+            except KafkaError as err:
+                log.warning(
+                    "offset commit failed (the checkpoint still holds the offsets)",
+                    extra={"pipeline": self.name, "error": repr(err)[:200]},
+                )
+        return True
 
     def summary(self) -> dict[str, Any]:
         """Counters and losses for the history file."""

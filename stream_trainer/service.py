@@ -19,6 +19,7 @@ from types import FrameType
 import torch
 from prometheus_client import CollectorRegistry
 
+from stream_trainer import distributed
 from stream_trainer.config import Settings
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.kafka_common import (
@@ -43,6 +44,8 @@ MAIN_THREAD_POLL_S = 0.2
 PROBE_EVERY_S = 1.0
 PROBE_TIMEOUT_S = 2.0
 BROKER_DOWN_AFTER_S = 3.0
+EXIT_STALLED = 3  # a replica stalled or left without a word: torchrun restarts the group
+EXIT_REGROUP = 75  # a replica left cleanly: torchrun restarts this one to regroup
 
 
 class Service:
@@ -56,12 +59,17 @@ class Service:
         except ValueError as err:
             raise StreamTrainerError(str(err)) from None
         torch.set_num_threads(settings.torch_threads)
+        # replicas under torchrun: every process is a rank of one process group and a
+        # member of each pipeline's consumer group (see distributed.py)
+        self.world, self.heartbeat = distributed.init_world(self.device, settings.stall_timeout_s)
+        self.metrics.replica.labels(str(self.world.rank), str(self.world.size)).set(1)
         self.pipelines = [
             Pipeline(
                 settings,
                 spec,
                 device=self.device,
                 hooks=self.metrics.pipeline(spec.name, spec.drift.detector),
+                replicated=self.world.replicated,
             )
             for spec in settings.pipelines
         ]
@@ -74,6 +82,7 @@ class Service:
         self.threads: list[threading.Thread] = []
         self.server: MetricsServer | None = None
         self._signals = 0
+        self.stalled = False
 
     # ---- health ------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:
@@ -155,11 +164,19 @@ class Service:
                     on_revoke=p.on_revoke,
                     on_assign=p.hooks.on_partitions,
                     restored=lambda: p.restored,
-                    client_id=f"stream-trainer-{p.name}",
+                    client_id=f"stream-trainer-{p.name}-{self.world.rank}",
                     security=self.security,
                 )
                 stack.callback(source.close)
-                p.run(source, sink, self.stop)
+                if p.replicas is not None:
+                    p.run_replicated(source, sink, self.stop)
+                else:
+                    p.run(source, sink, self.stop)
+        except distributed.ReplicaStalled as err:
+            p.failed = str(err)
+            self.stalled = True
+            log.error("replicas out of step", extra={"pipeline": p.name, "error": str(err)})
+            self.stop.set()
         except StreamTrainerError as err:
             p.failed = str(err)
             log.error("pipeline stopped", extra={"pipeline": p.name, "error": str(err)})
@@ -185,16 +202,30 @@ class Service:
         with ExitStack() as stack:
             for p in self.pipelines:
                 p.restore()
+            if self.world.replicated:
+                for p in self.pipelines:  # the same order on every rank
+                    hooks = p.hooks
+                    p.attach(
+                        distributed.Replicas(
+                            self.world,
+                            p.name,
+                            self.device,
+                            stall_timeout_s=self.settings.stall_timeout_s,
+                            heartbeat=self.heartbeat,
+                            on_stall=hooks.on_stall,
+                            on_sync=hooks.on_sync,
+                        )
+                    )
             check_reachable(self.settings.kafka.bootstrap_servers)
             self.broker_ok_at = time.monotonic()
             probe = threading.Thread(target=self._probe_broker, name="broker-probe", daemon=True)
             probe.start()
-            if self.settings.history.path is not None:
+            if self.settings.history.path is not None and self.world.rank == 0:
                 threading.Thread(target=self._write_history, name="history", daemon=True).start()
             if self.settings.kafka.create_topics:
                 self.ensure_topics()
             self.server = MetricsServer(
-                self.settings.metrics.address, self.registry, self.healthy, self.ready
+                self._metrics_address(), self.registry, self.healthy, self.ready
             ).start()
             stack.callback(self.server.stop)
             log.info(
@@ -227,4 +258,23 @@ class Service:
                 log.error("pipelines did not stop in time", extra={"threads": ",".join(stuck)})
                 return 1
         failed = [p.name for p in self.pipelines if p.failed]
-        return 1 if failed else 0
+        if self.stalled:
+            return EXIT_STALLED
+        if failed:
+            return 1
+        if any(p.regroup for p in self.pipelines):
+            log.warning(
+                "a replica left the group: exiting so that torchrun restarts this one "
+                "with the replicas that remain",
+                extra={"rank": self.world.rank},
+            )
+            return EXIT_REGROUP
+        return 0
+
+    def _metrics_address(self) -> str:
+        """Replicas on one machine: each on the configured port + its local rank."""
+        address = self.settings.metrics.address
+        host, _, port = address.rpartition(":")
+        if self.world.replicated and int(port):
+            return f"{host}:{int(port) + self.world.local_rank}"
+        return address

@@ -225,3 +225,72 @@ def http_get(url: str) -> tuple[int, str]:
         return err.code, err.read().decode()
     except OSError as err:
         return 0, str(err)
+
+
+class Torchrun(Daemon):
+    """``torchrun ... -m stream_trainer run``: ``nproc`` replicas on one agent, standalone,
+    or one agent of an elastic group (``rdzv``: the c10d rendezvous endpoint)."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        metrics_port: int,
+        *,
+        nproc: int = 1,
+        rdzv: str | None = None,
+        nnodes: str = "1:2",
+        max_restarts: int = 3,
+        name: str = "a",
+    ) -> None:
+        (workdir / name).mkdir(exist_ok=True)
+        super().__init__(config, workdir / name, metrics_port)
+        self.nproc, self.rdzv, self.nnodes, self.max_restarts = nproc, rdzv, nnodes, max_restarts
+
+    def addresses(self) -> list[str]:
+        host, _, port = self.address.rpartition(":")
+        return [f"{host}:{int(port) + r}" for r in range(self.nproc)]
+
+    def start(self) -> Torchrun:
+        log = open(self.log_path, "wb")  # noqa: SIM115
+        launch = (
+            ["--standalone", "--nnodes", "1"]
+            if self.rdzv is None
+            else ["--nnodes", self.nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                  self.rdzv, "--rdzv-id", "stream-trainer-test",
+                  "--rdzv-conf", "join_timeout=60,last_call_timeout=1,close_timeout=5"]
+        )
+        cmd = [sys.executable, "-m", "torch.distributed.run", *launch,
+               "--nproc-per-node", str(self.nproc), "--max-restarts", str(self.max_restarts),
+               "--monitor-interval", "1",
+               "-m", "stream_trainer", "run", "--config", str(self.config_path)]  # fmt: skip
+        # torch 2.13's agents hang re-rendezvousing on the shared TCP store (a group that
+        # changes members); the README's launch commands set this too
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+               "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the agent and its workers at once (a crashed machine). The workers
+        run in sessions of their own, so they are found by their parent."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        workers = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                fields = dict(
+                    line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+                )
+            except OSError:
+                continue
+            if fields.get("PPid", "").strip() == str(self.proc.pid):
+                workers.append(int(status.parent.name))
+        for pid in [self.proc.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()

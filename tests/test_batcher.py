@@ -47,3 +47,16 @@ def test_latency_bound_releases_a_partial_batch():
     assert not b.ready()
     now[0] = 0.05
     assert b.ready() and b.take() == ["x"]
+
+
+def test_discard_removes_the_selected_items_and_keeps_the_order_of_the_rest():
+    from stream_trainer.batcher import MicroBatcher
+
+    t = [0.0]
+    b = MicroBatcher(max_size=10, max_latency_s=1.0, clock=lambda: t[0])
+    b.extend([("p0", 1), ("p1", 2), ("p0", 3)])
+    t[0] = 0.5
+    b.add(("p1", 4))
+    assert b.discard(lambda it: it[0] == "p0") == 2
+    assert len(b) == 2 and abs(b.time_left() - 0.5) < 1e-9  # the oldest left is from t=0
+    assert b.take() == [("p1", 2), ("p1", 4)]

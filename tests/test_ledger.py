@@ -65,3 +65,20 @@ def test_dedup_window_and_state(tmp_path):
     back.load_state_dict(torch.load(tmp_path / "d.pt", weights_only=True))
     assert back.seen(b"d") and back.seen(b"a") and not back.seen(b"b")
     assert not Deduper(window=0).seen(b"a") and not Deduper(window=0).seen(b"a")
+
+
+def test_merging_replicas_ledgers_counts_an_offset_both_applied():
+    from stream_trainer.ledger import OffsetLedger
+
+    base, a, b = OffsetLedger(), OffsetLedger(), OffsetLedger()
+    base.add_range(("t", 0), 0, 100)
+    a.add_range(("t", 0), 100, 150)  # replica a, partition 0
+    b.add_range(("t", 1), 0, 80)  # replica b, partition 1
+    base.merge(a)
+    base.merge(b)
+    assert base.ranges(("t", 0)) == [(0, 150)] and base.ranges(("t", 1)) == [(0, 80)]
+    assert base.duplicates == 0
+    again = OffsetLedger()
+    again.add_range(("t", 0), 140, 160)  # a partition moved, and 10 events were relearned
+    base.merge(again)
+    assert base.ranges(("t", 0)) == [(0, 160)] and base.duplicates == 10

@@ -223,3 +223,13 @@ def test_batches_that_explode_are_skipped_or_clipped_and_counted(tmp_path):
         assert all(torch.isfinite(t).all() for t in w.values())
     assert v("stream_trainer_updates_total", {"pipeline": "p"}) == 3
     assert p.counters["trained"] == 40  # scored, even when the update was refused
+
+
+def test_replicas_refuse_the_drift_actions_they_cannot_keep_in_step(tmp_path):
+    from stream_trainer.errors import ConfigError
+
+    s = settings(tmp_path, drift={"actions": ["challenger"]})
+    with pytest.raises(ConfigError, match="not supported yet"):
+        Pipeline(s, s.pipelines[0], replicated=True)
+    s = settings(tmp_path, drift={"actions": ["reset_model"]})
+    Pipeline(s, s.pipelines[0], replicated=True)  # fine

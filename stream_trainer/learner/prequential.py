@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ from stream_trainer.learner.optim import (
 )
 from stream_trainer.learner.static import StaticBatch
 
+Reduce = Callable[[int, torch.Tensor], int]
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
 SKIP_NON_FINITE_GRAD = "non_finite_grad"
 SKIP_REASONS = (SKIP_NON_FINITE_LOSS, SKIP_NON_FINITE_GRAD)
@@ -234,9 +235,13 @@ class Learner:
         inputs: Mapping[str, np.ndarray],
         targets: np.ndarray,
         replay: tuple[Mapping[str, np.ndarray], np.ndarray] | None = None,
+        reduce: Reduce | None = None,
     ) -> StepResult:
         """Score the batch with the current weights, then learn from it. ``replay``:
-        past examples that join the update only (losses and outputs are the batch's)."""
+        past examples that join the update only (losses and outputs are the batch's).
+        ``reduce`` (replicas in ``allreduce`` mode): called with this batch's example
+        count and flat gradient, it sums both over the replicas and leaves the mean
+        gradient in place; every replica then applies the same update."""
         self.model.train()
         n = int(targets.shape[0])
         if replay is not None:
@@ -260,10 +265,20 @@ class Learner:
         result = StepResult(per[:n].detach().cpu().numpy(), self._to_numpy(out[:n]))
         if not torch.isfinite(loss):
             result.skipped = SKIP_NON_FINITE_LOSS
+            if reduce is not None:
+                self._synced_update(reduce, 0, None)  # the others may still have data
             return result
         if not graphed:  # a replay has already written the gradients
             self.optimizer.zero_grad()
             loss.backward()
+        if reduce is not None:
+            flat = self._flat_grads()
+            if not bool(torch.isfinite(flat).all()):
+                result.skipped = SKIP_NON_FINITE_GRAD
+                self._synced_update(reduce, 0, None)
+                return result
+            self._synced_update(reduce, n, flat * n, result)
+            return result
         max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else math.inf
         norm = clip_grad_norm(self.model.parameters(), max_norm)
         result.grad_norm = norm
@@ -276,6 +291,83 @@ class Learner:
         self.optimizer.step()
         self.updates += 1
         return result
+
+    # ---- replicas ----------------------------------------------------------------------
+    def idle_step(self, reduce: Reduce) -> bool:
+        """A replica without data this round: contribute nothing, apply the others'
+        update. True when an update was applied."""
+        self.model.train()
+        return self._synced_update(reduce, 0, None)
+
+    def _trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _flat_grads(self) -> torch.Tensor:
+        parts = []
+        for p in self._trainable():
+            g = p.grad
+            if g is None:
+                parts.append(torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
+            else:
+                parts.append((g.to_dense() if g.is_sparse else g).reshape(-1))
+        return torch.cat(parts)
+
+    def _synced_update(
+        self, reduce: Reduce, n: int, flat: torch.Tensor | None, result: StepResult | None = None
+    ) -> bool:
+        params = self._trainable()
+        if flat is None:
+            flat = torch.zeros(sum(p.numel() for p in params), device=self.device)
+        total = reduce(n, flat)
+        if total == 0:  # nobody had data (or only non-finite data)
+            return False
+        sparse = {id(p) for p in self._groups[1]}
+        i = 0
+        for p in params:
+            g = flat[i : i + p.numel()].view_as(p)
+            i += p.numel()
+            if id(p) in sparse:  # back to the rows touched, for the sparse optimizer
+                p.grad = g.to_sparse(sparse_dim=1).coalesce()
+            elif p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
+        max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else math.inf
+        norm = clip_grad_norm(params, max_norm)  # the same on every replica
+        if result is not None:
+            result.grad_norm, result.clipped = norm, norm > max_norm
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad()
+            if result is not None:
+                result.skipped = SKIP_NON_FINITE_GRAD
+            return False
+        self.optimizer.step()
+        self.updates += 1
+        return True
+
+    def sync_tensors(self, with_optimizer: bool) -> list[torch.Tensor]:
+        """What ``average`` mode averages: the weights and floating buffers, and the
+        optimizers' floating state tensors."""
+        out = [p.data for p in self.model.parameters()]
+        out += [b for b in self.model.buffers() if b.is_floating_point()]
+        if with_optimizer:
+            out += self._optimizer_tensors()
+        return out
+
+    def _optimizer_tensors(self) -> list[torch.Tensor]:
+        out = []
+        for opt in self.optimizer.parts.values():
+            for p in (p for g in opt.param_groups for p in g["params"]):
+                for k, v in sorted(opt.state.get(p, {}).items()):
+                    if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.is_sparse:
+                        out.append(v)
+        return out
+
+    def optimizer_signature(self) -> tuple[int, int]:
+        """(tensors, elements) of the optimizer state: replicas average it only when
+        theirs match (Adam creates its moments at a parameter's first step)."""
+        ts = self._optimizer_tensors()
+        return len(ts), sum(t.numel() for t in ts)
 
     def state_dict(self) -> dict[str, Any]:
         return {

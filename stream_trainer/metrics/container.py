@@ -72,6 +72,19 @@ class Metrics:
             Counter, "input_drift_detected", "Input drift detections (float feature statistics moved)"
         )
         self.anomalies = make(Counter, "anomalies", "Events scored as anomalies")
+        self.sync_seconds = make(
+            Histogram,
+            "sync_duration_seconds",
+            "Replicas: time in one collective (round, gradients, average, broadcast)",
+            "kind",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+        )
+        self.sync_checks = make(
+            Counter, "sync_checks", "Replicas: weight fingerprints compared", "result"
+        )
+        self.stalls = make(
+            Counter, "replica_stalls", "Replicas: collectives that failed (a replica stalled or left)"
+        )
         self.challenger = make(
             Counter,
             "challenger_outcomes",
@@ -124,6 +137,12 @@ class Metrics:
             "Partitions whose log went back to an earlier offset (broker lost data)",
             "topic",
             "partition",
+        )
+        self.replica = Gauge(
+            PREFIX + "replica",
+            "1, labelled with this process's rank and the number of replicas (torchrun)",
+            ["rank", "world_size"],
+            registry=registry,
         )
         self.broker_up = Gauge(
             PREFIX + "broker_up",
@@ -218,6 +237,15 @@ class PipelineMetrics(PipelineHooks):
     def on_drift(self, detector: str, timestamp: float) -> None:
         self.m.drift.labels(self.name, detector).inc()
         self.m.last_drift.labels(self.name).set(timestamp)
+
+    def on_sync(self, kind: str, seconds: float) -> None:
+        self.m.sync_seconds.labels(self.name, kind).observe(seconds)
+
+    def on_sync_check(self, equal: bool) -> None:
+        self.m.sync_checks.labels(self.name, "equal" if equal else "different").inc()
+
+    def on_stall(self) -> None:
+        self.m.stalls.labels(self.name).inc()
 
     def on_input_drift(self, timestamp: float) -> None:
         self.m.input_drift.labels(self.name).inc()

@@ -1,0 +1,210 @@
+"""Replicas under torchrun (gloo on loopback) against the real broker, 4 partitions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from support import (
+    Torchrun,
+    Trickle,
+    base_config,
+    ledger_ranges,
+    newest_checkpoint,
+    produce,
+)
+
+from stream_trainer.broker import free_port
+from stream_trainer.kafka_common import create_topics
+from stream_trainer.metrics.scrape import sample, scrape
+from stream_trainer.producers import make_generator
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+
+
+def clicks_config(bootstrap: str, workdir: Path, topic: str, mode: str = "allreduce") -> dict:
+    return base_config(
+        bootstrap,
+        workdir / "ckpt",
+        [
+            {
+                "name": "clicks",
+                "kind": "clicks",
+                "topics": [topic],
+                "drift": {"actions": ["reset_optimizer"]},
+                "sync": {"mode": mode, "check_every": 1},
+            }
+        ],
+        stall_timeout_s=20,
+    )
+
+
+def metric(address: str, name: str, **labels: str) -> float:
+    try:
+        return sample(scrape(f"http://{address}/metrics"), name, pipeline="clicks", **labels) or 0
+    except OSError:
+        return 0.0
+
+
+def wait(predicate, timeout_s: float, what: str, logs=()) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    tails = "\n".join(d.log()[-2500:] for d in logs)
+    raise AssertionError(f"timed out: {what}\n{tails}")
+
+
+def covered_exactly_once(workdir: Path, counts: dict[int, int]) -> None:
+    state = newest_checkpoint(workdir / "ckpt", "clicks")
+    ranges = ledger_ranges(state)
+    topic = next(iter(state["offsets"])).rpartition(":")[0]
+    assert ranges == {f"{topic}:{p}": [(0, n)] for p, n in counts.items() if n}, ranges
+    assert state["ledger"]["duplicates"] == 0
+    assert state["offsets"] == {f"{topic}:{p}": n for p, n in counts.items() if n}
+
+
+def checkpointed(workdir: Path) -> int:
+    """Events the newest checkpoint's model has learned (its next offsets, summed)."""
+    try:
+        return sum(newest_checkpoint(workdir / "ckpt", "clicks")["offsets"].values())
+    except (IndexError, OSError, RuntimeError, EOFError):
+        return 0
+
+
+def per_partition(events: list[dict], key: str = "user_id") -> dict[int, int]:
+    """How many of ``events`` land on each partition (the producer's key hashing)."""
+    from kafka.partitioner.default import murmur2
+
+    counts = dict.fromkeys(range(PARTITIONS), 0)
+    for e in events:
+        h = murmur2(str(e[key]).encode()) & 0x7FFFFFFF
+        counts[h % PARTITIONS] += 1
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["allreduce", "average"])
+def test_two_replicas_train_one_model_in_sync_and_learn_every_offset_once(
+    broker, topic, workdir, mode
+):
+    bs = broker.bootstrap
+    create_topics(bs, {topic: PARTITIONS})
+    events = list(make_generator("clicks", seed=1, count=12_000))
+    produce(bs, topic, events, key_field="user_id")
+    t = Torchrun(clicks_config(bs, workdir, topic, mode), workdir, free_port(), nproc=2).start()
+    try:
+        a, b = t.addresses()
+        wait(
+            lambda: metric(a, "stream_trainer_events_trained_total")
+            + metric(b, "stream_trainer_events_trained_total")
+            == len(events),
+            120,
+            "both replicas trained everything",
+            [t],
+        )
+        for address in (a, b):  # both trained, on two partitions each
+            assert metric(address, "stream_trainer_events_trained_total") > 0
+            assert metric(address, "stream_trainer_assigned_partitions") == 2
+        # the weights were compared across the replicas: after every round (allreduce)
+        # or every averaging (average), and never differed
+        for address in (a, b):
+            assert metric(address, "stream_trainer_sync_checks_total", result="equal") > 0
+            assert metric(address, "stream_trainer_sync_checks_total", result="different") == 0
+        kinds = ("round", "gradients") if mode == "allreduce" else ("round", "average")
+        for kind in kinds:
+            assert metric(a, "stream_trainer_sync_duration_seconds_count", kind=kind) > 0
+    finally:
+        t.terminate(60)
+    covered_exactly_once(workdir, per_partition(events))
+
+
+def test_a_killed_replica_s_partitions_are_taken_over_exactly_once(broker, topic, workdir):
+    bs = broker.bootstrap
+    create_topics(bs, {topic: PARTITIONS})
+    events = list(make_generator("clicks", seed=2, count=30_000))
+    rdzv = f"127.0.0.1:{free_port()}"
+    cfg = clicks_config(bs, workdir, topic)
+    produce(bs, topic, events[:5000], key_field="user_id")
+    first = Torchrun(cfg, workdir, free_port(), rdzv=rdzv, name="a").start()
+    time.sleep(2)  # the first agent hosts the rendezvous store
+    second = Torchrun(cfg, workdir, free_port(), rdzv=rdzv, name="b").start()
+    trickle = Trickle(bs, topic, events[5000:], "user_id", rate=1500)
+    try:
+        (a,), (b,) = first.addresses(), second.addresses()
+        wait(
+            lambda: metric(a, "stream_trainer_assigned_partitions") == 2
+            and metric(b, "stream_trainer_events_trained_total") > 0,
+            120,
+            "two replicas training",
+            [first, second],
+        )
+        trickle.start()
+        time.sleep(5)
+        second.kill()
+        killed_at = time.monotonic()
+        # the survivor names the stalled rank, regroups alone, and takes all partitions
+        wait(
+            lambda: metric(a, "stream_trainer_assigned_partitions") == PARTITIONS,
+            90,
+            "the survivor holds every partition",
+            [first],
+        )
+        took_over_s = time.monotonic() - killed_at
+        trickle.join()
+        wait(lambda: checkpointed(workdir) == len(events), 90, "everything checkpointed", [first])
+        log = first.log()
+        assert "replica sync failed" in log and "did not complete" in log, log[-3000:]
+        # detection is at once (the peer's socket closes); the rest is torchrun restarting
+        # the survivor (rendezvous, start-up, restore) and the group rebalancing
+        assert took_over_s < 60, took_over_s
+    finally:
+        second.kill()
+        first.terminate(60)
+    covered_exactly_once(workdir, per_partition(events))
+
+
+def test_a_replica_joining_mid_stream_loses_and_repeats_nothing(broker, topic, workdir):
+    bs = broker.bootstrap
+    create_topics(bs, {topic: PARTITIONS})
+    events = list(make_generator("clicks", seed=3, count=30_000))
+    rdzv = f"127.0.0.1:{free_port()}"
+    cfg = clicks_config(bs, workdir, topic)
+    produce(bs, topic, events[:5000], key_field="user_id")
+    first = Torchrun(cfg, workdir, free_port(), rdzv=rdzv, name="a").start()
+    trickle = Trickle(bs, topic, events[5000:], "user_id", rate=1500)
+    second = Torchrun(cfg, workdir, free_port(), rdzv=rdzv, name="b")
+    try:
+        (a,) = first.addresses()
+        wait(
+            lambda: metric(a, "stream_trainer_assigned_partitions") == PARTITIONS,
+            120,
+            "one replica with every partition",
+            [first],
+        )
+        trickle.start()
+        time.sleep(6)
+        second.start()
+        (b,) = second.addresses()
+        wait(
+            lambda: metric(a, "stream_trainer_assigned_partitions") == 2
+            and metric(b, "stream_trainer_assigned_partitions") == 2
+            and metric(b, "stream_trainer_events_trained_total") > 0,
+            120,
+            "two replicas, two partitions each",
+            [first, second],
+        )
+        trickle.join()
+        wait(
+            lambda: checkpointed(workdir) == len(events), 90, "everything checkpointed",
+            [first, second],
+        )
+    finally:
+        for d in (second, first):  # SIGTERM to both: they stop together, checkpointed
+            d.proc.send_signal(15)
+        for d in (second, first):
+            d.proc.wait(60)
+    covered_exactly_once(workdir, per_partition(events))
