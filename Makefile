@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup tools run test test-slow soak bench bench-gpu lint fmt clean
+.PHONY: setup tools run test test-slow soak bench bench-gpu bench-replicas lint fmt clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,9 @@ bench: setup
 # The GPU figures (torch and numpy only): fills the GPU section of BENCHMARKS.md.
 bench-gpu: setup
 	$(BIN)/python scripts/bench_gpu.py --out BENCHMARKS.md $(BENCH_ARGS)
+
+bench-replicas: setup
+	$(BIN)/python scripts/bench_replicas.py --out BENCHMARKS.md $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check stream_trainer tests scripts

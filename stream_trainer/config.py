@@ -219,6 +219,11 @@ class PipelineSettings(_Frozen):
     drift: DriftSettings = DriftSettings()
     replay: ReplaySettings = ReplaySettings()
     sync: SyncSettings = SyncSettings()
+    # shared: one model learns from every key; by_key: a small model per key (ticks'
+    # symbol, a sensor), sharded with the Kafka partitions, at most max_models resident
+    # in a process (saved ones are evicted and reloaded on their next event)
+    partitioning: Literal["shared", "by_key"] = "shared"
+    max_models: int = Field(10_000, ge=1)
     max_event_bytes: int = Field(1 << 20, ge=64)
     dedup_window: int = Field(100_000, ge=0)  # refuse exact repeats of recent events; 0 = off
 

@@ -81,7 +81,9 @@ class Heartbeat:
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.prefix = f"stream-trainer/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{world.restart}"
+        self.prefix = (
+            f"stream-trainer/{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/{world.restart}"
+        )
         self.store: Any = None
         try:
             self.store = dist.TCPStore(
@@ -91,7 +93,9 @@ class Heartbeat:
                 timeout=timedelta(seconds=10),
             )
         except (KeyError, ValueError, RuntimeError) as err:
-            log.warning("no heartbeat store: stalled ranks cannot be named", extra={"error": str(err)})
+            log.warning(
+                "no heartbeat store: stalled ranks cannot be named", extra={"error": str(err)}
+            )
         self.stop = threading.Event()
         if self.store is not None:
             threading.Thread(target=self._beat, name="heartbeat", daemon=True).start()
@@ -135,8 +139,12 @@ def init_world(device: torch.device, stall_timeout_s: float) -> tuple[World, Hea
         ) from None
     log.info(
         "replica joined",
-        extra={"rank": world.rank, "world_size": world.size, "backend": backend,
-               "restart": world.restart},
+        extra={
+            "rank": world.rank,
+            "world_size": world.size,
+            "backend": backend,
+            "restart": world.restart,
+        },
     )
     return world, Heartbeat(world)
 
@@ -192,8 +200,13 @@ class Replicas:
         self.on_stall()
         log.error(
             "replica sync failed",
-            extra={"pipeline": self.pipeline, "rank": self.rank, "during": what,
-                   "stalled": ",".join(map(str, others)) or "unknown", "error": str(err)[:300]},
+            extra={
+                "pipeline": self.pipeline,
+                "rank": self.rank,
+                "during": what,
+                "stalled": ",".join(map(str, others)) or "unknown",
+                "error": str(err)[:300],
+            },
         )
         return ReplicaStalled(
             f"pipeline {self.pipeline}: rank {self.rank}: {what} did not complete: {who}; "

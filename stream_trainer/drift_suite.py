@@ -146,8 +146,7 @@ def river_cases(n: int, seed: int = 0) -> Iterator[Case]:
         n,
         [Change(q[1], width)],
         False,
-        f"Hyperplane(seed {seed}) → Hyperplane(seed {seed + 10}), centred at {q[1]}, "
-        f"width {width}",
+        f"Hyperplane(seed {seed}) → Hyperplane(seed {seed + 10}), centred at {q[1]}, width {width}",
     )
     third = (n // 3, 2 * n // 3)
     yield _river_case(
@@ -209,21 +208,25 @@ def ours(detector: str, errors: np.ndarray, chunk: int = 1000) -> list[int]:
     """Event positions at which the daemon's monitor would fire, fed ``chunk`` events
     per update (detections are placed at the end of the update that fired)."""
     m = DriftMonitor(detector)
-    return [min(i + chunk, errors.size) - 1 for i in range(0, errors.size, chunk)
-            if m.update(errors[i : i + chunk])]
+    return [
+        min(i + chunk, errors.size) - 1
+        for i in range(0, errors.size, chunk)
+        if m.update(errors[i : i + chunk])
+    ]
 
 
 def input_alarms(features: np.ndarray, chunk: int = 1000) -> list[int]:
     m = InputDriftMonitor()
     x = features.astype(np.float32)
-    return [min(i + chunk, len(x)) - 1 for i in range(0, len(x), chunk)
-            if m.update({"x": x[i : i + chunk]})]
+    return [
+        min(i + chunk, len(x)) - 1
+        for i in range(0, len(x), chunk)
+        if m.update({"x": x[i : i + chunk]})
+    ]
 
 
 def score(hits: Sequence[int], changes: Sequence[Change], n: int, tol: int) -> dict[str, float]:
-    windows = [
-        (c.position - c.width // 2, c.position + (c.width + 1) // 2 + tol) for c in changes
-    ]
+    windows = [(c.position - c.width // 2, c.position + (c.width + 1) // 2 + tol) for c in changes]
     found: dict[int, int] = {}
     false_stable = 0
     for h in hits:
@@ -303,8 +306,9 @@ def run(
     for case in cases:
         for name, detect in methods.items():
             hits = detect(case.errors)
-            per[name].append({"stream": case.name, **score(hits, case.changes, case.errors.size,
-                                                            tolerance)})
+            per[name].append(
+                {"stream": case.name, **score(hits, case.changes, case.errors.size, tolerance)}
+            )
         if case.features is not None:
             case.extra["input_alarms"] = len(input_alarms(case.features))
         say(f"scored {case.name}")
@@ -320,8 +324,9 @@ def run(
             }
             for c in cases
         ],
-        "methods": {name: {"overall": summarise(rows), "streams": rows} for name, rows in
-                    per.items()},
+        "methods": {
+            name: {"overall": summarise(rows), "streams": rows} for name, rows in per.items()
+        },
     }
 
 

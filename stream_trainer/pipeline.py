@@ -31,6 +31,7 @@ from stream_trainer.errors import ConfigError, StreamTrainerError
 from stream_trainer.events import Rejected, decoder_for, reasons
 from stream_trainer.events.dedup import Deduper
 from stream_trainer.hooks import NullHooks, PipelineHooks
+from stream_trainer.keyed import KeyedLearner
 from stream_trainer.learner import Learner
 from stream_trainer.learner.replay import ReplayBuffer
 from stream_trainer.ledger import OffsetLedger
@@ -67,9 +68,11 @@ class Pipeline:
         hooks: PipelineHooks | None = None,
         clock: Any = time.monotonic,
         replicated: bool = False,
+        shard: TP | None = None,
     ) -> None:
         """``replicated``: one of several processes under torchrun sharing this model
-        (then ``attach`` its :class:`~stream_trainer.distributed.Replicas`)."""
+        (then ``attach`` its :class:`~stream_trainer.distributed.Replicas`). ``shard``:
+        this pipeline is one partition's shard of a ``by_key`` pipeline (see keyed.py)."""
         self.settings, self.spec = settings, spec
         self.name = spec.name
         self.hooks = hooks or NullHooks()
@@ -79,7 +82,6 @@ class Pipeline:
         channels = getattr(self.featurizer, "channels", ()) if spec.kind == "sensors" else ()
         self.decode = decoder_for(spec.kind, channels=channels, max_bytes=spec.max_event_bytes)
         torch.manual_seed(settings.seed)
-        model = build_model(spec.kind, spec.model, self.featurizer)
         o = spec.optimizer
         graphs = settings.cuda_graphs and torch.device(device).type == "cuda"
         self.replicated = replicated
@@ -94,9 +96,17 @@ class Pipeline:
                     "drift.actions to reset_model, reset_optimizer and/or boost_lr, "
                     "and replay.capacity to 0"
                 )
-        try:
-            self.learner = Learner(
-                model,
+        keyed = spec.partitioning == "by_key"
+        if keyed and ("challenger" in spec.drift.actions or spec.replay.capacity):
+            raise ConfigError(
+                f"pipeline {spec.name}: with partitioning by_key, the drift action "
+                "'challenger' and the replay buffer are not available; set drift.actions "
+                "to reset_model, reset_optimizer and/or boost_lr, and replay.capacity to 0"
+            )
+
+        def make_learner() -> Learner:
+            return Learner(
+                build_model(spec.kind, spec.model, self.featurizer),
                 self.featurizer.task,
                 optimizer=o.name,
                 lr=o.lr,
@@ -110,8 +120,21 @@ class Pipeline:
                 cuda_graphs=graphs,
                 bf16=settings.bf16,
             )
+
+        root, name = settings.checkpoint.dir, spec.name
+        if shard is not None:
+            root, name = root / spec.name / "shards", f"{shard[0]}-{shard[1]}"
+        self.store = CheckpointStore(root, name, settings.checkpoint.keep)
+        try:
+            self.learner: Any = (
+                KeyedLearner(make_learner, self.store.dir / "models", spec.max_models,
+                             keep=settings.checkpoint.keep)
+                if keyed
+                else make_learner()
+            )  # fmt: skip
         except ValueError as err:
             raise ConfigError(f"pipeline {spec.name}: {err}") from None
+        self.keyed = keyed
         d = spec.drift
         signal = {"block": d.block, "warmup": d.warmup_blocks, "half_life": d.reference_half_life}
         try:
@@ -138,7 +161,6 @@ class Pipeline:
         self.batcher: MicroBatcher[Item] = MicroBatcher(
             spec.batch.max_size, spec.batch.max_latency_ms / 1000, clock
         )
-        self.store = CheckpointStore(settings.checkpoint.dir, spec.name, settings.checkpoint.keep)
         self.output = output_topic(spec)
         self.quality = Quality(profile_for(spec.kind, self.featurizer.task))
         r = spec.replay
@@ -365,7 +387,10 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         replayed = self.replay.sample(n) if self.replay is not None else None
-        res = self.learner.step(fb.inputs, fb.targets, replayed, reduce=reduce)
+        if self.keyed:
+            res = self.learner.step(fb.inputs, fb.targets, keys=fb.keys)
+        else:
+            res = self.learner.step(fb.inputs, fb.targets, replayed, reduce=reduce)
         dt = time.perf_counter() - t0
         self.counters["trained"] += n
         annotate = getattr(self.featurizer, "annotate", None)
@@ -481,6 +506,8 @@ class Pipeline:
             if self.sink is not None:
                 self.sink.flush(timeout_s=CHECKPOINT_FLUSH_TIMEOUT_S)
             path = self.store.save(self.state())
+            if self.keyed:
+                self.learner.saved()
         except StreamTrainerError as err:
             self.last_checkpoint = self.clock()
             self.hooks.on_checkpoint_failed()
@@ -519,8 +546,11 @@ class Pipeline:
         dropped = self.batcher.discard(lambda it: (it.record.topic, it.record.partition) in lost)
         log.info(
             "partitions revoked",
-            extra={"pipeline": self.name, "partitions": ",".join(f"{t}:{p}" for t, p in tps),
-                   "untrained_dropped": dropped},
+            extra={
+                "pipeline": self.name,
+                "partitions": ",".join(f"{t}:{p}" for t, p in tps),
+                "untrained_dropped": dropped,
+            },
         )
 
     # ---- the loop ----------------------------------------------------------------------
@@ -606,7 +636,9 @@ class Pipeline:
         with_opt = all(tuple(v) == tuple(sig) for v in views)
         self.replicas.average(self.learner.sync_tensors(with_optimizer=with_opt))
         if self.spec.sync.check_every:
-            self._check(self.replicas.exchange({"fp": fingerprint(self.learner.sync_tensors(False))}))
+            self._check(
+                self.replicas.exchange({"fp": fingerprint(self.learner.sync_tensors(False))})
+            )
 
     def run_replicated(
         self, source: Source, sink: Sink | None, stop: threading.Event, *, idle_poll_s: float = 0.01
@@ -701,7 +733,9 @@ class Pipeline:
             except StreamTrainerError as err:
                 ok = False
                 self.hooks.on_checkpoint_failed()
-                log.warning("checkpoint postponed", extra={"pipeline": self.name, "error": str(err)})
+                log.warning(
+                    "checkpoint postponed", extra={"pipeline": self.name, "error": str(err)}
+                )
         elif rep.rank != 0 and self.sink is not None:
             self.sink.flush(timeout_s=CHECKPOINT_FLUSH_TIMEOUT_S)
         ok, ledger = rep.broadcast((ok, self.ledger.state_dict() if rep.rank == 0 else None))

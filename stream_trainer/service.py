@@ -15,6 +15,7 @@ import threading
 import time
 from contextlib import ExitStack
 from types import FrameType
+from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -31,6 +32,7 @@ from stream_trainer.kafka_common import (
 from stream_trainer.learner import pick_device
 from stream_trainer.metrics import Metrics, MetricsServer
 from stream_trainer.pipeline import Pipeline
+from stream_trainer.sharded import ShardedPipeline
 from stream_trainer.sinks import KafkaSink
 from stream_trainer.source import KafkaSource
 
@@ -63,8 +65,15 @@ class Service:
         # member of each pipeline's consumer group (see distributed.py)
         self.world, self.heartbeat = distributed.init_world(self.device, settings.stall_timeout_s)
         self.metrics.replica.labels(str(self.world.rank), str(self.world.size)).set(1)
-        self.pipelines = [
-            Pipeline(
+        self.pipelines: list[Any] = [
+            ShardedPipeline(  # a model per key, sharded with the partitions: no sync
+                settings,
+                spec,
+                device=self.device,
+                hooks=self.metrics.pipeline(spec.name, spec.drift.detector),
+            )
+            if spec.partitioning == "by_key"
+            else Pipeline(
                 settings,
                 spec,
                 device=self.device,
@@ -162,7 +171,7 @@ class Service:
                     f"{k.group_prefix}.{p.name}",
                     resume_from=p.resume_offsets,
                     on_revoke=p.on_revoke,
-                    on_assign=p.hooks.on_partitions,
+                    on_assign=getattr(p, "on_assign", p.hooks.on_partitions),
                     restored=lambda: p.restored,
                     client_id=f"stream-trainer-{p.name}-{self.world.rank}",
                     security=self.security,
@@ -203,7 +212,8 @@ class Service:
             for p in self.pipelines:
                 p.restore()
             if self.world.replicated:
-                for p in self.pipelines:  # the same order on every rank
+                shared = [p for p in self.pipelines if isinstance(p, Pipeline)]
+                for p in shared:  # the same order on every rank
                     hooks = p.hooks
                     p.attach(
                         distributed.Replicas(

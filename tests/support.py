@@ -256,9 +256,18 @@ class Torchrun(Daemon):
         launch = (
             ["--standalone", "--nnodes", "1"]
             if self.rdzv is None
-            else ["--nnodes", self.nnodes, "--rdzv-backend", "c10d", "--rdzv-endpoint",
-                  self.rdzv, "--rdzv-id", "stream-trainer-test",
-                  "--rdzv-conf", "join_timeout=60,last_call_timeout=1,close_timeout=5"]
+            else [
+                "--nnodes",
+                self.nnodes,
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                self.rdzv,
+                "--rdzv-id",
+                "stream-trainer-test",
+                "--rdzv-conf",
+                "join_timeout=60,last_call_timeout=1,close_timeout=5",
+            ]
         )
         cmd = [sys.executable, "-m", "torch.distributed.run", *launch,
                "--nproc-per-node", str(self.nproc), "--max-restarts", str(self.max_restarts),
@@ -282,7 +291,9 @@ class Torchrun(Daemon):
         for status in Path("/proc").glob("[0-9]*/status"):
             try:
                 fields = dict(
-                    line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+                    line.split(":\t", 1)
+                    for line in status.read_text().splitlines()
+                    if ":\t" in line
                 )
             except OSError:
                 continue

@@ -133,6 +133,39 @@ def test_k8s_ports_probes_and_config_agree_with_the_code():
     }
 
 
+def test_k8s_replicas_launch_torchrun_with_a_config_replicas_accept(tmp_path):
+    from stream_trainer.pipeline import Pipeline
+
+    docs = {d["kind"]: d for d in k8s("replicas/statefulset.yaml")}
+    sts, svc = docs["StatefulSet"], docs["Service"]
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["python", "-m", "torch.distributed.run"]
+    args = c["args"]
+    assert "--rdzv-backend=c10d" in args and "--nproc-per-node=1" in args
+    endpoint = next(a for a in args if a.startswith("--rdzv-endpoint=")).split("=", 1)[1]
+    host, port = endpoint.rsplit(":", 1)
+    assert host == f"{sts['metadata']['name']}-0.{svc['metadata']['name']}"
+    assert (
+        svc["spec"]["clusterIP"] == "None" and sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    )
+    assert int(port) in {p["port"] for p in svc["spec"]["ports"]}
+    assert args[args.index("-m") + 1 : args.index("-m") + 3] == ["stream_trainer", "run"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    assert docs["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    (cm,) = k8s("replicas/configmap.yaml")
+    assert pod["volumes"][0]["configMap"]["name"] == cm["metadata"]["name"]
+    settings = parse_settings(yaml.safe_load(cm["data"]["pipelines.yaml"]), "configmap")
+    settings = settings.model_copy(
+        update={"checkpoint": settings.checkpoint.model_copy(update={"dir": tmp_path})}
+    )
+    for spec in settings.pipelines:  # replicas refuse what they cannot keep in step
+        Pipeline(settings, spec, replicated=True)
+    kust = yaml.safe_load((DEPLOY / "k8s" / "replicas" / "kustomization.yaml").read_text())
+    assert set(kust["resources"]) == {"configmap.yaml", "statefulset.yaml"}
+
+
 def test_compose_agrees_with_the_code():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     s = compose["services"]

@@ -6,7 +6,6 @@ import torch
 
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor, make_detector
 
-
 ALL = ["page_hinkley", "adwin", "kswin", "ddm", "eddm", "hddm_a", "hddm_w"]
 
 

@@ -145,7 +145,9 @@ class BlockSignal:
 
     def state(self) -> np.ndarray:
         """``[blocks, part_n, *mean, *var_block, ...]`` as one float array."""
-        return np.concatenate([[self.blocks, self.part_n], *(getattr(self, f) for f in self.FIELDS)])
+        return np.concatenate(
+            [[self.blocks, self.part_n], *(getattr(self, f) for f in self.FIELDS)]
+        )
 
     def load(self, state: np.ndarray | Sequence[float]) -> None:
         s = np.asarray(state, dtype=np.float64)

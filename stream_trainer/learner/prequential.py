@@ -358,7 +358,7 @@ class Learner:
         out = []
         for opt in self.optimizer.parts.values():
             for p in (p for g in opt.param_groups for p in g["params"]):
-                for k, v in sorted(opt.state.get(p, {}).items()):
+                for _, v in sorted(opt.state.get(p, {}).items()):
                     if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.is_sparse:
                         out.append(v)
         return out

@@ -69,7 +69,9 @@ class Metrics:
             Gauge, "last_drift_timestamp_seconds", "Unix time of the last drift detection"
         )
         self.input_drift = make(
-            Counter, "input_drift_detected", "Input drift detections (float feature statistics moved)"
+            Counter,
+            "input_drift_detected",
+            "Input drift detections (float feature statistics moved)",
         )
         self.anomalies = make(Counter, "anomalies", "Events scored as anomalies")
         self.sync_seconds = make(
@@ -82,8 +84,13 @@ class Metrics:
         self.sync_checks = make(
             Counter, "sync_checks", "Replicas: weight fingerprints compared", "result"
         )
+        self.keyed_models = make(
+            Gauge, "keyed_models", "by_key pipelines: models held by this process's shards"
+        )
         self.stalls = make(
-            Counter, "replica_stalls", "Replicas: collectives that failed (a replica stalled or left)"
+            Counter,
+            "replica_stalls",
+            "Replicas: collectives that failed (a replica stalled or left)",
         )
         self.challenger = make(
             Counter,
@@ -243,6 +250,9 @@ class PipelineMetrics(PipelineHooks):
 
     def on_sync_check(self, equal: bool) -> None:
         self.m.sync_checks.labels(self.name, "equal" if equal else "different").inc()
+
+    def on_keyed_models(self, n: int) -> None:
+        self.m.keyed_models.labels(self.name).set(n)
 
     def on_stall(self) -> None:
         self.m.stalls.labels(self.name).inc()
