@@ -91,7 +91,7 @@ def one_run(bootstrap: str, topic: str, n: int, nproc: int, mode: str, work: Pat
         raise SystemExit(
             f"bench-replicas: run {nproc} x {mode} trained {seen} of {n}; see {log.name}"
         )
-    return (n - 0) / max(last - first, 1e-9)
+    return n / max(last - first, 1e-9)
 
 
 def main() -> int:

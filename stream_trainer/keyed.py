@@ -50,9 +50,11 @@ class KeyedLearner:
         directory: Path,
         max_models: int,
         *,
+        lr: float,
         keep: int = 3,
     ) -> None:
         self.factory = factory
+        self.base_lr = lr
         self.dir = directory
         self.max_models = max_models
         self.keep = keep
@@ -65,21 +67,12 @@ class KeyedLearner:
         self.superseded: list[tuple[str, int]] = []
         self.lr_multiplier = 1.0
         self.evictions = 0
-        self._proto = factory()
+        self.updates = 0  # applied over the shard's life, all keys (like Learner.updates)
 
     # ---- what the pipeline reads ------------------------------------------------------
     @property
-    def updates(self) -> int:
-        held = sum(learner.updates for learner in self.resident.values())
-        return held + sum(u for k, u in self.saved_updates.items() if k not in self.resident)
-
-    @property
     def lr(self) -> float:
-        return self._proto.lr * self.lr_multiplier
-
-    @property
-    def task(self) -> str:
-        return self._proto.task
+        return self.base_lr * self.lr_multiplier
 
     def __len__(self) -> int:
         return len(set(self.files) | set(self.resident))
@@ -146,6 +139,7 @@ class KeyedLearner:
                 skipped.append(r.skipped)
             else:
                 self.dirty.add(key)
+                self.updates += 1
                 norms.append(r.grad_norm)
                 clipped = clipped or r.clipped
         assert outputs is not None
@@ -199,6 +193,7 @@ class KeyedLearner:
             "files": [self.files[k] for k in sorted(self.files)],
             "updates": torch.tensor([self.saved_updates[k] for k in sorted(self.files)]),
             "version": self.version,
+            "total_updates": self.updates,
             "lr_multiplier": self.lr_multiplier,
         }
 
@@ -221,4 +216,5 @@ class KeyedLearner:
         self.files = dict(zip(keys, files, strict=True))
         self.saved_updates = dict(zip(keys, state["updates"].tolist(), strict=True))
         self.version = int(state["version"])
+        self.updates = int(state["total_updates"])
         self.set_lr_multiplier(float(state["lr_multiplier"]))

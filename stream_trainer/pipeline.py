@@ -13,8 +13,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,47 @@ def output_topic(p: PipelineSettings) -> str | None:
     if p.output_topic:
         return p.output_topic
     return f"{p.topics[0]}.anomalies" if p.kind == "sensors" else None
+
+
+def shard_root(settings: Settings, spec: PipelineSettings) -> Path:
+    """Where a ``by_key`` pipeline's shards keep their checkpoints (one folder each)."""
+    return settings.checkpoint.dir / spec.name / "shards"
+
+
+class Poller:
+    """``source.poll`` that, while the broker fails, logs and backs off (0.1 s doubling
+    to 5 s) and returns nothing, so the loop around it carries on."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.backoff = 0.0
+
+    def __call__(self, source: Source, stop: threading.Event, timeout_s: float) -> list[Record]:
+        try:
+            records = source.poll(timeout_s)
+        except KafkaError as err:
+            self.backoff = min(5.0, max(0.1, self.backoff * 2))
+            log.warning(
+                "poll failed; retrying",
+                extra={"pipeline": self.name, "error": repr(err)[:200], "retry_in_s": self.backoff},
+            )
+            stop.wait(self.backoff)
+            return []
+        self.backoff = 0.0
+        return records
+
+
+def report_lag(source: Source, hooks: PipelineHooks, name: str) -> None:
+    """Consumer lag per owned partition; a partition whose log ends before our position
+    was replaced (a broker that lost its data): read its new log."""
+    for (t, p), (pos, hw) in source.watermarks().items():
+        hooks.on_lag(t, p, max(0, hw - pos))
+        if pos > hw:
+            log.warning(
+                "partition log ends before our position; reading its new log",
+                extra={"pipeline": name, "partition": f"{t}:{p}"},
+            )
+            source.rewind((t, p))
 
 
 class Pipeline:
@@ -123,12 +165,12 @@ class Pipeline:
 
         root, name = settings.checkpoint.dir, spec.name
         if shard is not None:
-            root, name = root / spec.name / "shards", f"{shard[0]}-{shard[1]}"
+            root, name = shard_root(settings, spec), f"{shard[0]}-{shard[1]}"
         self.store = CheckpointStore(root, name, settings.checkpoint.keep)
         try:
             self.learner: Any = (
                 KeyedLearner(make_learner, self.store.dir / "models", spec.max_models,
-                             keep=settings.checkpoint.keep)
+                             lr=o.lr, keep=settings.checkpoint.keep)
                 if keyed
                 else make_learner()
             )  # fmt: skip
@@ -567,38 +609,23 @@ class Pipeline:
         self.source, self.sink = source, sink
         every = self.settings.checkpoint.every_seconds
         last_lag = 0.0
-        backoff = 0.0
+        poll = Poller(self.name)
         while not stop.is_set():
-            left = self.batcher.time_left()
-            timeout = idle_poll_s if left is None else min(idle_poll_s, left)
-            try:
-                records = source.poll(timeout)
-                backoff = 0.0
-            except KafkaError as err:
-                backoff = min(5.0, max(0.1, backoff * 2))
-                log.warning(
-                    "poll failed; retrying",
-                    extra={"pipeline": self.name, "error": repr(err)[:200], "retry_in_s": backoff},
-                )
-                stop.wait(backoff)
-                continue
-            self.handle(records)
+            self.handle(poll(source, stop, self._poll_timeout(idle_poll_s)))
             self.pump()
             now = self.clock()
             if now - last_lag >= 1.0:
                 last_lag = now
                 self.hooks.on_quality(self.quality.values())
-                for (t, p), (pos, hw) in source.watermarks().items():
-                    self.hooks.on_lag(t, p, max(0, hw - pos))
-                    if pos > hw:  # the log is shorter than what we learned: it was replaced
-                        log.warning(
-                            "partition log ends before our position; reading its new log",
-                            extra={"pipeline": self.name, "partition": f"{t}:{p}"},
-                        )
-                        source.rewind((t, p))
+                report_lag(source, self.hooks, self.name)
             if now - self.last_checkpoint >= every:
                 self.checkpoint()
         self.checkpoint()
+
+    def _poll_timeout(self, idle_s: float) -> float:
+        """Poll no longer than until the oldest pending event's batch is due."""
+        left = self.batcher.time_left()
+        return idle_s if left is None else min(idle_s, left)
 
     # ---- replicas (torchrun) -----------------------------------------------------------
     def attach(self, replicas: Any) -> None:
@@ -650,13 +677,9 @@ class Pipeline:
         every = self.settings.checkpoint.every_seconds
         allreduce = sync.mode == "allreduce"
         rounds, local_steps, last_avg, last_lag = 0, 0, self.clock(), 0.0
+        poll = Poller(self.name)
         while True:
-            left = self.batcher.time_left()
-            timeout = idle_poll_s if left is None else min(idle_poll_s, left)
-            try:
-                self.handle(source.poll(timeout))
-            except KafkaError as err:
-                log.warning("poll failed", extra={"pipeline": self.name, "error": repr(err)[:200]})
+            self.handle(poll(source, stop, self._poll_timeout(idle_poll_s)))
             batch = None
             if allreduce:
                 batch = self.batcher.take() if self.batcher.ready() else None
@@ -696,8 +719,7 @@ class Pipeline:
             if now - last_lag >= 1.0:
                 last_lag = now
                 self.hooks.on_quality(self.quality.values())
-                for (t, p), (pos, hw) in source.watermarks().items():
-                    self.hooks.on_lag(t, p, max(0, hw - pos))
+                report_lag(source, self.hooks, self.name)
 
     def checkpoint_replicated(self) -> bool:
         """A checkpoint of the shared model, as a round: every replica trains what it
@@ -768,8 +790,9 @@ class Pipeline:
             **{f"quality_{k}": v for k, v in self.quality.values().items()},
         }
 
-    def resume_offsets(self) -> dict[TP, int]:
-        """Where each partition resumes on assignment: the model state's next offsets."""
+    def resume_offsets(self, assigned: Sequence[TP] = ()) -> dict[TP, int]:
+        """Where each partition resumes on assignment (``assigned``: the new assignment):
+        the model state's next offsets."""
         self.polled_next = dict(self.next_offsets)
         return dict(self.next_offsets)
 

@@ -13,18 +13,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from kafka.errors import KafkaError
 
-from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.edges import TP, Record, Sink, Source
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.hooks import NullHooks, PipelineHooks
-from stream_trainer.pipeline import COMMIT_TIMEOUT_MS, Pipeline, output_topic
+from stream_trainer.pipeline import (
+    COMMIT_TIMEOUT_MS,
+    Pipeline,
+    Poller,
+    output_topic,
+    report_lag,
+    shard_root,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +47,20 @@ class ShardedPipeline:
         self.settings, self.spec, self.device = settings, spec, device
         self.name = spec.name
         self.hooks = hooks or NullHooks()
-        self.root = settings.checkpoint.dir / spec.name / "shards"
+        self.root = shard_root(settings, spec)
         self.shards: dict[TP, Pipeline] = {}
         self.output = output_topic(spec)
         self.source: Source | None = None
         self.sink: Sink | None = None
         self.failed: str | None = None
         self.restored = False
-        self.replicas = None
+        self.replicas = None  # the service's view of a pipeline: by_key needs no sync
         self.regroup = False
-        self.monitor = None
         check(spec)
         self._shard_for(("validate", 0))  # bad settings fail now, not at the first assignment
 
     def _shard_for(self, tp: TP) -> Pipeline:
         return Pipeline(self.settings, self.spec, device=self.device, hooks=self.hooks, shard=tp)
-
-    def _store(self, tp: TP) -> CheckpointStore:
-        return CheckpointStore(self.root, f"{tp[0]}-{tp[1]}", self.settings.checkpoint.keep)
 
     # ---- what the service and the source call ------------------------------------------
     def restore(self) -> bool:
@@ -67,41 +69,28 @@ class ShardedPipeline:
         self.restored = self.root.is_dir() and any(self.root.iterdir())
         return self.restored
 
-    def resume_offsets(self) -> dict[TP, int]:
-        """The offset in each shard's newest checkpoint, for the partitions we hold or
-        are about to: read from the shared checkpoint directory."""
-        out: dict[TP, int] = {}
-        if not self.root.is_dir():
-            return out
-        for d in self.root.iterdir():
-            topic, _, part = d.name.rpartition("-")
-            if not part.isdigit() or topic not in self.spec.topics:
-                continue
-            tp = (topic, int(part))
-            if tp in self.shards:
-                out[tp] = self.shards[tp].next_offsets.get(tp, 0)
-                continue
-            doc = self._store(tp).load_latest()
-            if doc is not None:
-                out[tp] = int(doc["offsets"].get(f"{topic}:{part}", 0))
-        for shard in self.shards.values():
-            shard.polled_next = dict(shard.next_offsets)
-        return out
-
-    def on_assign(self, tps: list[TP]) -> None:
-        for tp in tps:
+    def resume_offsets(self, assigned: Sequence[TP] = ()) -> dict[TP, int]:
+        """Restore the shards of newly ``assigned`` partitions from their newest
+        checkpoints (in the shared directory, wherever they were written); where each
+        held shard resumes."""
+        for tp in assigned:
             if tp not in self.shards:
                 shard = self._shard_for(tp)
                 shard.restore()
                 shard.sink = self.sink
-                shard.polled_next = dict(shard.next_offsets)
                 self.shards[tp] = shard
+        out: dict[TP, int] = {}
+        for shard in self.shards.values():
+            out.update(shard.resume_offsets())
+        return out
+
+    def on_assign(self, tps: list[TP]) -> None:
         self.hooks.on_partitions(tps)
         log.info(
             "shards held",
             extra={"pipeline": self.name,
                    "shards": ",".join(f"{t}:{p}" for t, p in sorted(self.shards)),
-                   "models": sum(len(s.learner) for s in self.shards.values())},
+                   "models": self.models()},
         )  # fmt: skip
 
     def on_revoke(self, tps: list[TP]) -> None:
@@ -117,18 +106,11 @@ class ShardedPipeline:
         return True, ""
 
     def summary(self) -> dict[str, Any]:
-        total: dict[str, Any] = {}
+        total: dict[str, Any] = {"updates": 0}
         for shard in self.shards.values():
-            for k, v in shard.summary().items():
-                if isinstance(v, int | float) and k in (
-                    "consumed",
-                    "trained",
-                    "seeded",
-                    "rejected",
-                    "skipped",
-                    "updates",
-                ):
-                    total[k] = total.get(k, 0) + v
+            for k, v in shard.counters.items():
+                total[k] = total.get(k, 0) + v
+            total["updates"] += shard.learner.updates
         return {**total, "shards": len(self.shards), "models": self.models()}
 
     def models(self) -> int:
@@ -173,32 +155,24 @@ class ShardedPipeline:
         for shard in self.shards.values():
             shard.sink = sink
         every = self.settings.checkpoint.every_seconds
-        clock = time.monotonic
-        last_checkpoint = last_lag = clock()
+        last_checkpoint = last_lag = time.monotonic()
+        poll = Poller(self.name)
         while not stop.is_set():
-            try:
-                records = source.poll(idle_poll_s)
-            except KafkaError as err:
-                log.warning("poll failed", extra={"pipeline": self.name, "error": repr(err)[:200]})
-                stop.wait(0.5)
-                continue
             by_tp: dict[TP, list[Record]] = {}
-            for rec in records:
+            for rec in poll(source, stop, idle_poll_s):
                 by_tp.setdefault((rec.topic, rec.partition), []).append(rec)
             for tp, recs in by_tp.items():
                 shard = self.shards.get(tp)
-                if shard is None:  # not ours (any more): the next owner reads it
-                    continue
-                shard.handle(recs)
+                if shard is not None:  # else not ours (any more): the next owner reads it
+                    shard.handle(recs)
             for shard in self.shards.values():
                 shard.pump()
             self._bound_memory()
-            now = clock()
+            now = time.monotonic()
             if now - last_lag >= 1.0:
                 last_lag = now
                 self.hooks.on_keyed_models(self.models())
-                for (t, p), (pos, hw) in source.watermarks().items():
-                    self.hooks.on_lag(t, p, max(0, hw - pos))
+                report_lag(source, self.hooks, self.name)
             if now - last_checkpoint >= every:
                 last_checkpoint = now
                 self._checkpoint(self.shards)

@@ -101,3 +101,23 @@ def run_until(
 
     source.poll = poll  # type: ignore[method-assign]
     p.run(source, sink, stop, idle_poll_s=0.0)
+
+
+def tick_learner(lr: float = 0.01) -> Any:
+    """A small, seeded ticks learner for unit tests."""
+    import torch
+
+    from stream_trainer.learner import Learner
+    from stream_trainer.models.forecast import TickModel
+
+    torch.manual_seed(0)
+    return Learner(TickModel(window=4, channels=1, key_buckets=8), "regression", lr=lr)
+
+
+def tick_batch(n: int = 32, seed: int = 0, coef: float = 0.5) -> tuple[dict[str, Any], Any]:
+    """Windows of 4 returns and the next one, ``coef`` times the last: learnable."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    return {"window": x, "symbol": rng.integers(1, 8, n)}, (coef * x[:, -1]).astype(np.float32)

@@ -8,27 +8,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from fakes import ListSink, ListSource, run_until
+from fakes import ListSink, ListSource, run_until, tick_batch, tick_learner
 
 from stream_trainer.config import parse_settings
 from stream_trainer.drift.challenger import DROPPED, PROMOTED, ChallengerRace
 from stream_trainer.drift.policy import AdaptationPolicy
 from stream_trainer.hooks import PipelineHooks
 from stream_trainer.learner import Learner
-from stream_trainer.models.forecast import TickModel
 from stream_trainer.pipeline import Pipeline
 from stream_trainer.producers import make_generator
 
 
 def learner(lr: float = 0.05) -> Learner:
-    torch.manual_seed(0)
-    return Learner(TickModel(window=4, channels=1, key_buckets=8), "regression", lr=lr)
+    return tick_learner(lr)
 
 
 def batch(n: int = 64, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 4)).astype(np.float32)
-    return {"window": x, "symbol": rng.integers(1, 8, n)}, (0.8 * x[:, -1]).astype(np.float32)
+    return tick_batch(n, seed, coef=0.8)
 
 
 def test_reset_model_goes_back_to_the_initial_weights_and_forgets_the_optimizer():

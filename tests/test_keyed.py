@@ -23,7 +23,7 @@ def setup(tmp_path, max_models: int):
 
     events = list(make_generator("ticks", seed=1, count=3000, n_symbols=4))
     batches = [feat.featurize(events[i : i + 100]) for i in range(0, len(events), 100)]
-    return KeyedLearner(factory, tmp_path / "models", max_models), batches
+    return KeyedLearner(factory, tmp_path / "models", max_models, lr=0.01), batches
 
 
 def test_evicted_models_come_back_exactly_and_memory_stays_bounded(tmp_path):

@@ -3,21 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fakes import tick_batch, tick_learner
 
 from stream_trainer.learner import Learner
 from stream_trainer.learner.prequential import SKIP_NON_FINITE_GRAD, SKIP_NON_FINITE_LOSS
 from stream_trainer.models.forecast import TickModel
 
-
-def make(lr: float = 0.01) -> Learner:
-    torch.manual_seed(0)
-    return Learner(TickModel(window=4, channels=1, key_buckets=8), "regression", lr=lr)
-
-
-def batch(n: int = 32, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 4)).astype(np.float32)
-    return {"window": x, "symbol": rng.integers(1, 8, n)}, (0.5 * x[:, -1]).astype(np.float32)
+make = tick_learner
+batch = tick_batch
 
 
 def params(learner: Learner) -> dict[str, torch.Tensor]:

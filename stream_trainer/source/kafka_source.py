@@ -63,7 +63,7 @@ class KafkaSource:
         topics: Sequence[str],
         group_id: str,
         *,
-        resume_from: Callable[[], Mapping[TP, int]],
+        resume_from: Callable[[list[TP]], Mapping[TP, int]],
         on_revoke: Callable[[list[TP]], None] = lambda tps: None,
         on_assign: Callable[[list[TP]], None] = lambda tps: None,
         restored: Callable[[], bool] = lambda: False,
@@ -84,7 +84,7 @@ class KafkaSource:
         self.assignment: list[TP] = []
 
     def _assigned(self, tps: list[TP]) -> None:
-        start = self.resume_from()
+        start = self.resume_from(tps)
         from_beginning = []
         for t, p in tps:
             if (t, p) in start:
