@@ -25,8 +25,15 @@ pytestmark = pytest.mark.integration
 PARTITIONS = 4
 
 
+def own_group(cfg: dict, name: str) -> dict:
+    """A consumer group of the test's own: on the local Tansu broker, members of a group
+    that all stopped together leave it unable to assign partitions to new members for
+    minutes, and every test's daemons would otherwise share `stream-trainer.<pipeline>`."""
+    return {**cfg, "kafka": {**cfg["kafka"], "group_prefix": f"stream-trainer-{name}"}}
+
+
 def clicks_config(bootstrap: str, workdir: Path, topic: str, mode: str = "allreduce") -> dict:
-    return base_config(
+    cfg = base_config(
         bootstrap,
         workdir / "ckpt",
         [
@@ -40,6 +47,7 @@ def clicks_config(bootstrap: str, workdir: Path, topic: str, mode: str = "allred
         ],
         stall_timeout_s=20,
     )
+    return own_group(cfg, topic)
 
 
 def metric(address: str, name: str, **labels: str) -> float:
@@ -244,6 +252,7 @@ def test_by_key_each_key_s_model_lives_on_one_replica_and_survives_a_restart(
             }
         ],
     )
+    cfg = own_group(cfg, topic)
     shards = workdir / "ckpt" / "ticks" / "shards"
 
     def manifests() -> dict[str, tuple[list[str], list[int]]]:
@@ -280,11 +289,10 @@ def test_by_key_each_key_s_model_lives_on_one_replica_and_survives_a_restart(
     finally:
         assert a.terminate(60) == 0 and b.terminate(60) == 0
     # restart both, more events: every key's model continues from its checkpoint. (A new
-    # consumer group: on the local Tansu broker two members that stopped together and
-    # rejoin get no assignment for minutes, shared pipelines alike; by_key shards resume
-    # from their checkpoints, not from group commits.)
+    # consumer group, see own_group; by_key shards resume from their checkpoints, not
+    # from group commits.)
     produce(bs, topic, events[6_000:], key_field="symbol")
-    cfg = {**cfg, "kafka": {**cfg["kafka"], "group_prefix": "stream-trainer-restarted"}}
+    cfg = own_group(cfg, f"{topic}-restarted")
     a = Daemon(cfg, workdir / "a", free_port()).start()
     b = Daemon(cfg, workdir / "b", free_port()).start()
     try:
