@@ -31,16 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from stream_trainer.broker import LocalBroker, free_port
 from stream_trainer.config import KafkaSettings, parse_settings
-from stream_trainer.evaluate import click_tokens, vw_line
+from stream_trainer.edges.common import create_topics
+from stream_trainer.edges.source import consumer_config
+from stream_trainer.evaluation.evaluate import click_tokens, vw_line
 from stream_trainer.features.clicks import ClickFeaturizer
-from stream_trainer.kafka_common import create_topics
 from stream_trainer.learner import Learner
+from stream_trainer.local.broker import LocalBroker, free_port
 from stream_trainer.models.clicks import build as build_click_model
 from stream_trainer.producers.generators import KEY_FIELD, make_generator
 from stream_trainer.producers.publish import publish
-from stream_trainer.source.kafka_source import consumer_config
 
 SEED = 7
 PARTITIONS = 2
@@ -171,8 +171,8 @@ def core_run(
 def stage_profile(bootstrap: str, topic: str, n: int) -> dict[str, float]:
     """Where the daemon's time goes: one clicks pipeline run in this thread on the
     topic, with timers around its stages; microseconds per event."""
-    from stream_trainer.pipeline import Pipeline
-    from stream_trainer.source import KafkaSource
+    from stream_trainer.edges import KafkaSource
+    from stream_trainer.pipeline.core import Pipeline
 
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as work:
         doc = {

@@ -28,8 +28,8 @@ import torch
 import yaml
 from bench_gpu import write_section
 
-from stream_trainer.broker import LocalBroker, free_port
-from stream_trainer.kafka_common import create_topics
+from stream_trainer.edges.common import create_topics
+from stream_trainer.local.broker import LocalBroker, free_port
 from stream_trainer.metrics.scrape import per_pipeline, scrape
 from stream_trainer.producers import make_generator
 from stream_trainer.producers.publish import publish

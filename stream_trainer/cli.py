@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_broker(a: argparse.Namespace) -> int:
-    from stream_trainer.broker import LocalBroker
+    from stream_trainer.local.broker import LocalBroker
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -294,7 +294,7 @@ def cmd_broker(a: argparse.Namespace) -> int:
 
 
 def cmd_produce(a: argparse.Namespace) -> int:
-    from stream_trainer.kafka_common import create_topics
+    from stream_trainer.edges.common import create_topics
     from stream_trainer.producers import generators
     from stream_trainer.producers.publish import publish, read_jsonl
 
@@ -391,7 +391,7 @@ def cmd_check_config(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from stream_trainer.demo import Demo
+    from stream_trainer.local.demo import Demo
 
     return Demo(
         workdir=a.workdir,
@@ -403,7 +403,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from stream_trainer import report
+    from stream_trainer.evaluation import report
 
     if bool(a.prometheus) == bool(a.history):
         raise StreamTrainerError("give either --prometheus URL or --history FILE")
@@ -419,11 +419,11 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from stream_trainer import evaluate as ev
+    from stream_trainer.evaluation import evaluate as ev
 
     say = (lambda msg: print(f"evaluate: {msg}", file=sys.stderr)) if not a.quiet else None
     if a.drift_suite:
-        from stream_trainer import drift_suite
+        from stream_trainer.evaluation import drift_suite
 
         n = a.events or 400_000
         suite = drift_suite.run(

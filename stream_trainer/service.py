@@ -22,19 +22,18 @@ from prometheus_client import CollectorRegistry
 
 from stream_trainer import distributed
 from stream_trainer.config import Settings
-from stream_trainer.errors import StreamTrainerError
-from stream_trainer.kafka_common import (
+from stream_trainer.edges import KafkaSink, KafkaSource
+from stream_trainer.edges.common import (
     broker_answers,
     check_reachable,
     create_topics,
     ssl_context,
 )
+from stream_trainer.errors import StreamTrainerError
 from stream_trainer.learner import pick_device
 from stream_trainer.metrics import Metrics, MetricsServer
-from stream_trainer.pipeline import Pipeline
-from stream_trainer.sharded import ShardedPipeline
-from stream_trainer.sinks import KafkaSink
-from stream_trainer.source import KafkaSource
+from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.pipeline.sharded import ShardedPipeline
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_trainer.broker import LocalBroker, free_port
+from stream_trainer.local.broker import LocalBroker, free_port
 
 _names = itertools.count()
 

@@ -7,8 +7,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from stream_trainer.edges import TP, Record
 from stream_trainer.events.decode import Rejected
+from stream_trainer.pipeline.ports import TP, Record
 
 
 class ListSource:

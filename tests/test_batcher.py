@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_trainer.batcher import MicroBatcher
+from stream_trainer.pipeline.batcher import MicroBatcher
 
 ops = st.lists(
     st.one_of(
@@ -50,7 +50,7 @@ def test_latency_bound_releases_a_partial_batch():
 
 
 def test_discard_removes_the_selected_items_and_keeps_the_order_of_the_rest():
-    from stream_trainer.batcher import MicroBatcher
+    from stream_trainer.pipeline.batcher import MicroBatcher
 
     t = [0.0]
     b = MicroBatcher(max_size=10, max_latency_s=1.0, clock=lambda: t[0])

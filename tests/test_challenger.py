@@ -13,9 +13,9 @@ from fakes import ListSink, ListSource, run_until, tick_batch, tick_learner
 from stream_trainer.config import parse_settings
 from stream_trainer.drift.challenger import DROPPED, PROMOTED, ChallengerRace
 from stream_trainer.drift.policy import AdaptationPolicy
-from stream_trainer.hooks import PipelineHooks
 from stream_trainer.learner import Learner
-from stream_trainer.pipeline import Pipeline
+from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.pipeline.hooks import PipelineHooks
 from stream_trainer.producers import make_generator
 
 

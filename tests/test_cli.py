@@ -12,7 +12,7 @@ import time
 import pytest
 from support import REPO, consume_all
 
-from stream_trainer.broker import free_port
+from stream_trainer.local.broker import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -105,7 +105,7 @@ def test_check_config_error_is_one_line(tmp_path, capsys):
 
 
 def test_demo_config_is_valid():
-    from stream_trainer.demo import CONFIG
+    from stream_trainer.local.demo import CONFIG
 
     s = load_settings(CONFIG, environ={})
     assert [p.name for p in s.pipelines] == ["clicks", "ticks", "sensors"]

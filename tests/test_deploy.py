@@ -134,7 +134,7 @@ def test_k8s_ports_probes_and_config_agree_with_the_code():
 
 
 def test_k8s_replicas_launch_torchrun_with_a_config_replicas_accept(tmp_path):
-    from stream_trainer.pipeline import Pipeline
+    from stream_trainer.pipeline.core import Pipeline
 
     docs = {d["kind"]: d for d in k8s("replicas/statefulset.yaml")}
     sts, svc = docs["StatefulSet"], docs["Service"]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stream_trainer import drift_suite as ds
+from stream_trainer.evaluation import drift_suite as ds
 
 
 def test_scoring_counts_hits_false_alarms_and_stable_events():

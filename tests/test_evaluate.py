@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from stream_trainer import evaluate as ev
 from stream_trainer.cli import main
+from stream_trainer.evaluation import evaluate as ev
 
 
 def results(report: dict) -> dict[str, dict]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stream_trainer.keyed import KeyedLearner
 from stream_trainer.learner import Learner
+from stream_trainer.learner.keyed import KeyedLearner
 from stream_trainer.models.registry import build_featurizer, build_model
 from stream_trainer.producers import make_generator
 

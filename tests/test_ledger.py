@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stream_trainer.events.dedup import Deduper
-from stream_trainer.ledger import OffsetLedger
+from stream_trainer.pipeline.ledger import OffsetLedger
 
 TP = ("t", 0)
 
@@ -68,7 +68,7 @@ def test_dedup_window_and_state(tmp_path):
 
 
 def test_merging_replicas_ledgers_counts_an_offset_both_applied():
-    from stream_trainer.ledger import OffsetLedger
+    from stream_trainer.pipeline.ledger import OffsetLedger
 
     base, a, b = OffsetLedger(), OffsetLedger(), OffsetLedger()
     base.add_range(("t", 0), 0, 100)

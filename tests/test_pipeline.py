@@ -10,8 +10,8 @@ import torch
 from fakes import ListSink, ListSource, run_until
 
 from stream_trainer.config import parse_settings
-from stream_trainer.hooks import PipelineHooks
-from stream_trainer.pipeline import Pipeline
+from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.pipeline.hooks import PipelineHooks
 from stream_trainer.producers import make_generator
 
 

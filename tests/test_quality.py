@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from stream_trainer.quality import Quality, auc
+from stream_trainer.learner.quality import Quality, auc
 
 
 def test_auc_matches_the_pairwise_definition():

@@ -14,7 +14,7 @@ from stream_trainer.config import parse_settings
 from stream_trainer.learner import Learner
 from stream_trainer.learner.replay import ReplayBuffer
 from stream_trainer.models.forecast import TickModel
-from stream_trainer.pipeline import Pipeline
+from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.producers import make_generator
 
 

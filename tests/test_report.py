@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from stream_trainer import report
 from stream_trainer.cli import main
 from stream_trainer.errors import StreamTrainerError
+from stream_trainer.evaluation import report
 
 
 def write_history(path, n=60):

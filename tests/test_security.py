@@ -94,7 +94,7 @@ def test_broker_probe_needs_an_answer_not_just_a_connection():
     """A listener that accepts but never answers (a frozen broker) is not 'up'."""
     import socket
 
-    from stream_trainer.kafka_common import broker_answers
+    from stream_trainer.edges.common import broker_answers
 
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))

@@ -60,7 +60,7 @@ def _worker(rank: int, port: int, out: dict, mode: str) -> None:
 
 
 def _run(mode: str) -> dict:
-    from stream_trainer.broker import free_port
+    from stream_trainer.local.broker import free_port
 
     out = mp.Manager().dict()
     mp.start_processes(_worker, args=(free_port(), out, mode), nprocs=2, start_method="spawn")

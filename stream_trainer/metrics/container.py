@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream_trainer import __version__
 from stream_trainer.events import reasons
-from stream_trainer.hooks import PipelineHooks
 from stream_trainer.learner.prequential import SKIP_REASONS
+from stream_trainer.pipeline.hooks import PipelineHooks
 
 PREFIX = "stream_trainer_"
 
@@ -163,7 +163,7 @@ class Metrics:
 
 
 class PipelineMetrics(PipelineHooks):
-    """The Prometheus side of :class:`~stream_trainer.hooks.PipelineHooks` for one pipeline."""
+    """The Prometheus side of :class:`~stream_trainer.pipeline.hooks.PipelineHooks`."""
 
     def __init__(self, m: Metrics, name: str, detector: str = "none") -> None:
         self.m, self.name = m, name

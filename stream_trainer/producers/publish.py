@@ -13,9 +13,9 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from stream_trainer.edges.common import check_reachable, unreachable
 from stream_trainer.errors import StreamTrainerError
-from stream_trainer.kafka_common import check_reachable, unreachable
-from stream_trainer.progress import Progress
+from stream_trainer.producers.progress import Progress
 
 log = logging.getLogger(__name__)
 

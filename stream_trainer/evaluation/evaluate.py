@@ -33,14 +33,14 @@ from typing import Any
 import numpy as np
 
 from stream_trainer.config import PipelineSettings, Settings, parse_settings
-from stream_trainer.edges import Record
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.events import Rejected
 from stream_trainer.features.base import FeatureBatch
+from stream_trainer.learner.quality import Quality, profile_for
 from stream_trainer.models.registry import build_featurizer
+from stream_trainer.pipeline.ports import Record
 from stream_trainer.producers.generators import make_generator
 from stream_trainer.producers.publish import read_jsonl
-from stream_trainer.quality import Quality, profile_for
 
 POLL = 2000  # records handed to the pipeline at a time, as a consumer poll would
 EPS = 1e-15
@@ -163,7 +163,7 @@ def pipeline_settings(kind: str, stream: Stream, config: str | None = None) -> S
 def run_ours(stream: Stream, settings: Settings) -> tuple[Result, dict[int, dict], Any]:
     import torch
 
-    from stream_trainer.pipeline import Pipeline
+    from stream_trainer.pipeline.core import Pipeline
 
     spec: PipelineSettings = settings.pipelines[0]
     torch.set_num_threads(settings.torch_threads)  # as the daemon does

@@ -20,8 +20,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from stream_trainer.config import KafkaSettings
-from stream_trainer.edges import TP, Record
-from stream_trainer.kafka_common import offset_and_metadata, unreachable
+from stream_trainer.edges.common import offset_and_metadata, unreachable
+from stream_trainer.pipeline.ports import TP, Record
 
 log = logging.getLogger(__name__)
 

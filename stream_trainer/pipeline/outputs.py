@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from stream_trainer.edges import Record
 from stream_trainer.features.base import FeatureBatch
+from stream_trainer.pipeline.ports import Record
 
 
 def raw_units(fb: FeatureBatch, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ Kafka partitions, needing no sync between replicas.
 A key's events all land in one partition (producers key their records), so the state of
 one partition — its featurizer, the models of its keys, its offsets and ledger — is a
 *shard* that moves as a whole when the consumer group rebalances. :class:`ShardedPipeline`
-keeps one :class:`~stream_trainer.pipeline.Pipeline` per assigned partition, each with
+keeps one :class:`~stream_trainer.pipeline.core.Pipeline` per assigned partition, each with
 its own checkpoint directory under ``<checkpoint.dir>/<pipeline>/shards/``; a replica
 that takes a partition over restores that shard from the shared checkpoint directory.
 

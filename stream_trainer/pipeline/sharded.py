@@ -1,7 +1,7 @@
 """The loop of a ``partitioning: by_key`` pipeline: one shard per assigned partition.
 
-Each shard is a :class:`~stream_trainer.pipeline.Pipeline` restricted to one partition,
-with its own featurizer, per-key models (:class:`~stream_trainer.keyed.KeyedLearner`),
+Each shard is a :class:`~stream_trainer.pipeline.core.Pipeline` restricted to one partition,
+with its own featurizer, per-key models (:class:`~stream_trainer.learner.keyed.KeyedLearner`),
 offsets, ledger and checkpoint directory. On assignment a shard is restored from its
 newest checkpoint (in the shared checkpoint directory, wherever it was written); on
 revocation it is checkpointed and its offset committed before the partition leaves.
@@ -20,10 +20,8 @@ import torch
 from kafka.errors import KafkaError
 
 from stream_trainer.config import PipelineSettings, Settings
-from stream_trainer.edges import TP, Record, Sink, Source
 from stream_trainer.errors import StreamTrainerError
-from stream_trainer.hooks import NullHooks, PipelineHooks
-from stream_trainer.pipeline import (
+from stream_trainer.pipeline.core import (
     COMMIT_TIMEOUT_MS,
     Pipeline,
     Poller,
@@ -31,6 +29,8 @@ from stream_trainer.pipeline import (
     report_lag,
     shard_root,
 )
+from stream_trainer.pipeline.hooks import NullHooks, PipelineHooks
+from stream_trainer.pipeline.ports import TP, Record, Sink, Source
 
 log = logging.getLogger(__name__)
 

@@ -22,23 +22,23 @@ import numpy as np
 import torch
 from kafka.errors import KafkaError
 
-from stream_trainer.batcher import MicroBatcher
 from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.distributed import fingerprint
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
-from stream_trainer.edges import TP, Record, Sink, Source
 from stream_trainer.errors import ConfigError, StreamTrainerError
 from stream_trainer.events import Rejected, decoder_for, reasons
 from stream_trainer.events.dedup import Deduper
-from stream_trainer.hooks import NullHooks, PipelineHooks
-from stream_trainer.keyed import KeyedLearner
 from stream_trainer.learner import Learner
+from stream_trainer.learner.keyed import KeyedLearner
+from stream_trainer.learner.quality import Quality, profile_for
 from stream_trainer.learner.replay import ReplayBuffer
-from stream_trainer.ledger import OffsetLedger
 from stream_trainer.models.registry import build_featurizer, build_model
-from stream_trainer.quality import Quality, profile_for
-from stream_trainer.sinks.records import prediction_records, raw_units
+from stream_trainer.pipeline.batcher import MicroBatcher
+from stream_trainer.pipeline.hooks import NullHooks, PipelineHooks
+from stream_trainer.pipeline.ledger import OffsetLedger
+from stream_trainer.pipeline.outputs import prediction_records, raw_units
+from stream_trainer.pipeline.ports import TP, Record, Sink, Source
 
 log = logging.getLogger(__name__)
 

@@ -167,7 +167,7 @@ def river_cases(n: int, seed: int = 0) -> Iterator[Case]:
 def our_case(kind: str, n: int, seed: int = 0) -> Case:
     """Our pipeline (drift monitor off, so nothing reacts) on our producer's stream with
     one drift midway; its per-event prequential loss."""
-    from stream_trainer import evaluate as ev
+    from stream_trainer.evaluation import evaluate as ev
 
     stream = ev.generated(kind, n, seed=seed, drift_at=n // 2)
     base = ev.pipeline_settings(kind, stream)

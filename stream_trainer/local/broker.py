@@ -11,8 +11,8 @@ import subprocess
 import time
 from typing import IO, Any
 
-from stream_trainer import procs
 from stream_trainer.errors import BrokerError
+from stream_trainer.local import procs
 
 
 def broker_binary() -> str:

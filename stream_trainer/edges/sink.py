@@ -13,10 +13,10 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from stream_trainer.edges import Record
+from stream_trainer.edges.common import unreachable
 from stream_trainer.errors import BrokerError
 from stream_trainer.events.decode import Rejected
-from stream_trainer.kafka_common import unreachable
+from stream_trainer.pipeline.ports import Record
 
 
 class KafkaSink:

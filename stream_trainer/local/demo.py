@@ -17,13 +17,13 @@ from pathlib import Path
 
 import yaml
 
-from stream_trainer import procs
-from stream_trainer.broker import LocalBroker, free_port, port_in_use
+from stream_trainer.edges.common import create_topics
 from stream_trainer.errors import StreamTrainerError
-from stream_trainer.kafka_common import create_topics
+from stream_trainer.local import procs
+from stream_trainer.local.broker import LocalBroker, free_port, port_in_use
 from stream_trainer.metrics.scrape import per_pipeline, scrape
 
-CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+CONFIG = Path(__file__).parent.parent / "configs" / "demo.yaml"
 STREAMS = {  # kind -> (seed, drift every N events)
     "clicks": (1, 60_000),
     "ticks": (2, 40_000),

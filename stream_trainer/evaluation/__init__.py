@@ -1,0 +1,2 @@
+"""Offline evaluation: streams, our pipeline driven offline, baselines, studies, the
+drift suite and reports."""

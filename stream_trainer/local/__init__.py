@@ -1,0 +1,1 @@
+"""Local runs: the Tansu broker, the demo, child processes."""
