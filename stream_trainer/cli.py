@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         pr,
+        "--stream",
+        scope="produce",
+        type=int,
+        default=0,
+        help="which stream of the seed: the same hidden truth, other events (0: the seed's own)",
+    )
+    _flag(
+        pr,
         "--drift-at",
         scope="produce",
         type=int,
@@ -316,6 +324,7 @@ def cmd_produce(a: argparse.Namespace) -> int:
         events = generators.make_generator(
             a.kind,
             seed=int(a.seed),
+            stream=int(a.stream),
             count=count,
             drift_at=int(a.drift_at) if a.drift_at is not None else None,
             drift_every=int(a.drift_every) if a.drift_every is not None else None,

@@ -1,5 +1,10 @@
 """``stream-trainer demo`` (``make run``): broker, topics, producers, daemon, live summary.
 
+Each run continues the model learned by the runs before it in the same directory (its
+checkpoints) on fresh events: the broker is in memory and starts empty, and the
+producers send the next stream of the same hidden truth (``produce --stream``), never
+the bytes of an earlier run again. ``rm -rf .demo`` starts over.
+
 Every process it starts runs in its own session and dies with the demo; on Ctrl-C
 (or after ``--duration``) they are stopped in order: producers, the daemon (final
 checkpoint), then the broker.
@@ -76,13 +81,27 @@ class Demo:
             self._shutdown(broker)
         return 0
 
+    def _next_run(self) -> int:
+        """This run's number in the work directory (1 for the first): it picks the
+        producers' stream, so no run replays an earlier run's events."""
+        counter = self.workdir / "runs"
+        try:
+            run = int(counter.read_text().strip() or 0) + 1
+        except (OSError, ValueError):
+            run = 1
+        counter.write_text(f"{run}\n")
+        return run
+
     def _run(self, broker: LocalBroker, duration: float | None, logs: Path) -> None:
         bootstrap = broker.bootstrap
+        run = self._next_run()
+        checkpoints = self.workdir / "checkpoints"
+        resumes = checkpoints.is_dir() and any(checkpoints.glob("*/ckpt-*.pt"))
         create_topics(bootstrap, {k: 2 for k in STREAMS})
         config = yaml.safe_load(CONFIG.read_text())
         config["kafka"]["bootstrap_servers"] = bootstrap
         config["metrics"]["address"] = self.metrics_address
-        config["checkpoint"]["dir"] = str((self.workdir / "checkpoints").resolve())
+        config["checkpoint"]["dir"] = str(checkpoints.resolve())
         config["history"] = {
             "path": str((self.workdir / "history.jsonl").resolve()),
             "every_seconds": 2.0,
@@ -109,6 +128,8 @@ class Demo:
                         str(self.rate),
                         "--seed",
                         str(seed),
+                        "--stream",
+                        str(run - 1),
                         "--drift-every",
                         str(every),
                         "--quiet",
@@ -125,6 +146,12 @@ class Demo:
             "drift injected periodically"
         )
         self._say(f"daemon      config {cfg_path}, logs in {logs}/")
+        self._say(
+            f"model       run {run}: continues the model of earlier runs ({checkpoints}/) on "
+            f"fresh events; rm -rf {self.workdir} to start over"
+            if resumes
+            else f"model       run {run}: a fresh model, checkpointed in {checkpoints}/"
+        )
         self._say(f"metrics     {url}  (also /healthz, /readyz)")
         self._say("Ctrl-C to stop\n")
         self._summary_loop(url, duration)

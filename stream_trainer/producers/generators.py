@@ -33,6 +33,13 @@ def _drift_points(drift_at: int | None, drift_every: int | None):
     return is_drift
 
 
+def _event_rng(truth: np.random.Generator, seed: int, stream: int) -> np.random.Generator:
+    """Where a stream's per-event draws come from. Stream 0 shares the truth's generator
+    (the reproducible stream of ``seed``); stream k > 0 draws other events from the same
+    hidden truth (a second run of the demo continues the learned model on fresh events)."""
+    return truth if stream == 0 else np.random.default_rng((seed, stream))
+
+
 def _zipf_cdf(n: int, s: float) -> np.ndarray:
     """Cumulative popularity: rank k drawn with probability proportional to 1/k^s."""
     w = np.cumsum(1.0 / np.arange(1, n + 1) ** s)
@@ -44,6 +51,7 @@ def clicks(
     count: int | None = None,
     drift_at: int | None = None,
     drift_every: int | None = None,
+    stream: int = 0,
     n_users: int = 2000,
     n_items: int = 500,
     dim: int = 8,
@@ -57,6 +65,7 @@ def clicks(
     a replay buffer should help a model remember.
     """
     rng = np.random.default_rng(seed)
+    ev = _event_rng(rng, seed, stream)
     users = rng.normal(0, 0.6, (n_users, dim))
     devices = ["mobile", "desktop", "tablet"]
     device_eff = np.array([0.4, -0.3, 0.0])
@@ -80,13 +89,13 @@ def clicks(
                     concepts.append(redraw())
                 concepts.reverse()
                 items, item_bias = concepts[0]
-        u = int(np.searchsorted(user_cdf, rng.random()))
-        it = int(np.searchsorted(item_cdf, rng.random()))
-        d = int(rng.integers(3))
+        u = int(np.searchsorted(user_cdf, ev.random()))
+        it = int(np.searchsorted(item_cdf, ev.random()))
+        d = int(ev.integers(3))
         ts = START_TS + i * 0.05
         hour = int(ts // 3600) % 24
         logit = -1.2 + item_bias[it] + device_eff[d] + hour_eff[hour] + users[u] @ items[it]
-        label = int(rng.random() < 1 / (1 + math.exp(-logit)))
+        label = int(ev.random() < 1 / (1 + math.exp(-logit)))
         yield {
             "ts": round(ts, 3),
             "user_id": f"u{u}",
@@ -102,6 +111,7 @@ def ticks(
     count: int | None = None,
     drift_at: int | None = None,
     drift_every: int | None = None,
+    stream: int = 0,
     n_symbols: int = 8,
 ) -> Iterator[dict[str, Any]]:
     """Ticks of several symbols with autocorrelated returns and volatility regimes.
@@ -111,6 +121,7 @@ def ticks(
     sign, with a new magnitude), so yesterday's forecast now points the wrong way.
     """
     rng = np.random.default_rng(seed)
+    ev = _event_rng(rng, seed, stream)
     names = [f"SYM{k}" for k in range(n_symbols)]
     price = rng.uniform(20, 500, n_symbols)
     last_r = np.zeros(n_symbols)
@@ -123,17 +134,17 @@ def ticks(
     while count is None or i < count:
         if is_drift(i):
             phi = -np.sign(phi) * rng.uniform(0.35, 0.7, n_symbols)
-        s = i % n_symbols if rng.random() < 0.5 else int(rng.integers(n_symbols))
-        if rng.random() < 0.001:  # volatility regime switch
-            vol_mult[s] = rng.choice([0.5, 1.0, 2.0])
-        r = phi[s] * last_r[s] + base_vol[s] * vol_mult[s] * rng.normal()
+        s = i % n_symbols if ev.random() < 0.5 else int(ev.integers(n_symbols))
+        if ev.random() < 0.001:  # volatility regime switch
+            vol_mult[s] = ev.choice([0.5, 1.0, 2.0])
+        r = phi[s] * last_r[s] + base_vol[s] * vol_mult[s] * ev.normal()
         last_r[s] = r
         price[s] *= math.exp(r)
         yield {
             "ts": round(START_TS + i * 0.01, 3),
             "symbol": names[s],
             "price": round(float(price[s]), 6),
-            "volume": round(float(rng.lognormal(4, 1)), 2),
+            "volume": round(float(ev.lognormal(4, 1)), 2),
         }
         i += 1
 
@@ -143,6 +154,7 @@ def sensors(
     count: int | None = None,
     drift_at: int | None = None,
     drift_every: int | None = None,
+    stream: int = 0,
     n_sensors: int = 20,
     anomaly_rate: float = 0.002,
 ) -> Iterator[dict[str, Any]]:
@@ -154,6 +166,7 @@ def sensors(
     normal and degraded (2.5x): a season change plus ageing hardware.
     """
     rng = np.random.default_rng(seed)
+    ev = _event_rng(rng, seed, stream)
     ids = [f"s{k:03d}" for k in range(n_sensors)]
     level = rng.normal(20, 4, n_sensors)
     amp = rng.uniform(3, 6, n_sensors)
@@ -172,12 +185,12 @@ def sensors(
         t = steps[s]
         steps[s] += 1
         cycle = math.sin(2 * math.pi * t / 144 + phase[s])
-        temp = level[s] + amp[s] * cycle + rng.normal(0, 0.8 * noise)
-        humidity = 60 - 2.0 * (temp - level[s]) + rng.normal(0, 1.5 * noise)
-        pressure[s] += rng.normal(0, 0.2) - 0.01 * (pressure[s] - 1013)
-        p_read = pressure[s] + rng.normal(0, 0.5 * noise)
-        if rng.random() < anomaly_rate:
-            temp += rng.choice([-1, 1]) * rng.uniform(8, 15)
+        temp = level[s] + amp[s] * cycle + ev.normal(0, 0.8 * noise)
+        humidity = 60 - 2.0 * (temp - level[s]) + ev.normal(0, 1.5 * noise)
+        pressure[s] += ev.normal(0, 0.2) - 0.01 * (pressure[s] - 1013)
+        p_read = pressure[s] + ev.normal(0, 0.5 * noise)
+        if ev.random() < anomaly_rate:
+            temp += ev.choice([-1, 1]) * ev.uniform(8, 15)
         yield {
             "ts": round(START_TS + (int(t) * n_sensors + s) * 600.0 / n_sensors, 3),
             "sensor_id": ids[s],
