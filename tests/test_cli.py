@@ -150,15 +150,13 @@ def test_produce_synthetic_stream_from_environment(broker, topic):
     assert len(recs) == 40 and all(rec.key.startswith(b"SYM") for rec in recs)
 
 
-def test_demo_runs_and_leaves_no_processes_behind(tmp_path):
-    metrics = f"127.0.0.1:{free_port()}"
-    port = free_port()
+def run_demo(workdir, port: int, metrics: str):
     r = cli(
         "demo",
         "--duration",
         "25",
         "--workdir",
-        str(tmp_path / "demo"),
+        str(workdir),
         "--port",
         str(port),
         "--metrics-address",
@@ -168,20 +166,37 @@ def test_demo_runs_and_leaves_no_processes_behind(tmp_path):
         timeout=120,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    out = r.stdout
+    last = {}  # the summary's last row per pipeline: events/s, trained, ..., rejected
+    for line in r.stdout.splitlines():
+        row = line.split()
+        if row[:1] in (["clicks"], ["ticks"], ["sensors"]):
+            last[row[0]] = {"trained": float(row[2]), "rejected": float(row[-1])}
+    return r.stdout, last
+
+
+def test_demo_runs_twice_in_one_directory_and_leaves_no_processes_behind(tmp_path):
+    """The second run continues the first one's model on fresh events: it trains in
+    every pipeline, and rejects nothing as a duplicate of the first run's events."""
+    metrics = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    out, last = run_demo(tmp_path / "demo", port, metrics)
     assert f"http://{metrics}/metrics" in out
-    rows = [
-        line.split()
-        for line in out.splitlines()
-        if line.split()[:1] in (["clicks"], ["ticks"], ["sensors"])
-    ]
-    trained = {row[0]: float(row[2]) for row in rows}
-    assert set(trained) == {"clicks", "ticks", "sensors"} and min(trained.values()) > 0
+    assert "run 1: a fresh model" in out
+    assert set(last) == {"clicks", "ticks", "sensors"}
+    assert min(row["trained"] for row in last.values()) > 0
     assert "stopped" in out.splitlines()
     assert "loss over time: stream-trainer report --history" in out.splitlines()[-1]
     assert (tmp_path / "demo" / "history.jsonl").stat().st_size > 0
     ckpts = list((tmp_path / "demo" / "checkpoints").glob("*/ckpt-*.pt"))
     assert {p.parent.name for p in ckpts} == {"clicks", "ticks", "sensors"}
+
+    out, last = run_demo(tmp_path / "demo", port, metrics)
+    assert "run 2: continues the model of earlier runs" in out
+    assert set(last) == {"clicks", "ticks", "sensors"}
+    for name, row in last.items():  # ~300 events/s for ~20 s, this run's counters
+        assert row["trained"] >= 2000, (name, row, out[-3000:])
+        assert row["rejected"] < 0.05 * (row["trained"] + row["rejected"]), (name, row)
+    assert "rejected (" not in out  # no "most events rejected" warning line
     time.sleep(0.5)
     for p in (port, int(metrics.rsplit(":", 1)[1])):  # broker and daemon are gone
         with pytest.raises(OSError):

@@ -82,8 +82,53 @@ def test_alerts_cover_the_failure_modes():
         "StreamTrainerStaleModel",
         "StreamTrainerNoEvents",
         "StreamTrainerHighRejectRate",
+        "StreamTrainerMostEventsRejected",
         "StreamTrainerCheckpointTooOld",
     } <= names
+
+
+def test_the_reject_alerts_fire_when_most_events_are_duplicates(tmp_path):
+    """promtool's rule unit test: a pipeline that consumes 1,000 events/s and rejects 98%
+    of them as duplicates raises the critical alert after its 2 minutes; a healthy one
+    (1% rejected) does not raise it."""
+    (rule,) = [r for g in alert_rules()["groups"] for r in g["rules"]
+               if r["alert"] == "StreamTrainerMostEventsRejected"]  # fmt: skip
+    annotations = {k: v.replace("{{ $labels.pipeline }}", "a")
+                   for k, v in rule["annotations"].items()}  # fmt: skip
+    (tmp_path / "test.yml").write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml")],
+                "evaluation_interval": "1m",
+                "tests": [
+                    {
+                        "interval": "1m",
+                        "input_series": [
+                            {"series": 'stream_trainer_events_consumed_total{pipeline="a"}',
+                             "values": "0+60000x30"},
+                            {"series": 'stream_trainer_events_rejected_total{pipeline="a",'
+                                       'reason="duplicate"}', "values": "0+58800x30"},
+                            {"series": 'stream_trainer_events_consumed_total{pipeline="b"}',
+                             "values": "0+60000x30"},
+                            {"series": 'stream_trainer_events_rejected_total{pipeline="b",'
+                                       'reason="bad_json"}', "values": "0+600x30"},
+                        ],
+                        "alert_rule_test": [
+                            {"eval_time": "1m", "alertname": "StreamTrainerMostEventsRejected",
+                             "exp_alerts": []},
+                            {"eval_time": "5m", "alertname": "StreamTrainerMostEventsRejected",
+                             "exp_alerts": [{"exp_labels": {"pipeline": "a",
+                                                            "severity": "critical"},
+                                             "exp_annotations": annotations}]},
+                        ],
+                    }
+                ],
+            }
+        )
+    )  # fmt: skip
+    r = subprocess.run([promtool(), "test", "rules", str(tmp_path / "test.yml")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_k8s_prometheusrule_and_configmap_mirror_the_compose_files():

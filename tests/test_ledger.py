@@ -82,3 +82,19 @@ def test_merging_replicas_ledgers_counts_an_offset_both_applied():
     again.add_range(("t", 0), 140, 160)  # a partition moved, and 10 events were relearned
     base.merge(again)
     assert base.ranges(("t", 0)) == [(0, 160)] and base.duplicates == 10
+
+
+def test_a_partition_whose_log_went_back_forgets_its_duplicate_window(tmp_path):
+    import torch
+
+    d = Deduper(window=10)
+    assert not d.seen(b"a", ("t", 0)) and not d.seen(b"b", ("t", 1))
+    assert d.seen(b"a", ("t", 1))  # the window spans partitions: a replay elsewhere is caught
+    torch.save(d.state_dict(), tmp_path / "d.pt")
+    back = Deduper(window=10)
+    back.load_state_dict(torch.load(tmp_path / "d.pt", weights_only=True))
+    assert back.forget(("t", 0)) == 1  # the partition's own digests only, across a restore
+    assert not back.seen(b"a", ("t", 0)) and back.seen(b"b", ("t", 0))
+    old = {"window": 10, "digests": d.state_dict()["digests"]}  # before partitions were kept
+    back.load_state_dict(old)
+    assert back.seen(b"b") and back.forget(("t", 5)) == 2 and not back.seen(b"b")

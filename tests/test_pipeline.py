@@ -233,3 +233,38 @@ def test_replicas_refuse_the_drift_actions_they_cannot_keep_in_step(tmp_path):
         Pipeline(s, s.pipelines[0], replicated=True)
     s = settings(tmp_path, drift={"actions": ["reset_model"]})
     Pipeline(s, s.pipelines[0], replicated=True)  # fine
+
+
+def test_after_an_offset_reset_the_new_log_trains_even_where_its_bytes_repeat(tmp_path, caplog):
+    """A broker that lost its data and receives the same events again (a seeded producer
+    restarted): the partition's duplicate window is forgotten with its old log, so the new
+    log trains; the same bytes again *within* one log are still refused."""
+    s = settings(tmp_path, every_seconds=3600)
+    p = Pipeline(s, s.pipelines[0])
+    events = click_stream(300, 3)
+    first = ListSource({("t", 0): events}, {})
+    run_until(p, first, ListSink())
+    assert p.counters["trained"] == 300 and p.counters["rejected"] == 0
+    again = ListSource({("t", 0): events + events[:100]}, {})  # offsets restart at 0
+    p.polled_next[("t", 0)] = 300  # what the consumer last handed us from the old log
+    sink = ListSink()
+    run_until(p, again, sink)
+    assert p.counters["offset_resets"] == 1
+    assert p.counters["trained"] == 600  # the new log's 300 events, learned
+    assert p.counters["rejected"] == 100  # its own repeats, refused
+    assert {d["reason"] for d in sink.dead} == {"duplicate"}
+
+
+def test_a_pipeline_that_rejects_most_events_says_so_with_the_reason(tmp_path, caplog):
+    s = settings(tmp_path, every_seconds=3600)
+    p = Pipeline(s, s.pipelines[0])
+    events = click_stream(1200, 4)
+    run_until(p, ListSource({("t", 0): events + events}, {}), ListSink())
+    with caplog.at_level("WARNING", logger="stream_trainer.pipeline.core"):
+        p.every_second(now=100.0)
+    (rec,) = [r for r in caplog.records if "most recent events rejected" in r.getMessage()]
+    assert "50%, mostly duplicate" in rec.getMessage()
+    assert rec.reasons == "duplicate=1200" and "replaying" in rec.hint
+    caplog.clear()
+    p.every_second(now=101.0)  # nothing new consumed: no second warning
+    assert not [r for r in caplog.records if "most recent events rejected" in r.getMessage()]

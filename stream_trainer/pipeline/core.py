@@ -39,6 +39,7 @@ from stream_trainer.pipeline.hooks import NullHooks, PipelineHooks
 from stream_trainer.pipeline.ledger import OffsetLedger
 from stream_trainer.pipeline.outputs import prediction_records, raw_units
 from stream_trainer.pipeline.ports import TP, Record, Sink, Source
+from stream_trainer.pipeline.rejects import HINTS, RejectWatch
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,7 @@ class Pipeline:
         self.drift_pending = False  # replicas: a detection to act on in the next round
         self.regroup = False  # replicas: another one left; exit for torchrun to regroup
         self.dedup = Deduper(spec.dedup_window)
+        self.reject_watch = RejectWatch()
         self.counters = {
             "consumed": 0,
             "trained": 0,
@@ -299,6 +301,7 @@ class Pipeline:
         if not records:
             return
         self.counters["consumed"] += len(records)
+        self.reject_watch.consumed(len(records))
         self.hooks.on_consumed(len(records))
         decode, seen, polled_next = self.decode, self.dedup.seen, self.polled_next
         accepted: list[Item] = []
@@ -311,7 +314,7 @@ class Pipeline:
                 self._offset_reset(tp, expected, rec.offset)
             polled_next[tp] = rec.offset + 1
             result = decode(rec.value)
-            if type(result) is dict and not seen(rec.value):
+            if type(result) is dict and not seen(rec.value, tp):
                 accepted.append(Item(rec, result))
                 continue
             if not isinstance(result, Rejected):
@@ -326,6 +329,7 @@ class Pipeline:
     def _reject(self, rec: Record, why: Rejected) -> None:
         self.counters["rejected"] += 1
         self.hooks.on_rejected(why.reason)
+        self.reject_watch.rejected(why.reason)
         self._advance(rec)
         if self.sink is None:
             return
@@ -347,6 +351,7 @@ class Pipeline:
             self.batcher.discard(lambda it: (it.record.topic, it.record.partition) == tp)
         self.next_offsets[tp] = got
         self.ledger.reset(tp)
+        forgotten = self.dedup.forget(tp)  # the new log's events are new, whatever their bytes
         self.counters["offset_resets"] += 1
         self.hooks.on_offset_reset(*tp)
         log.warning(
@@ -357,6 +362,7 @@ class Pipeline:
                 "partition": f"{tp[0]}:{tp[1]}",
                 "expected": expected,
                 "got": got,
+                "duplicate_window_forgotten": forgotten,
             },
         )
 
@@ -616,11 +622,31 @@ class Pipeline:
             now = self.clock()
             if now - last_lag >= 1.0:
                 last_lag = now
-                self.hooks.on_quality(self.quality.values())
-                report_lag(source, self.hooks, self.name)
+                self.every_second(now)
             if now - self.last_checkpoint >= every:
                 self.checkpoint()
         self.checkpoint()
+
+    def every_second(self, now: float) -> None:
+        """The loops' once-a-second work: quality, lag, and a warning when most recent
+        events were rejected."""
+        self.hooks.on_quality(self.quality.values())
+        if self.source is not None:
+            report_lag(self.source, self.hooks, self.name)
+        self.reject_watch_check(now)
+
+    def reject_watch_check(self, now: float) -> None:
+        warning = self.reject_watch.check(now)
+        if warning is not None:
+            share, reason, counts = warning
+            log.warning(
+                f"most recent events rejected ({share:.0%}, mostly {reason})",
+                extra={
+                    "pipeline": self.name,
+                    "reasons": ",".join(f"{r}={n}" for r, n in sorted(counts.items())),
+                    "hint": HINTS.get(reason, f"see the dead-letter topic {self.spec.dlq_topic}"),
+                },
+            )
 
     def _poll_timeout(self, idle_s: float) -> float:
         """Poll no longer than until the oldest pending event's batch is due."""
@@ -718,8 +744,7 @@ class Pipeline:
                 return
             if now - last_lag >= 1.0:
                 last_lag = now
-                self.hooks.on_quality(self.quality.values())
-                report_lag(source, self.hooks, self.name)
+                self.every_second(now)
 
     def checkpoint_replicated(self) -> bool:
         """A checkpoint of the shared model, as a round: every replica trains what it

@@ -173,6 +173,8 @@ class ShardedPipeline:
                 last_lag = now
                 self.hooks.on_keyed_models(self.models())
                 report_lag(source, self.hooks, self.name)
+                for shard in self.shards.values():
+                    shard.reject_watch_check(now)
             if now - last_checkpoint >= every:
                 last_checkpoint = now
                 self._checkpoint(self.shards)
