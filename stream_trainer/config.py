@@ -238,6 +238,23 @@ class PipelineSettings(_Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _by_key_limits(self) -> PipelineSettings:
+        if self.partitioning != "by_key":
+            return self
+        if self.kind == "clicks":
+            raise ValueError(
+                "partitioning by_key needs events with a key per model (ticks: symbol, "
+                "sensors: sensor_id, or a custom featurizer that sets keys)"
+            )
+        if "challenger" in self.drift.actions or self.replay.capacity:
+            raise ValueError(
+                "with partitioning by_key, the drift action 'challenger' and the replay "
+                "buffer are not available; set drift.actions to reset_model, "
+                "reset_optimizer and/or boost_lr, and replay.capacity to 0"
+            )
+        return self
+
     @property
     def dlq_topic(self) -> str:
         return self.dead_letter_topic or f"{self.topics[0]}.dlq"

@@ -15,13 +15,12 @@ import threading
 import time
 from contextlib import ExitStack
 from types import FrameType
-from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry
 
 from stream_trainer import distributed
-from stream_trainer.config import Settings
+from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.edges import KafkaSink, KafkaSource
 from stream_trainer.edges.common import (
     broker_answers,
@@ -33,6 +32,8 @@ from stream_trainer.errors import StreamTrainerError
 from stream_trainer.learner import pick_device
 from stream_trainer.metrics import Metrics, MetricsServer
 from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.pipeline.replicated import ReplicatedPipeline
+from stream_trainer.pipeline.runner import Runner
 from stream_trainer.pipeline.sharded import ShardedPipeline
 
 log = logging.getLogger(__name__)
@@ -64,23 +65,8 @@ class Service:
         # member of each pipeline's consumer group (see distributed.py)
         self.world, self.heartbeat = distributed.init_world(self.device, settings.stall_timeout_s)
         self.metrics.replica.labels(str(self.world.rank), str(self.world.size)).set(1)
-        self.pipelines: list[Any] = [
-            ShardedPipeline(  # a model per key, sharded with the partitions: no sync
-                settings,
-                spec,
-                device=self.device,
-                hooks=self.metrics.pipeline(spec.name, spec.drift.detector),
-            )
-            if spec.partitioning == "by_key"
-            else Pipeline(
-                settings,
-                spec,
-                device=self.device,
-                hooks=self.metrics.pipeline(spec.name, spec.drift.detector),
-                replicated=self.world.replicated,
-            )
-            for spec in settings.pipelines
-        ]
+        self.replicated: list[ReplicatedPipeline] = []  # in config order on every rank
+        self.pipelines: list[Runner] = [self._runner(spec) for spec in settings.pipelines]
         try:
             self.security = settings.kafka.security_kwargs()  # reads secret files: fail early
             self.tls = ssl_context(self.security)
@@ -91,6 +77,16 @@ class Service:
         self.server: MetricsServer | None = None
         self._signals = 0
         self.stalled = False
+
+    def _runner(self, spec: PipelineSettings) -> Runner:
+        hooks = self.metrics.pipeline(spec.name, spec.drift.detector)
+        if spec.partitioning == "by_key":  # a model per key, sharded with the partitions
+            return ShardedPipeline(self.settings, spec, device=self.device, hooks=hooks)
+        if self.world.replicated:  # one model shared by the replicas
+            p = ReplicatedPipeline(self.settings, spec, device=self.device, hooks=hooks)
+            self.replicated.append(p)
+            return p
+        return Pipeline(self.settings, spec, device=self.device, hooks=hooks)
 
     # ---- health ------------------------------------------------------------------------
     def healthy(self) -> tuple[bool, str]:
@@ -156,7 +152,7 @@ class Service:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
-    def _run_pipeline(self, p: Pipeline) -> None:
+    def _run_pipeline(self, p: Runner) -> None:
         k = self.settings.kafka
         try:
             with ExitStack() as stack:
@@ -170,16 +166,13 @@ class Service:
                     f"{k.group_prefix}.{p.name}",
                     resume_from=p.resume_offsets,
                     on_revoke=p.on_revoke,
-                    on_assign=getattr(p, "on_assign", p.hooks.on_partitions),
+                    on_assign=p.on_assign,
                     restored=lambda: p.restored,
                     client_id=f"stream-trainer-{p.name}-{self.world.rank}",
                     security=self.security,
                 )
                 stack.callback(source.close)
-                if p.replicas is not None:
-                    p.run_replicated(source, sink, self.stop)
-                else:
-                    p.run(source, sink, self.stop)
+                p.run(source, sink, self.stop)
         except distributed.ReplicaStalled as err:
             p.failed = str(err)
             self.stalled = True
@@ -211,8 +204,7 @@ class Service:
             for p in self.pipelines:
                 p.restore()
             if self.world.replicated:
-                shared = [p for p in self.pipelines if isinstance(p, Pipeline)]
-                for p in shared:  # the same order on every rank
+                for p in self.replicated:  # the same order on every rank
                     hooks = p.hooks
                     p.attach(
                         distributed.Replicas(

@@ -179,7 +179,7 @@ def test_k8s_ports_probes_and_config_agree_with_the_code():
 
 
 def test_k8s_replicas_launch_torchrun_with_a_config_replicas_accept(tmp_path):
-    from stream_trainer.pipeline.core import Pipeline
+    from stream_trainer.pipeline.replicated import ReplicatedPipeline
 
     docs = {d["kind"]: d for d in k8s("replicas/statefulset.yaml")}
     sts, svc = docs["StatefulSet"], docs["Service"]
@@ -206,7 +206,7 @@ def test_k8s_replicas_launch_torchrun_with_a_config_replicas_accept(tmp_path):
         update={"checkpoint": settings.checkpoint.model_copy(update={"dir": tmp_path})}
     )
     for spec in settings.pipelines:  # replicas refuse what they cannot keep in step
-        Pipeline(settings, spec, replicated=True)
+        ReplicatedPipeline(settings, spec)
     kust = yaml.safe_load((DEPLOY / "k8s" / "replicas" / "kustomization.yaml").read_text())
     assert set(kust["resources"]) == {"configmap.yaml", "statefulset.yaml"}
 

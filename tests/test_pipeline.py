@@ -227,12 +227,13 @@ def test_batches_that_explode_are_skipped_or_clipped_and_counted(tmp_path):
 
 def test_replicas_refuse_the_drift_actions_they_cannot_keep_in_step(tmp_path):
     from stream_trainer.errors import ConfigError
+    from stream_trainer.pipeline.replicated import ReplicatedPipeline
 
     s = settings(tmp_path, drift={"actions": ["challenger"]})
     with pytest.raises(ConfigError, match="not supported yet"):
-        Pipeline(s, s.pipelines[0], replicated=True)
+        ReplicatedPipeline(s, s.pipelines[0])
     s = settings(tmp_path, drift={"actions": ["reset_model"]})
-    Pipeline(s, s.pipelines[0], replicated=True)  # fine
+    ReplicatedPipeline(s, s.pipelines[0])  # fine
 
 
 def test_after_an_offset_reset_the_new_log_trains_even_where_its_bytes_repeat(tmp_path, caplog):

@@ -30,6 +30,12 @@ class FeatureBatch:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
+    def raw_units(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions (``outputs``, in model units) and targets in the events' own units."""
+        if self.scale is None:
+            return outputs, self.targets
+        return outputs * self.scale + self.shift, self.targets * self.scale + self.shift
+
 
 @runtime_checkable
 class Featurizer(Protocol):

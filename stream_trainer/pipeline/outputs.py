@@ -12,13 +12,6 @@ from stream_trainer.features.base import FeatureBatch
 from stream_trainer.pipeline.ports import Record
 
 
-def raw_units(fb: FeatureBatch, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and targets in the events' own units (``raw = x * scale + shift``)."""
-    if fb.scale is None:
-        return outputs, fb.targets
-    return outputs * fb.scale + fb.shift, fb.targets * fb.scale + fb.shift
-
-
 def prediction_records(
     records: Sequence[Record],
     events: Sequence[dict[str, Any]],
@@ -30,7 +23,7 @@ def prediction_records(
 ) -> list[tuple[str | None, dict[str, Any]]]:
     """(key, document) for each example of ``fb``; ``outputs`` are in model units;
     ``extra`` holds per-example columns the featurizer adds (anomaly scores)."""
-    pred, target = raw_units(fb, outputs)
+    pred, target = fb.raw_units(outputs)
     out = []
     for j, idx in enumerate(fb.index.tolist()):
         rec = records[idx]

@@ -17,25 +17,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from kafka.errors import KafkaError
 
 from stream_trainer.config import PipelineSettings, Settings
-from stream_trainer.errors import StreamTrainerError
-from stream_trainer.pipeline.core import (
-    COMMIT_TIMEOUT_MS,
-    Pipeline,
-    Poller,
-    output_topic,
-    report_lag,
-    shard_root,
-)
+from stream_trainer.pipeline import build
+from stream_trainer.pipeline.commit import commit_offsets
+from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.pipeline.hooks import NullHooks, PipelineHooks
+from stream_trainer.pipeline.loop import IDLE_POLL_S, report_lag, run_loop
 from stream_trainer.pipeline.ports import TP, Record, Sink, Source
+from stream_trainer.pipeline.runner import ready
 
 log = logging.getLogger(__name__)
 
 
 class ShardedPipeline:
+    """A :class:`~stream_trainer.pipeline.runner.Runner`: one shard per held partition."""
+
     def __init__(
         self,
         settings: Settings,
@@ -46,17 +43,16 @@ class ShardedPipeline:
     ) -> None:
         self.settings, self.spec, self.device = settings, spec, device
         self.name = spec.name
-        self.hooks = hooks or NullHooks()
-        self.root = shard_root(settings, spec)
+        self.hooks: PipelineHooks = hooks or NullHooks()
+        self.root = build.shard_root(settings, spec)
         self.shards: dict[TP, Pipeline] = {}
-        self.output = output_topic(spec)
+        self.output = build.output_topic(spec)
         self.source: Source | None = None
         self.sink: Sink | None = None
         self.failed: str | None = None
         self.restored = False
-        self.replicas = None  # the service's view of a pipeline: by_key needs no sync
-        self.regroup = False
-        check(spec)
+        self.regroup = False  # by_key needs no sync: nothing to regroup
+        self.last_checkpoint = time.monotonic()
         self._shard_for(("validate", 0))  # bad settings fail now, not at the first assignment
 
     def _shard_for(self, tp: TP) -> Pipeline:
@@ -99,11 +95,7 @@ class ShardedPipeline:
         self._checkpoint(leaving)
 
     def ready(self) -> tuple[bool, str]:
-        if self.failed:
-            return False, f"{self.name}: failed: {self.failed}"
-        if self.source is None or not self.source.assignment:
-            return False, f"{self.name}: no partitions assigned yet"
-        return True, ""
+        return ready(self, self.source)
 
     def summary(self) -> dict[str, Any]:
         total: dict[str, Any] = {"updates": 0}
@@ -116,21 +108,66 @@ class ShardedPipeline:
     def models(self) -> int:
         return sum(len(s.learner) for s in self.shards.values())
 
-    # ---- the loop ----------------------------------------------------------------------
-    def _checkpoint(self, shards: Mapping[TP, Pipeline]) -> None:
+    # ---- the loop's steps --------------------------------------------------------------
+    def run(
+        self,
+        source: Source,
+        sink: Sink | None,
+        stop: threading.Event,
+        *,
+        idle_poll_s: float = IDLE_POLL_S,
+    ) -> None:
+        self.source, self.sink = source, sink
+        for shard in self.shards.values():
+            shard.sink = sink
+        run_loop(self, source, stop, self.name, idle_poll_s=idle_poll_s)
+
+    def poll_timeout(self, idle_s: float) -> float:
+        return idle_s
+
+    def step(self, records: list[Record], stopping: bool) -> bool:
+        if stopping:
+            return False
+        by_tp: dict[TP, list[Record]] = {}
+        for rec in records:
+            by_tp.setdefault((rec.topic, rec.partition), []).append(rec)
+        for tp, recs in by_tp.items():
+            shard = self.shards.get(tp)
+            if shard is not None:  # else not ours (any more): the next owner reads it
+                shard.handle(recs)
+        for shard in self.shards.values():
+            shard.pump()
+        self._bound_memory()
+        return True
+
+    def every_second(self, now: float) -> None:
+        self.hooks.on_keyed_models(self.models())
+        if self.source is not None:
+            report_lag(self.source, self.hooks, self.name)
+        for shard in self.shards.values():
+            shard.warn_rejects(now)
+
+    def checkpoint_due(self, now: float) -> bool:
+        return now - self.last_checkpoint >= self.settings.checkpoint.every_seconds
+
+    def checkpoint(self) -> bool:
+        self.last_checkpoint = time.monotonic()
+        return self._checkpoint(self.shards)
+
+    def finish(self) -> None:
+        self._checkpoint(self.shards)
+
+    def _checkpoint(self, shards: Mapping[TP, Pipeline]) -> bool:
+        """Each shard's checkpoint (flush -> save), then one commit of their offsets."""
         offsets: dict[TP, int] = {}
+        ok = True
         for tp, shard in shards.items():
-            if shard.checkpoint(commit=False):
-                if tp in shard.next_offsets:
-                    offsets[tp] = shard.next_offsets[tp]
-        if offsets and self.source is not None:
-            try:
-                self.source.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-            except KafkaError as err:
-                log.warning(
-                    "offset commit failed (the checkpoints still hold the offsets)",
-                    extra={"pipeline": self.name, "error": repr(err)[:200]},
-                )
+            if not shard.checkpoint(commit=False):
+                ok = False
+            elif tp in shard.next_offsets:
+                offsets[tp] = shard.next_offsets[tp]
+        commit_offsets(self.source, offsets, self.name)
+        return ok
 
     def _bound_memory(self) -> None:
         """At most ``max_models`` resident models in this process: evict saved ones,
@@ -147,43 +184,3 @@ class ShardedPipeline:
             self._checkpoint(self.shards)
             for shard in self.shards.values():
                 shard.learner.evict(max(1, limit // max(len(self.shards), 1)))
-
-    def run(
-        self, source: Source, sink: Sink | None, stop: threading.Event, *, idle_poll_s: float = 0.01
-    ) -> None:
-        self.source, self.sink = source, sink
-        for shard in self.shards.values():
-            shard.sink = sink
-        every = self.settings.checkpoint.every_seconds
-        last_checkpoint = last_lag = time.monotonic()
-        poll = Poller(self.name)
-        while not stop.is_set():
-            by_tp: dict[TP, list[Record]] = {}
-            for rec in poll(source, stop, idle_poll_s):
-                by_tp.setdefault((rec.topic, rec.partition), []).append(rec)
-            for tp, recs in by_tp.items():
-                shard = self.shards.get(tp)
-                if shard is not None:  # else not ours (any more): the next owner reads it
-                    shard.handle(recs)
-            for shard in self.shards.values():
-                shard.pump()
-            self._bound_memory()
-            now = time.monotonic()
-            if now - last_lag >= 1.0:
-                last_lag = now
-                self.hooks.on_keyed_models(self.models())
-                report_lag(source, self.hooks, self.name)
-                for shard in self.shards.values():
-                    shard.reject_watch_check(now)
-            if now - last_checkpoint >= every:
-                last_checkpoint = now
-                self._checkpoint(self.shards)
-        self._checkpoint(self.shards)
-
-
-def check(spec: PipelineSettings) -> None:
-    if spec.kind == "clicks":
-        raise StreamTrainerError(
-            f"pipeline {spec.name}: partitioning by_key needs events with a key per model "
-            "(ticks: symbol, sensors: sensor_id, or a custom featurizer that sets keys)"
-        )

@@ -1,0 +1,103 @@
+"""A pipeline's parts, built from its settings: featurizer and decoder, learner, drift
+monitors and adaptation policy. Bad settings become one ConfigError naming the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
+from stream_trainer.errors import ConfigError
+from stream_trainer.events import decoder_for
+from stream_trainer.learner import Learner
+from stream_trainer.learner.keyed import KeyedLearner
+from stream_trainer.models.registry import build_featurizer, build_model
+
+
+def output_topic(p: PipelineSettings) -> str | None:
+    if p.output_topic:
+        return p.output_topic
+    return f"{p.topics[0]}.anomalies" if p.kind == "sensors" else None
+
+
+def shard_root(settings: Settings, spec: PipelineSettings) -> Path:
+    """Where a ``by_key`` pipeline's shards keep their checkpoints (one folder each)."""
+    return settings.checkpoint.dir / spec.name / "shards"
+
+
+def featurizer_and_decoder(spec: PipelineSettings) -> tuple[Any, Callable[[bytes], Any]]:
+    featurizer = build_featurizer(spec.kind, spec.featurizer)
+    channels = getattr(featurizer, "channels", ()) if spec.kind == "sensors" else ()
+    return featurizer, decoder_for(spec.kind, channels=channels, max_bytes=spec.max_event_bytes)
+
+
+def learner_factory(
+    settings: Settings, spec: PipelineSettings, featurizer: Any, device: torch.device | str
+) -> Callable[[], Learner]:
+    o = spec.optimizer
+    graphs = settings.cuda_graphs and torch.device(device).type == "cuda"
+
+    def make() -> Learner:
+        return Learner(
+            build_model(spec.kind, spec.model, featurizer),
+            featurizer.task,
+            optimizer=o.name,
+            lr=o.lr,
+            weight_decay=o.weight_decay,
+            grad_clip_norm=o.grad_clip_norm,
+            device=device,
+            sparse_embeddings=o.sparse_embeddings,
+            embedding_optimizer=o.embedding_optimizer,
+            embedding_lr=o.embedding_lr,
+            fixed_batch=spec.batch.max_size if graphs else None,
+            cuda_graphs=graphs,
+            bf16=settings.bf16,
+        )
+
+    return make
+
+
+def learner(
+    settings: Settings, spec: PipelineSettings, make: Callable[[], Learner], models_dir: Path
+) -> Learner | KeyedLearner:
+    """One shared learner, or (``by_key``) one small learner per key."""
+    try:
+        if spec.partitioning == "by_key":
+            return KeyedLearner(make, models_dir, spec.max_models, lr=spec.optimizer.lr,
+                                keep=settings.checkpoint.keep)  # fmt: skip
+        return make()
+    except ValueError as err:
+        raise ConfigError(f"pipeline {spec.name}: {err}") from None
+
+
+def monitors(spec: PipelineSettings) -> tuple[DriftMonitor | None, InputDriftMonitor | None]:
+    """The loss's drift monitor and the inputs' (either may be off)."""
+    d = spec.drift
+    signal = {"block": d.block, "warmup": d.warmup_blocks, "half_life": d.reference_half_life}
+    try:
+        loss = DriftMonitor(d.detector, d.params, **signal) if d.detector != "none" else None
+    except ValueError as err:
+        raise ConfigError(f"pipeline {spec.name}: drift: {err}") from None
+    return loss, InputDriftMonitor(**signal) if d.input else None
+
+
+def policy(spec: PipelineSettings, spawn: Callable[[], Any]) -> AdaptationPolicy:
+    d = spec.drift
+    try:
+        return AdaptationPolicy(
+            d.actions,
+            d.boost_factor,
+            d.boost_updates,
+            spawn=spawn,
+            challenger={
+                "window": d.challenger_window,
+                "margin": d.challenger_margin,
+                "patience": d.challenger_patience,
+            },
+        )
+    except ValueError as err:
+        raise ConfigError(f"pipeline {spec.name}: drift: {err}") from None

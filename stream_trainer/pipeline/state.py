@@ -1,0 +1,70 @@
+"""A pipeline's checkpoint document: everything a restart needs, in one dict.
+
+Model and optimizers (and the replay buffer), featurizer, drift monitors, policy (a
+racing challenger too), next offsets, ledger, duplicate window, counters. Restoring a
+document that does not fit the pipeline's config is one clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from stream_trainer.errors import StreamTrainerError
+from stream_trainer.pipeline.offsets import fmt_offsets
+
+if TYPE_CHECKING:
+    from stream_trainer.pipeline.core import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def document(p: Pipeline) -> dict[str, Any]:
+    replay = p.replay.state_dict() if p.replay is not None else {}
+    return {
+        "learner": {**p.learner.state_dict(), "replay": replay},
+        "featurizer": p.featurizer.state_dict(),
+        "drift": {
+            **(p.monitor.state_dict() if p.monitor is not None else {}),
+            "input": p.input_monitor.state_dict() if p.input_monitor else {},
+        },
+        "policy": p.policy.state_dict(),
+        **p.offsets.state(),
+        "dedup": p.dedup.state_dict(),
+        "counters": {**p.counters, "smoothed_loss": p.smoothed_loss},
+    }
+
+
+def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
+    try:
+        p.learner.load_state_dict(doc["learner"])
+        if p.replay is not None and doc["learner"].get("replay"):
+            p.replay.load_state_dict(doc["learner"]["replay"])
+        p.featurizer.load_state_dict(doc["featurizer"])
+        if p.monitor is not None and doc["drift"].get("detector"):
+            p.monitor.load_state_dict(doc["drift"])
+        if p.input_monitor is not None and doc["drift"].get("input"):
+            p.input_monitor.load_state_dict(doc["drift"]["input"])
+        p.policy.load_state_dict(doc["policy"])
+        if doc["dedup"]:
+            p.dedup.load_state_dict(doc["dedup"])
+        p.offsets.load(doc)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise StreamTrainerError(
+            f"pipeline {p.name}: checkpoint in {p.store.dir} does not match the "
+            f"config ({str(err)[:300]}); restore the old config, or move the "
+            "checkpoint directory away to start fresh"
+        ) from None
+    p.counters.update({k: int(v) for k, v in doc["counters"].items() if k in p.counters})
+    p.smoothed_loss = float(doc["counters"].get("smoothed_loss", math.nan))
+    log.info(
+        "resumed from checkpoint",
+        extra={
+            "pipeline": p.name,
+            "offsets": fmt_offsets(p.offsets.next),
+            "trained": p.counters["trained"],
+            "model_version": p.learner.updates,
+        },
+    )
