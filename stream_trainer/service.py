@@ -203,20 +203,7 @@ class Service:
         with ExitStack() as stack:
             for p in self.pipelines:
                 p.restore()
-            if self.world.replicated:
-                for p in self.replicated:  # the same order on every rank
-                    hooks = p.hooks
-                    p.attach(
-                        distributed.Replicas(
-                            self.world,
-                            p.name,
-                            self.device,
-                            stall_timeout_s=self.settings.stall_timeout_s,
-                            heartbeat=self.heartbeat,
-                            on_stall=hooks.on_stall,
-                            on_sync=hooks.on_sync,
-                        )
-                    )
+            self._join_replicas()
             check_reachable(self.settings.kafka.bootstrap_servers)
             self.broker_ok_at = time.monotonic()
             probe = threading.Thread(target=self._probe_broker, name="broker-probe", daemon=True)
@@ -242,26 +229,48 @@ class Service:
             # training waits (a latency spike each time).
             gc.collect()
             gc.freeze()
-            for p in self.pipelines:
-                t = threading.Thread(
-                    target=self._run_pipeline, args=(p,), name=f"pipeline-{p.name}", daemon=True
-                )
-                self.threads.append(t)
-                t.start()
-            while not self.stop.is_set() and any(t.is_alive() for t in self.threads):
-                time.sleep(MAIN_THREAD_POLL_S)
-            self.stop.set()
-            deadline = time.monotonic() + STOP_GRACE_S
-            for t in self.threads:
-                t.join(max(0.0, deadline - time.monotonic()))
-            stuck = [t.name for t in self.threads if t.is_alive()]
-            if stuck:
-                log.error("pipelines did not stop in time", extra={"threads": ",".join(stuck)})
+            if not self._run_threads():
                 return 1
-        failed = [p.name for p in self.pipelines if p.failed]
+        return self._exit_code()
+
+    def _join_replicas(self) -> None:
+        for p in self.replicated:  # the same order on every rank
+            p.attach(
+                distributed.Replicas(
+                    self.world,
+                    p.name,
+                    self.device,
+                    stall_timeout_s=self.settings.stall_timeout_s,
+                    heartbeat=self.heartbeat,
+                    on_stall=p.hooks.on_stall,
+                    on_sync=p.hooks.on_sync,
+                )
+            )
+
+    def _run_threads(self) -> bool:
+        """A thread per pipeline until stopped (or all ended); False if one did not stop
+        within the grace period."""
+        for p in self.pipelines:
+            t = threading.Thread(
+                target=self._run_pipeline, args=(p,), name=f"pipeline-{p.name}", daemon=True
+            )
+            self.threads.append(t)
+            t.start()
+        while not self.stop.is_set() and any(t.is_alive() for t in self.threads):
+            time.sleep(MAIN_THREAD_POLL_S)
+        self.stop.set()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self.threads if t.is_alive()]
+        if stuck:
+            log.error("pipelines did not stop in time", extra={"threads": ",".join(stuck)})
+        return not stuck
+
+    def _exit_code(self) -> int:
         if self.stalled:
             return EXIT_STALLED
-        if failed:
+        if any(p.failed for p in self.pipelines):
             return 1
         if any(p.regroup for p in self.pipelines):
             log.warning(

@@ -56,8 +56,37 @@ class StepResult:
         return float(self.losses.mean()) if self.losses.size else math.nan
 
 
+def _sparse_or_dense(
+    cuda: bool, sparse: bool | None, cuda_graphs: bool, fixed_batch: int | None
+) -> bool:
+    """Whether embeddings get sparse gradients (None: on the CPU yes, on a GPU no), with
+    the CUDA-graph path's requirements checked."""
+    if cuda_graphs and not cuda:
+        raise ValueError("cuda_graphs needs device 'cuda'")
+    if sparse is None:
+        sparse = not cuda
+    if cuda_graphs and sparse:
+        raise ValueError("cuda_graphs needs dense embeddings (sparse_embeddings: false)")
+    if cuda_graphs and not fixed_batch:
+        raise ValueError("cuda_graphs needs fixed_batch (the batch size to capture)")
+    return sparse
+
+
 class Learner:
-    """Owns a model and its optimizer; ``step`` is the only place weights change."""
+    """Owns a model and its optimizer; ``step`` is the only place weights change.
+
+    ``sparse_embeddings=None`` means sparse on the CPU (a step then touches only the rows
+    of its batch), dense on a GPU (where a dense fused update is cheap and keeps shapes
+    fixed). Sparse embeddings use ``embedding_optimizer`` at ``embedding_lr`` (``None``:
+    ``lr``); weight decay applies to dense weights only.
+
+    ``fixed_batch``: pad every batch of up to that many rows to exactly that many (padded
+    rows are masked out of the loss). ``cuda_graphs`` (CUDA only, implies fixed batches
+    and dense embeddings): forward and backward are captured once and replayed; the
+    finiteness guards and the optimizer step stay outside the graph, so a bad batch is
+    still refused exactly. ``bf16``: autocast the forward pass to bfloat16 (losses,
+    gradients and weights stay float32).
+    """
 
     def __init__(
         self,
@@ -76,17 +105,6 @@ class Learner:
         cuda_graphs: bool = False,
         bf16: bool = False,
     ) -> None:
-        """``sparse_embeddings=None`` means sparse on the CPU (a step then touches only
-        the rows of its batch), dense on a GPU (where a dense fused update is cheap and
-        keeps shapes fixed). Sparse embeddings use ``embedding_optimizer`` at
-        ``embedding_lr`` (``None``: ``lr``); weight decay applies to dense weights only.
-
-        ``fixed_batch``: pad every batch of up to that many rows to exactly that many
-        (padded rows are masked out of the loss). ``cuda_graphs`` (CUDA only, implies
-        fixed batches and dense embeddings): forward and backward are captured once
-        and replayed; the finiteness guards and the optimizer step stay outside the
-        graph, so a bad batch is still refused exactly. ``bf16``: autocast the forward
-        pass to bfloat16 (losses, gradients and weights stay float32)."""
         if task not in ("binary", "regression"):
             raise ValueError(f"task must be 'binary' or 'regression', not {task!r}")
         self.device = torch.device(device)
@@ -94,14 +112,7 @@ class Learner:
         self.task = task
         self.grad_clip_norm = grad_clip_norm
         cuda = self.device.type == "cuda"
-        if cuda_graphs and not cuda:
-            raise ValueError("cuda_graphs needs device 'cuda'")
-        if sparse_embeddings is None:
-            sparse_embeddings = not cuda
-        if cuda_graphs and sparse_embeddings:
-            raise ValueError("cuda_graphs needs dense embeddings (sparse_embeddings: false)")
-        if cuda_graphs and not fixed_batch:
-            raise ValueError("cuda_graphs needs fixed_batch (the batch size to capture)")
+        sparse_embeddings = _sparse_or_dense(cuda, sparse_embeddings, cuda_graphs, fixed_batch)
         sparse = use_sparse_embeddings(self.model, sparse_embeddings) if sparse_embeddings else []
         sparse_ids = {id(p) for p in sparse}
         self._groups = (
@@ -137,6 +148,10 @@ class Learner:
             "bf16": bf16,
         }
         self._pin = cuda
+        self._gpu_path(fixed_batch, cuda_graphs, bf16)
+
+    def _gpu_path(self, fixed_batch: int | None, cuda_graphs: bool, bf16: bool) -> None:
+        """Fixed-shape batches, the captured graph and autocast (see ``__init__``)."""
         self.static = StaticBatch(fixed_batch, self.device) if fixed_batch else None
         self.cuda_graphs = cuda_graphs
         self.autocast = (
@@ -248,20 +263,7 @@ class Learner:
             old_inputs, old_targets = replay
             inputs = {k: np.concatenate([v, old_inputs[k]]) for k, v in inputs.items()}
             targets = np.concatenate([targets, old_targets])
-        graphed = False
-        if self.static is not None and targets.shape[0] <= self.static.size:
-            x, y, m = self.static.load(inputs, targets)
-            if self.cuda_graphs:
-                if self._graph is None or self._graph_shapes != self.static.shapes:
-                    self._capture(x, y, m)
-                assert self._graph is not None and self._graph_out is not None
-                self._graph.replay()
-                out, per, loss = self._graph_out
-                graphed = True
-            else:
-                out, per, loss = self._forward(x, y, m)
-        else:
-            out, per, loss = self._forward(self._tensors(inputs), self._tensor(targets), None)
+        out, per, loss, graphed = self._score(inputs, targets)
         result = StepResult(per[:n].detach().cpu().numpy(), self._to_numpy(out[:n]))
         if not torch.isfinite(loss):
             result.skipped = SKIP_NON_FINITE_LOSS
@@ -291,6 +293,23 @@ class Learner:
         self.optimizer.step()
         self.updates += 1
         return result
+
+    def _score(
+        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Forward with the pre-update weights: outputs, per-example and mean loss, and
+        whether a captured graph ran (then the gradients are written already)."""
+        if self.static is None or targets.shape[0] > self.static.size:
+            out, per, loss = self._forward(self._tensors(inputs), self._tensor(targets), None)
+            return out, per, loss, False
+        x, y, m = self.static.load(inputs, targets)
+        if not self.cuda_graphs:
+            return (*self._forward(x, y, m), False)
+        if self._graph is None or self._graph_shapes != self.static.shapes:
+            self._capture(x, y, m)
+        assert self._graph is not None and self._graph_out is not None
+        self._graph.replay()
+        return (*self._graph_out, True)
 
     # ---- replicas ----------------------------------------------------------------------
     def idle_step(self, reduce: Reduce) -> bool:

@@ -93,21 +93,11 @@ class Demo:
         return run
 
     def _run(self, broker: LocalBroker, duration: float | None, logs: Path) -> None:
-        bootstrap = broker.bootstrap
         run = self._next_run()
         checkpoints = self.workdir / "checkpoints"
         resumes = checkpoints.is_dir() and any(checkpoints.glob("*/ckpt-*.pt"))
-        create_topics(bootstrap, {k: 2 for k in STREAMS})
-        config = yaml.safe_load(CONFIG.read_text())
-        config["kafka"]["bootstrap_servers"] = bootstrap
-        config["metrics"]["address"] = self.metrics_address
-        config["checkpoint"]["dir"] = str(checkpoints.resolve())
-        config["history"] = {
-            "path": str((self.workdir / "history.jsonl").resolve()),
-            "every_seconds": 2.0,
-        }
-        cfg_path = self.workdir / "pipelines.yaml"
-        cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        create_topics(broker.bootstrap, {k: 2 for k in STREAMS})
+        cfg_path = self._write_config(broker.bootstrap, checkpoints)
         daemon_log = open(logs / "daemon.log", "wb")  # noqa: SIM115
         self.daemon = procs.spawn(
             procs.python_module("run", "--config", str(cfg_path), "--log-level", self.log_level),
@@ -116,30 +106,7 @@ class Demo:
         )
         self.children.append(self.daemon)
         for kind, (seed, every) in STREAMS.items():
-            log = open(logs / f"produce-{kind}.log", "wb")  # noqa: SIM115
-            self.children.append(
-                procs.spawn(
-                    procs.python_module(
-                        "produce",
-                        kind,
-                        "--bootstrap-servers",
-                        bootstrap,
-                        "--rate",
-                        str(self.rate),
-                        "--seed",
-                        str(seed),
-                        "--stream",
-                        str(run - 1),
-                        "--drift-every",
-                        str(every),
-                        "--quiet",
-                        "--linger-ms",  # fewer, larger batches: the in-memory broker lasts longer
-                        "50",
-                    ),
-                    stdout=log,
-                    stderr=log,
-                )
-            )
+            self.children.append(self._producer(broker.bootstrap, kind, seed, every, run, logs))
         url = f"http://{self.metrics_address}/metrics"
         self._say(
             f"producers   clicks, ticks, sensors at {self.rate:g} events/s each, "
@@ -155,6 +122,31 @@ class Demo:
         self._say(f"metrics     {url}  (also /healthz, /readyz)")
         self._say("Ctrl-C to stop\n")
         self._summary_loop(url, duration)
+
+    def _write_config(self, bootstrap: str, checkpoints: Path) -> Path:
+        """The demo's config (the packaged one, pointed at this run's broker and files)."""
+        config = yaml.safe_load(CONFIG.read_text())
+        config["kafka"]["bootstrap_servers"] = bootstrap
+        config["metrics"]["address"] = self.metrics_address
+        config["checkpoint"]["dir"] = str(checkpoints.resolve())
+        config["history"] = {
+            "path": str((self.workdir / "history.jsonl").resolve()),
+            "every_seconds": 2.0,
+        }
+        cfg_path = self.workdir / "pipelines.yaml"
+        cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return cfg_path
+
+    def _producer(
+        self, bootstrap: str, kind: str, seed: int, every: int, run: int, logs: Path
+    ) -> subprocess.Popen[bytes]:
+        """One kind's producer: this run's stream of the seed (never an earlier run's)."""
+        log = open(logs / f"produce-{kind}.log", "wb")  # noqa: SIM115
+        args = [kind, "--bootstrap-servers", bootstrap, "--rate", str(self.rate),
+                "--seed", str(seed), "--stream", str(run - 1), "--drift-every", str(every),
+                "--quiet", "--linger-ms", "50"]  # fmt: skip
+        # (--linger-ms: fewer, larger batches: the in-memory broker lasts longer)
+        return procs.spawn(procs.python_module("produce", *args), stdout=log, stderr=log)
 
     def _summary_loop(self, url: str, duration: float | None) -> None:
         t_end = None if duration is None else time.monotonic() + duration

@@ -39,66 +39,87 @@ _UPDATE_BUCKETS = steps_125(0.0001, 1.0)
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-
-        def make(cls: type, name: str, doc: str, *labels: str, **kw: Any) -> Any:
-            return cls(PREFIX + name, doc, ["pipeline", *labels], registry=registry, **kw)
-
         Info(PREFIX + "build", "stream-trainer version", registry=registry).info(
             {"version": __version__}
         )
-        self.consumed = make(Counter, "events_consumed", "Events read from Kafka")
-        self.trained = make(Counter, "events_trained", "Events whose example reached an update")
-        self.rejected = make(Counter, "events_rejected", "Events refused, by reason", "reason")
-        self.seeded = make(
+        self._events()
+        self._learning()
+        self._replicas()
+        self._operations()
+        self._checkpoints_and_broker()
+
+    def _make(self, cls: type, name: str, doc: str, *labels: str, **kw: Any) -> Any:
+        """A metric labelled by pipeline (and ``labels``), in this registry."""
+        return cls(PREFIX + name, doc, ["pipeline", *labels], registry=self.registry, **kw)
+
+    def _events(self) -> None:
+        self.consumed = self._make(Counter, "events_consumed", "Events read from Kafka")
+        self.trained = self._make(
+            Counter, "events_trained", "Events whose example reached an update"
+        )
+        self.rejected = self._make(
+            Counter, "events_rejected", "Events refused, by reason", "reason"
+        )
+        self.seeded = self._make(
             Counter, "events_seeded", "Events that only seeded per-key state (a key's warm-up)"
         )
-        self.updates = make(Counter, "updates", "Optimizer updates applied")
-        self.skipped = make(
+
+    def _learning(self) -> None:
+        self.updates = self._make(Counter, "updates", "Optimizer updates applied")
+        self.skipped = self._make(
             Counter, "updates_skipped", "Updates refused by a guard, by reason", "reason"
         )
-        self.loss = make(
+        self.loss = self._make(
             Gauge,
             "loss",
             "Prequential loss (before the update): last batch, and smoothed over ~1000 events",
             "window",
         )
-        self.lr = make(Gauge, "learning_rate", "Current learning rate")
-        self.model_version = make(Gauge, "model_version", "Updates applied over the model's life")
-        self.drift = make(Counter, "drift_detected", "Drift detections (loss going up)", "detector")
-        self.last_drift = make(
+        self.lr = self._make(Gauge, "learning_rate", "Current learning rate")
+        self.model_version = self._make(
+            Gauge, "model_version", "Updates applied over the model's life"
+        )
+        self.drift = self._make(
+            Counter, "drift_detected", "Drift detections (loss going up)", "detector"
+        )
+        self.last_drift = self._make(
             Gauge, "last_drift_timestamp_seconds", "Unix time of the last drift detection"
         )
-        self.input_drift = make(
+        self.input_drift = self._make(
             Counter,
             "input_drift_detected",
             "Input drift detections (float feature statistics moved)",
         )
-        self.anomalies = make(Counter, "anomalies", "Events scored as anomalies")
-        self.sync_seconds = make(
+        self.anomalies = self._make(Counter, "anomalies", "Events scored as anomalies")
+
+    def _replicas(self) -> None:
+        self.sync_seconds = self._make(
             Histogram,
             "sync_duration_seconds",
             "Replicas: time in one collective (round, gradients, average, broadcast)",
             "kind",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
         )
-        self.sync_checks = make(
+        self.sync_checks = self._make(
             Counter, "sync_checks", "Replicas: weight fingerprints compared", "result"
         )
-        self.keyed_models = make(
+        self.keyed_models = self._make(
             Gauge, "keyed_models", "by_key pipelines: models held by this process's shards"
         )
-        self.stalls = make(
+        self.stalls = self._make(
             Counter,
             "replica_stalls",
             "Replicas: collectives that failed (a replica stalled or left)",
         )
-        self.challenger = make(
+
+    def _operations(self) -> None:
+        self.challenger = self._make(
             Counter,
             "challenger_outcomes",
             "Challenger models (drift action) promoted to champion or dropped",
             "outcome",
         )
-        self.quality = make(
+        self.quality = self._make(
             Gauge,
             "quality",
             "Prequential quality over the last 10k examples (clicks: log_loss, auc, "
@@ -106,39 +127,43 @@ class Metrics:
             "directional_accuracy; sensors: mse, normalized_mse, anomaly_rate)",
             "metric",
         )
-        self.update_seconds = make(
+        self.update_seconds = self._make(
             Histogram, "update_seconds", "Duration of one training step", buckets=_UPDATE_BUCKETS
         )
-        self.freshness = make(
+        self.freshness = self._make(
             Histogram,
             "event_to_update_seconds",
             "Time from an event's Kafka timestamp to the update that learned from it",
             buckets=_LATENCY_BUCKETS,
         )
-        self.last_update = make(
+        self.last_update = self._make(
             Gauge, "last_update_timestamp_seconds", "Unix time of the last optimizer update"
         )
-        self.lag = make(
+        self.lag = self._make(
             Gauge,
             "consumer_lag",
             "Messages behind the partition's high watermark",
             "topic",
             "partition",
         )
-        self.checkpoints = make(Counter, "checkpoints", "Checkpoints written")
-        self.checkpoint_seconds = make(
+
+    def _checkpoints_and_broker(self) -> None:
+        self.checkpoints = self._make(Counter, "checkpoints", "Checkpoints written")
+        self.checkpoint_seconds = self._make(
             Histogram, "checkpoint_seconds", "Time to write one checkpoint"
         )
-        self.last_checkpoint = make(
+        self.last_checkpoint = self._make(
             Gauge, "last_checkpoint_timestamp_seconds", "Unix time of the last durable checkpoint"
         )
-        self.clipped = make(Counter, "updates_clipped", "Updates whose gradient norm was clipped")
-        self.checkpoint_failures = make(
+        self.clipped = self._make(
+            Counter, "updates_clipped", "Updates whose gradient norm was clipped"
+        )
+        self.checkpoint_failures = self._make(
             Counter,
             "checkpoint_failures",
             "Checkpoints postponed (outputs undeliverable, or the write failed)",
         )
-        self.offset_resets = make(
+        self.offset_resets = self._make(
             Counter,
             "offset_resets",
             "Partitions whose log went back to an earlier offset (broker lost data)",
@@ -149,14 +174,16 @@ class Metrics:
             PREFIX + "replica",
             "1, labelled with this process's rank and the number of replicas (torchrun)",
             ["rank", "world_size"],
-            registry=registry,
+            registry=self.registry,
         )
         self.broker_up = Gauge(
             PREFIX + "broker_up",
             "1 when a bootstrap server answered the last probe, else 0",
-            registry=registry,
+            registry=self.registry,
         )
-        self.assigned = make(Gauge, "assigned_partitions", "Partitions assigned to this pipeline")
+        self.assigned = self._make(
+            Gauge, "assigned_partitions", "Partitions assigned to this pipeline"
+        )
 
     def pipeline(self, name: str, detector: str = "none") -> PipelineMetrics:
         return PipelineMetrics(self, name, detector)
