@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup tools run test test-slow soak bench bench-gpu bench-replicas lint fmt clean
+.PHONY: setup tools run test test-slow soak bench bench-ab bench-gpu bench-replicas lint fmt clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,14 @@ BENCH_ARGS ?=
 bench: setup
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python scripts/bench.py --out BENCHMARKS.md $(BENCH_ARGS)
+
+# The same benchmark on BASE and on this tree, alternating, medians side by side (an A/B
+# that the machine's noise cannot fake): make bench-ab BASE=<commit> [BENCH_AB_ARGS=...]
+BASE ?= HEAD~1
+BENCH_AB_ARGS ?=
+bench-ab: setup
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python scripts/bench_ab.py --base $(BASE) $(BENCH_AB_ARGS)
 
 # The GPU figures (torch and numpy only): fills the GPU section of BENCHMARKS.md.
 bench-gpu: setup

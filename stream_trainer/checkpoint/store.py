@@ -67,22 +67,10 @@ class CheckpointStore:
             existing = self.files()
             seq = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
             final = self.dir / f"ckpt-{seq:012d}.pt"
-            tmp = self.dir / f".{final.name}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as fh:
-                torch.save(doc, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            dir_fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
         except OSError as err:
-            raise CheckpointError(
-                f"cannot write checkpoint in {self.dir}: {err.strerror}; "
-                "check the directory exists, is writable and has space"
-            ) from None
+            raise _unwritable(self.dir, err) from None
+        write_atomically(doc, final)
+        fsync_dir(self.dir)
         for old in [*existing, final][: -self.keep]:
             old.unlink(missing_ok=True)
         return final
@@ -105,6 +93,39 @@ class CheckpointStore:
         if files:
             log.warning("no readable checkpoint; starting fresh", extra={"dir": str(self.dir)})
         return None
+
+
+def write_atomically(obj: Any, final: Path) -> None:
+    """``torch.save`` to a temp file, fsync it, rename it over ``final`` (then fsync the
+    directory, once for all files written, with :func:`fsync_dir`)."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as err:
+        raise _unwritable(final.parent, err) from None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the renames in ``path`` durable."""
+    try:
+        dir_fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise _unwritable(path, err) from None
+
+
+def _unwritable(path: Path, err: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"cannot write checkpoint in {path}: {err.strerror}; "
+        "check the directory exists, is writable and has space"
+    )
 
 
 def _check_keys(doc: Any) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stream_trainer.checkpoint.store import fsync_dir, write_atomically
 from stream_trainer.learner.prequential import Learner, StepResult
 
 log = logging.getLogger(__name__)
@@ -178,15 +178,13 @@ class KeyedLearner:
         for key in sorted(self.dirty):
             learner = self.resident[key]
             name = _file_name(key, self.version)
-            tmp = self.dir / f".{name}.tmp"
-            torch.save(learner.state_dict(), tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.dir / name)
+            write_atomically(learner.state_dict(), self.dir / name)
             if key in self.files:
                 self.superseded.append((self.files[key], self.saves))
             self.files[key] = name
             self.saved_updates[key] = learner.updates
+        if self.dirty:
+            fsync_dir(self.dir)
         self.dirty.clear()
         return {
             "keys": sorted(self.files),

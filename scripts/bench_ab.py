@@ -1,0 +1,90 @@
+"""`make bench-ab BASE=<rev>`: `scripts/bench.py` on two commits in one run, alternating.
+
+The machine is shared and noisy, so one tree measured after the other says little: this
+runs each tree's own benchmark script (the base in a temporary git worktree) in turns,
+``--rounds`` times, and prints the medians side by side with their ratio. Ratios
+against the bare client in the same bench run (``e2e / client``) are the figures to
+compare; absolute rates move with the machine.
+
+    .venv/bin/python scripts/bench_ab.py --base 93b9173 [--rounds 3] [-- BENCH ARGS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BENCH = ["--events", "100000", "--repeats", "1", "--rates", "1000,5000,20000",
+                 "--latency-seconds", "8"]  # fmt: skip
+
+
+def run_bench(tree: Path, args: list[str], out: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, "scripts/bench.py", "--out", str(out.with_suffix(".md")),
+           "--json", str(out), *args]  # fmt: skip
+    subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=sys.stderr)
+    return json.loads(out.read_text())
+
+
+def figures(r: dict[str, Any]) -> dict[str, float]:
+    """The rows compared: rates, ratios to the client in the same run, latency."""
+    med = statistics.median
+    client = med(r["client_decode"])
+    out = {"client consume + decode, events/s": client}
+    for kind, runs in r["e2e"].items():
+        out[f"daemon {kind}, events/s"] = med(runs)
+        out[f"daemon {kind} / client"] = med(runs) / client
+        out[f"daemon {kind} RSS, MB"] = med(r["rss"][kind])
+    for bs, v in r["core"].items():
+        out[f"trainer core batch {bs}, events/s"] = med(v["rate"])
+    for rate, runs in r["latency"].items():
+        out[f"p99 latency at {rate}/s, ms"] = med([x["p99"] for x in runs])
+        out[f"p50 latency at {rate}/s, ms"] = med([x["p50"] for x in runs])
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True, help="the commit to compare against")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each tree, alternating")
+    ap.add_argument("bench", nargs=argparse.REMAINDER, help="-- then bench.py's arguments")
+    a = ap.parse_args()
+    bench_args = [x for x in a.bench if x != "--"] or DEFAULT_BENCH
+    work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    base_tree = work / "base"
+    subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), a.base],
+                   cwd=ROOT, check=True, stdout=sys.stderr)  # fmt: skip
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    results: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
+    try:
+        for i in range(a.rounds):
+            for name, tree in (("base", base_tree), ("head", ROOT)):
+                print(f"[bench-ab] round {i + 1}/{a.rounds}: {name}", file=sys.stderr, flush=True)
+                results[name].append(figures(run_bench(tree, bench_args, work / f"{name}{i}.json")))
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT)
+    print(
+        f"Command: `scripts/bench_ab.py --base {a.base} --rounds {a.rounds} -- "
+        f"{' '.join(bench_args)}` (head {head}; medians of {a.rounds} alternating runs)\n"
+    )
+    print(f"| figure | base {a.base} | head {head} | head / base |")
+    print("|---|---:|---:|---:|")
+    for key in results["head"][0]:
+        b = statistics.median(x[key] for x in results["base"] if key in x)
+        h = statistics.median(x[key] for x in results["head"])
+        fmt = (lambda v: f"{v:.3f}") if "/ client" in key else (lambda v: f"{v:,.1f}")
+        print(f"| {key} | {fmt(b)} | {fmt(h)} | {h / b:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
