@@ -95,6 +95,7 @@ class Pipeline(AfterUpdate):
         self.smoothed_loss = self.last_batch_loss = math.nan
         self.source: Source | None = None
         self.sink: Sink | None = None
+        self.stop = threading.Event()  # the service's, once running
         self.last_checkpoint = clock()
         self.failed: str | None = None
         self.restored = False
@@ -317,7 +318,7 @@ class Pipeline(AfterUpdate):
         *,
         idle_poll_s: float = IDLE_POLL_S,
     ) -> None:
-        self.source, self.sink = source, sink
+        self.source, self.sink, self.stop = source, sink, stop
         run_loop(self, source, stop, self.name, clock=self.clock, idle_poll_s=idle_poll_s)
 
     def poll_timeout(self, idle_s: float) -> float:

@@ -13,7 +13,6 @@ partitions' offsets.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -22,8 +21,7 @@ from stream_trainer.errors import ConfigError
 from stream_trainer.pipeline.commit import commit_offsets, make_durable
 from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.pipeline.ledger import OffsetLedger
-from stream_trainer.pipeline.loop import IDLE_POLL_S
-from stream_trainer.pipeline.ports import TP, Record, Sink, Source
+from stream_trainer.pipeline.ports import TP, Record
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,6 @@ class ReplicatedPipeline(Pipeline):
             )
         self.replicas: Replicas | None = None
         self.drift_pending = False  # a detection to act on in the next round
-        self._stop = threading.Event()
         self._rounds = self._local_steps = 0
         self._last_avg = self.clock()
 
@@ -82,17 +79,6 @@ class ReplicatedPipeline(Pipeline):
         )  # fmt: skip
 
     # ---- the loop ----------------------------------------------------------------------
-    def run(
-        self,
-        source: Source,
-        sink: Sink | None,
-        stop: threading.Event,
-        *,
-        idle_poll_s: float = IDLE_POLL_S,
-    ) -> None:
-        self._stop = stop
-        super().run(source, sink, stop, idle_poll_s=idle_poll_s)
-
     def step(self, records: list[Record], stopping: bool) -> bool:
         """Handle the poll, then one round with the others; False once any replica stops."""
         sync = self.spec.sync
@@ -126,7 +112,7 @@ class ReplicatedPipeline(Pipeline):
         if stopping_all:
             # a replica asked to stop leaves after this checkpoint; the others exit too,
             # for torchrun to restart them in a group of those that remain
-            self.regroup = not self._stop.is_set()
+            self.regroup = not self.stop.is_set()
             return False
         return True
 
