@@ -34,7 +34,7 @@ import torch
 from stream_trainer.config import KafkaSettings, parse_settings
 from stream_trainer.edges.common import create_topics
 from stream_trainer.edges.source import consumer_config
-from stream_trainer.evaluation.evaluate import click_tokens, vw_line
+from stream_trainer.evaluation.baselines import click_tokens, vw_line
 from stream_trainer.features.clicks import ClickFeaturizer
 from stream_trainer.learner import Learner
 from stream_trainer.local.broker import LocalBroker, free_port

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from stream_trainer.evaluation import drift_suite as ds
+from stream_trainer.evaluation.drift_cases import Change, _abrupt
+from stream_trainer.evaluation.reporting import drift_suite_markdown
 
 
 def test_scoring_counts_hits_false_alarms_and_stable_events():
-    changes = [ds.Change(1_000), ds.Change(5_000, width=400)]
+    changes = [Change(1_000), Change(5_000, width=400)]
     # a hit 50 after the first change, a second detection in its window (a false alarm,
     # not in a stable stretch), one before the gradual change's transition starts (a
     # false alarm in a stable stretch), a hit inside that transition, one far after
@@ -28,7 +30,7 @@ def test_scoring_counts_hits_false_alarms_and_stable_events():
 
 
 def test_no_detections_is_zero_recall_not_an_error():
-    r = ds.score([], [ds.Change(10)], n=100, tol=5)
+    r = ds.score([], [Change(10)], n=100, tol=5)
     o = ds.summarise([r])
     assert (o["precision"], o["recall"], o["f1"]) == (0.0, 0.0, 0.0) and math.isnan(o["delay"])
 
@@ -37,7 +39,7 @@ def test_abrupt_concepts_switch_exactly_at_the_positions():
     def make(k):
         return iter([k] * 100)
 
-    assert list(ds._abrupt(make, [3, 5])) == [0, 0, 0, 1, 1] + [2] * 100
+    assert list(_abrupt(make, [3, 5])) == [0, 0, 0, 1, 1] + [2] * 100
 
 
 def test_a_small_suite_end_to_end_finds_the_obvious_changes():
@@ -56,7 +58,7 @@ def test_a_small_suite_end_to_end_finds_the_obvious_changes():
         assert o["changes"] == 3 + 2 + 3 + 1 + 2 + 1 and 0.0 <= o["f1"] <= 1.0
     # every input alarm on the river streams is false: their drifts change the concept
     assert all(isinstance(s["input_alarms"], int) for s in report["streams"][:5])
-    text = ds.markdown(report)
+    text = drift_suite_markdown(report)
     assert "| ours: page_hinkley |" in text and "false alarms per 1M stable events" in text
 
 

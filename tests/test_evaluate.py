@@ -8,7 +8,10 @@ import math
 import pytest
 
 from stream_trainer.cli import main
-from stream_trainer.evaluation import evaluate as ev
+from stream_trainer.evaluation import reporting, studies
+from stream_trainer.evaluation.compare import compare
+from stream_trainer.evaluation.streams import from_file, generated, recurring_clicks
+from stream_trainer.producers import make_generator
 
 
 def results(report: dict) -> dict[str, dict]:
@@ -16,8 +19,8 @@ def results(report: dict) -> dict[str, dict]:
 
 
 def test_clicks_ours_beats_the_constant_rate_and_every_method_scores_the_same_events():
-    stream = ev.generated("clicks", 6000, seed=3, drift_at=3000)
-    report = ev.evaluate(stream, vw=False)
+    stream = generated("clicks", 6000, seed=3, drift_at=3000)
+    report = compare(stream, vw=False)
     r = results(report)
     assert report["scored"] == 6000 and report["rejected"] == 0
     assert {"ours", "constant rate", "River LogisticRegression",
@@ -35,8 +38,8 @@ def test_clicks_ours_beats_the_constant_rate_and_every_method_scores_the_same_ev
     ("kind", "events", "trees"), [("ticks", 3000, True), ("sensors", 6000, False)]
 )
 def test_series_baselines_are_scored_in_raw_units_on_our_examples(kind, events, trees):
-    stream = ev.generated(kind, events, seed=1)
-    report = ev.evaluate(stream, trees=trees)
+    stream = generated(kind, events, seed=1)
+    report = compare(stream, trees=trees)
     r = results(report)
     assert 0 < report["scored"] < events  # each key's first readings only seed state
     assert r["ours"]["mse"] < r["River LinearRegression"]["mse"]
@@ -50,9 +53,9 @@ def test_series_baselines_are_scored_in_raw_units_on_our_examples(kind, events, 
 
 def test_bad_lines_in_a_file_are_rejected_not_fatal(tmp_path):
     path = tmp_path / "clicks.jsonl"
-    good = [json.dumps(e) for e in ev.make_generator("clicks", seed=0, count=600)]
+    good = [json.dumps(e) for e in make_generator("clicks", seed=0, count=600)]
     path.write_text("\n".join([*good[:300], "not json", '{"user_id": 1}', *good[300:]]))
-    report = ev.evaluate(ev.from_file("clicks", path), vw=False)
+    report = compare(from_file("clicks", path), vw=False)
     assert report["events"] == 602 and report["rejected"] == 2 and report["scored"] == 600
 
 
@@ -72,33 +75,63 @@ def test_cli_explains_a_missing_input(capsys):
 
 
 def test_adaptation_runs_every_policy_on_the_same_drifting_stream(capsys):
-    stream = ev.generated("clicks", 16000, seed=6, drift_at=8000)
-    report = ev.adaptation(stream)
-    assert [r["policy"] for r in report["rows"]] == list(ev.ADAPTATIONS)
+    stream = generated("clicks", 16000, seed=6, drift_at=8000)
+    report = studies.adaptation(stream)
+    assert [r["policy"] for r in report["rows"]] == list(studies.ADAPTATIONS)
     for r in report["rows"]:
         assert r["pre_drift_loss"] > 0 and r["peak"] >= r["pre_drift_loss"] * 0.5
         assert r["events_to_recover"] >= 0 and r["events_per_s"] > 0
     none = report["rows"][0]
     assert none["promotions"] == 0
-    text = ev.adaptation_markdown(report)
+    text = reporting.adaptation_markdown(report)
     assert "| challenger |" in text and "events to recover" in text
 
 
 def test_adaptation_needs_a_known_drift(tmp_path, capsys):
     path = tmp_path / "c.jsonl"
-    path.write_text("\n".join(json.dumps(e) for e in ev.make_generator("clicks", count=50)))
-    assert main(["evaluate", "--kind", "clicks", "--input", str(path), "--adaptation"]) != 0
+    path.write_text("\n".join(json.dumps(e) for e in make_generator("clicks", count=50)))
+    assert (
+        main(["evaluate", "--kind", "clicks", "--input", str(path), "--study", "adaptation"]) != 0
+    )
     assert "needs a stream with --drift-at" in capsys.readouterr().err
 
 
 def test_replay_study_compares_with_and_without_a_buffer(capsys):
-    stream = ev.recurring_clicks(9000, seed=1)
+    stream = recurring_clicks(9000, seed=1)
     assert stream.drift_at == [3000, 6000]
-    report = ev.replay_study(stream, capacities=(0, 2000))
+    report = studies.replay_study(stream, capacities=(0, 2000))
     off, on = report["rows"]
     assert off["replay"] == "off" and on["replay"].startswith("2,000 examples")
     for r in (off, on):
         assert 0.3 < r["loss_first_a"] < 0.8 and 0.3 < r["loss_return_window"] < 0.8
-    assert "| off |" in ev.replay_markdown(report)
-    assert main(["evaluate", "--kind", "ticks", "--replay-study"]) != 0
-    assert "--replay-study uses its own click stream" in capsys.readouterr().err
+    assert "| off |" in reporting.replay_markdown(report)
+    assert main(["evaluate", "--kind", "ticks", "--study", "replay"]) != 0
+    assert "--study replay uses its own click stream" in capsys.readouterr().err
+
+
+def test_the_study_is_one_choice_and_the_comparison_is_the_default(monkeypatch, capsys):
+    from stream_trainer.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "--kind", "clicks"]).study == "compare"
+    args = parser.parse_args(["evaluate", "--study", "drift-suite", "--events", "10"])
+    assert args.study == "drift-suite" and args.kind is None
+    for old in ("--adaptation", "--replay-study", "--drift-suite"):  # the flags it replaced
+        with pytest.raises(SystemExit):
+            parser.parse_args(["evaluate", "--kind", "clicks", old])
+    capsys.readouterr()
+    monkeypatch.setenv("STREAM_TRAINER_EVALUATE_STUDY", "nope")
+    assert main(["evaluate", "--kind", "clicks", "--events", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--study must be one of compare, adaptation, replay, drift-suite, not 'nope'" in err
+
+
+def test_every_kind_the_cli_offers_has_evaluation_traits():
+    from stream_trainer.cli.flags import KINDS
+    from stream_trainer.evaluation.kinds import EVAL_KINDS
+
+    assert set(EVAL_KINDS) == set(KINDS)
+    for kind, t in EVAL_KINDS.items():
+        assert t.task in ("binary", "regression") and t.baselines in ("clicks", "series"), kind
+        if t.baselines == "series":  # a series kind keys its series and has trivial baselines
+            assert t.key_field and t.feature_key and t.trivial, kind

@@ -6,8 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from kafka import KafkaProducer
@@ -15,23 +14,10 @@ from kafka.errors import KafkaError
 
 from stream_trainer.edges.common import check_reachable, unreachable
 from stream_trainer.errors import StreamTrainerError
+from stream_trainer.producers.files import read_jsonl as read_jsonl  # its old home: re-exported
 from stream_trainer.producers.progress import Progress
 
 log = logging.getLogger(__name__)
-
-
-def read_jsonl(path: str | Path) -> Iterator[bytes]:
-    """Lines of a JSON-lines file, as-is (blank lines skipped; no parsing: bad events are
-    the consumer's to reject)."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the generator
-    except OSError as err:
-        raise StreamTrainerError(f"cannot read {path}: {err.strerror}") from None
-    with fh:
-        for line in fh:
-            line = line.rstrip(b"\r\n")
-            if line.strip():
-                yield line
 
 
 Sendable = dict[str, Any] | bytes | tuple[bytes | None, bytes]

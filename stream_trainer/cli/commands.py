@@ -1,0 +1,181 @@
+"""The commands but ``evaluate``: each takes the parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from stream_trainer.errors import StreamTrainerError
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_broker(a: argparse.Namespace) -> int:
+    """Run the local broker until a signal (or until it dies: an error)."""
+    from stream_trainer.local.broker import LocalBroker
+
+    stop = _stop_on_signals()
+    with LocalBroker(port=a.port, host=a.host) as broker:
+        print(f"broker ready on {broker.bootstrap} (in memory; Ctrl-C to stop)", flush=True)
+        while not stop.is_set() and broker.proc is not None and broker.proc.poll() is None:
+            time.sleep(0.5)  # the main thread polls; never stop.wait() (see service.py)
+        if broker.proc is not None and broker.proc.poll() is not None and not stop.is_set():
+            raise StreamTrainerError(
+                f"the broker exited unexpectedly (code {broker.proc.returncode})"
+            )
+    print("broker stopped", flush=True)
+    return 0
+
+
+def cmd_produce(a: argparse.Namespace) -> int:
+    """Publish a synthetic stream or a JSON-lines file."""
+    from stream_trainer.edges.common import create_topics
+    from stream_trainer.producers.publish import publish
+
+    if bool(a.kind) == bool(a.from_file):
+        raise StreamTrainerError("give either a KIND (clicks, ticks, sensors) or --from-file FILE")
+    events, count, key_field = _file_events(a) if a.from_file else _synthetic_events(a)
+    topic = a.topic or a.kind
+    create_topics(a.bootstrap_servers, {topic: int(a.partitions)})
+    stop = _stop_on_signals()
+    sent = publish(
+        a.bootstrap_servers,
+        topic,
+        events,
+        key_field=key_field,
+        rate=float(a.rate),
+        total=count,
+        stop=stop,
+        progress=not a.quiet,
+        linger_ms=int(a.linger_ms),
+    )
+    logging.getLogger("stream_trainer.produce").info(
+        "produced", extra={"topic": topic, "events": sent}
+    )
+    return 0
+
+
+def _file_events(a: argparse.Namespace) -> tuple[Any, int | None, str | None]:
+    """The file's lines (at most ``--count``), their total, and no key field."""
+    from stream_trainer.producers.files import read_jsonl
+
+    count = int(a.count) if a.count is not None else None
+    if not a.topic:
+        raise StreamTrainerError("--from-file needs --topic")
+    events: Any = read_jsonl(a.from_file)
+    if count is not None:
+        events = itertools.islice(events, count)
+    else:  # a total for the progress bar: one quick pass that only counts lines
+        count = sum(1 for _ in read_jsonl(a.from_file))
+    if a.key_field:
+        events = (_keyed(line, a.key_field) for line in events)
+    return events, count, None
+
+
+def _synthetic_events(a: argparse.Namespace) -> tuple[Any, int | None, str | None]:
+    """The kind's generator, its count (``None``: unbounded) and its key field."""
+    from stream_trainer.producers import generators
+
+    count = int(a.count) if a.count is not None else None
+    events = generators.make_generator(
+        a.kind,
+        seed=int(a.seed),
+        stream=int(a.stream),
+        count=count,
+        drift_at=int(a.drift_at) if a.drift_at is not None else None,
+        drift_every=int(a.drift_every) if a.drift_every is not None else None,
+    )
+    return events, count, generators.KEY_FIELD[a.kind]
+
+
+def _keyed(line: bytes, field: str) -> tuple[bytes | None, bytes]:
+    """Keep the raw bytes as they are; decode only to find the key."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None, line
+    key = doc.get(field) if isinstance(doc, dict) else None
+    return (str(key).encode() if key is not None else None), line
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """Run the training daemon until a signal; its exit code."""
+    from stream_trainer.config import load_settings
+    from stream_trainer.service import Service
+
+    overrides: dict[str, Any] = {}
+    if a.bootstrap_servers:
+        overrides.setdefault("kafka", {})["bootstrap_servers"] = a.bootstrap_servers
+    if a.metrics_address:
+        overrides.setdefault("metrics", {})["address"] = a.metrics_address
+    if a.checkpoint_dir:
+        overrides.setdefault("checkpoint", {})["dir"] = a.checkpoint_dir
+    settings = load_settings(a.config, overrides=overrides)
+    service = Service(settings)
+    service.install_signal_handlers()
+    code = service.run()
+    if service.world.replicated:
+        from stream_trainer import distributed
+        from stream_trainer.service import EXIT_STALLED
+
+        if code == EXIT_STALLED:  # the group is broken: tearing it down may hang
+            logging.shutdown()
+            os._exit(code)
+        distributed.shutdown()
+    return code
+
+
+def cmd_check_config(a: argparse.Namespace) -> int:
+    """Validate a config (models and featurizers built too) and print the effective one."""
+    from stream_trainer.config import dump_settings, load_settings
+    from stream_trainer.models.registry import build_featurizer, build_model
+
+    settings = load_settings(a.file)
+    for p in settings.pipelines:  # also resolve plugins and parameters, without Kafka
+        build_model(p.kind, p.model, build_featurizer(p.kind, p.featurizer))
+    sys.stdout.write(dump_settings(settings))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """Broker, producers and daemon together, with a live summary."""
+    from stream_trainer.local.demo import Demo
+
+    return Demo(
+        workdir=a.workdir,
+        port=int(a.port),
+        metrics_address=a.metrics_address,
+        rate=float(a.rate),
+        log_level=a.log_level,
+    ).run(duration=float(a.duration) if a.duration is not None else None)
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    """Draw loss over time from Prometheus or a history file."""
+    from stream_trainer.evaluation import report
+
+    if bool(a.prometheus) == bool(a.history):
+        raise StreamTrainerError("give either --prometheus URL or --history FILE")
+    history = (
+        report.from_prometheus(a.prometheus, float(a.minutes))
+        if a.prometheus
+        else report.from_history(a.history)
+    )
+    path = report.draw(history, a.out)
+    drifts = sum(len(s.drifts) for s in history.values())
+    print(f"wrote {path}: {len(history)} pipelines, {drifts} drift detections")
+    return 0
