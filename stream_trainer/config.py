@@ -168,7 +168,7 @@ class DriftSettings(_Frozen):
     # watch the float inputs' statistics too (reported, no action: a shift in the inputs
     # that does not raise the loss needs none, and one that does is caught by the loss)
     input: bool = True
-    # challenger by default: measured (`evaluate --adaptation`) to recover sooner than
+    # challenger by default: measured (`evaluate --study adaptation`) to recover sooner than
     # no action, and harmless on a false alarm (it is dropped unless it wins), where
     # reset_optimizer + boost_lr raised the loss after a drift on the click streams
     actions: tuple[DriftAction, ...] = ("challenger",)

@@ -25,8 +25,8 @@ So the detectors see a standardised signal instead:
 * the first ``warmup`` blocks after a (re)start only build the reference.
 
 Under a stable stream the z-scores are then close to N(0, 1) whatever the domain, and
-one set of detector thresholds gives a known false-alarm rate (``evaluate
---drift-suite`` measures it). The state is a handful of floats, so it checkpoints
+one set of detector thresholds gives a known false-alarm rate (``evaluate --study
+drift-suite`` measures it). The state is a handful of floats, so it checkpoints
 without pickling.
 """
 
