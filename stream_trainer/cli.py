@@ -302,7 +302,7 @@ def cmd_broker(a: argparse.Namespace) -> int:
 
 
 def cmd_produce(a: argparse.Namespace) -> int:
-    from stream_trainer.edges.common import create_topics
+    from stream_trainer.edges.admin import create_topics
     from stream_trainer.producers import generators
     from stream_trainer.producers.publish import publish, read_jsonl
 

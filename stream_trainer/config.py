@@ -33,21 +33,9 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _secret(value: SecretStr | None, path: Path | None, name: str) -> str | None:
-    """A secret given inline (or through the environment), or read from a file."""
-    if value is not None:
-        return value.get_secret_value()
-    if path is None:
-        return None
-    try:
-        return path.read_text().strip()
-    except OSError as err:
-        raise ConfigError(f"kafka.{name}_file: cannot read {path}: {err.strerror}") from None
-
-
 class KafkaSettings(_Frozen):
     bootstrap_servers: str = "127.0.0.1:9092"
-    # Security: passed through to every Kafka client. Secrets come from the environment
+    # Security: passed to every Kafka client (edges/tls.py). Secrets come from the environment
     # (STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD) or a file (*_file); they are never logged
     # and `check-config` prints them masked.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -87,26 +75,6 @@ class KafkaSettings(_Frozen):
                     "or kafka.sasl_plain_password_file"
                 )
         return self
-
-    def security_kwargs(self) -> dict[str, Any]:
-        """kafka-python keyword arguments for TLS and SASL (empty for PLAINTEXT)."""
-        out: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if "SSL" in self.security_protocol:
-            out["ssl_check_hostname"] = self.ssl_check_hostname
-            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-                value = getattr(self, name)
-                if value is not None:
-                    out[name] = str(value)
-            password = _secret(self.ssl_password, self.ssl_password_file, "ssl_password")
-            if password is not None:
-                out["ssl_password"] = password
-        if self.security_protocol.startswith("SASL"):
-            out["sasl_mechanism"] = self.sasl_mechanism
-            out["sasl_plain_username"] = self.sasl_plain_username
-            out["sasl_plain_password"] = _secret(
-                self.sasl_plain_password, self.sasl_plain_password_file, "sasl_plain_password"
-            )
-        return out
 
 
 class MetricsSettings(_Frozen):

@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from kafka.errors import KafkaError
 
 from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.distributed import fingerprint
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
-from stream_trainer.errors import ConfigError, StreamTrainerError
+from stream_trainer.errors import BrokerError, ConfigError, StreamTrainerError
 from stream_trainer.events import Rejected, decoder_for, reasons
 from stream_trainer.events.dedup import Deduper
 from stream_trainer.learner import Learner
@@ -75,7 +74,7 @@ class Poller:
     def __call__(self, source: Source, stop: threading.Event, timeout_s: float) -> list[Record]:
         try:
             records = source.poll(timeout_s)
-        except KafkaError as err:
+        except BrokerError as err:
             self.backoff = min(5.0, max(0.1, self.backoff * 2))
             log.warning(
                 "poll failed; retrying",
@@ -331,7 +330,7 @@ class Pipeline:
             return
         try:
             self.sink.dead_letter(self.spec.dlq_topic, rec, why)
-        except KafkaError as err:  # e.g. larger than the broker takes: counted, logged, skipped
+        except BrokerError as err:  # e.g. larger than the broker takes: counted, logged, skipped
             log.warning(
                 "dead letter not delivered",
                 extra={"pipeline": self.name, "offset": rec.offset, "error": repr(err)[:200]},
@@ -566,7 +565,7 @@ class Pipeline:
         if commit and self.source is not None:
             try:
                 self.source.commit(self.next_offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-            except KafkaError as err:  # the checkpoint holds the offsets; commit is advisory
+            except BrokerError as err:  # the checkpoint holds the offsets; commit is advisory
                 log.warning(
                     "offset commit failed (the checkpoint still holds the offsets)",
                     extra={"pipeline": self.name, "error": repr(err)[:200]},
@@ -772,7 +771,7 @@ class Pipeline:
         if self.source is not None:
             try:
                 self.source.commit(self.next_offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-            except KafkaError as err:
+            except BrokerError as err:
                 log.warning(
                     "offset commit failed (the checkpoint still holds the offsets)",
                     extra={"pipeline": self.name, "error": repr(err)[:200]},

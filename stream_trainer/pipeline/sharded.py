@@ -17,10 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from kafka.errors import KafkaError
 
 from stream_trainer.config import PipelineSettings, Settings
-from stream_trainer.errors import StreamTrainerError
+from stream_trainer.errors import BrokerError, StreamTrainerError
 from stream_trainer.pipeline.core import (
     COMMIT_TIMEOUT_MS,
     Pipeline,
@@ -126,7 +125,7 @@ class ShardedPipeline:
         if offsets and self.source is not None:
             try:
                 self.source.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
-            except KafkaError as err:
+            except BrokerError as err:
                 log.warning(
                     "offset commit failed (the checkpoints still hold the offsets)",
                     extra={"pipeline": self.name, "error": repr(err)[:200]},
