@@ -22,11 +22,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from stream_trainer import domains
 from stream_trainer.errors import ConfigError
 
 ENV_PREFIX = "STREAM_TRAINER_"
-BUILTIN_KINDS = ("clicks", "ticks", "sensors")
+BUILTIN_KINDS = domains.KINDS
 
 
 class _Frozen(BaseModel):
@@ -176,7 +178,7 @@ class SyncSettings(_Frozen):
 
 class PipelineSettings(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,62}$")
-    kind: Literal["clicks", "ticks", "sensors", "custom"]
+    kind: str  # a domain of stream_trainer.domains (checked by _known_kind)
     topics: tuple[str, ...] = Field(min_length=1)
     dead_letter_topic: str | None = None
     output_topic: str | None = None
@@ -195,13 +197,22 @@ class PipelineSettings(_Frozen):
     max_event_bytes: int = Field(1 << 20, ge=64)
     dedup_window: int = Field(100_000, ge=0)  # refuse exact repeats of recent events; 0 = off
 
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, v: Any) -> Any:
+        if v not in domains.ALL_KINDS:  # the message pydantic gave for the Literal it was
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": domains.expected()}
+            )
+        return v
+
     @model_validator(mode="after")
     def _custom_needs_paths(self) -> PipelineSettings:
-        if self.kind == "custom" and not (
+        if not domains.get(self.kind).builtin and not (
             isinstance(self.model, str) and isinstance(self.featurizer, str)
         ):
             raise ValueError(
-                "kind 'custom' needs model: 'pkg.module:factory' and "
+                f"kind {self.kind!r} needs model: 'pkg.module:factory' and "
                 "featurizer: 'pkg.module:Class' import paths"
             )
         return self

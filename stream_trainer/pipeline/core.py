@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stream_trainer import domains
 from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.distributed import fingerprint
@@ -55,7 +56,7 @@ class Item:
 def output_topic(p: PipelineSettings) -> str | None:
     if p.output_topic:
         return p.output_topic
-    return f"{p.topics[0]}.anomalies" if p.kind == "sensors" else None
+    return domains.get(p.kind).default_output_topic(p.topics)
 
 
 def shard_root(settings: Settings, spec: PipelineSettings) -> Path:
@@ -120,7 +121,7 @@ class Pipeline:
         self.clock = clock
         feat_spec = spec.featurizer
         self.featurizer = build_featurizer(spec.kind, feat_spec)
-        channels = getattr(self.featurizer, "channels", ()) if spec.kind == "sensors" else ()
+        channels = domains.get(spec.kind).decoder_channels(self.featurizer)
         self.decode = decoder_for(spec.kind, channels=channels, max_bytes=spec.max_event_bytes)
         torch.manual_seed(settings.seed)
         o = spec.optimizer
