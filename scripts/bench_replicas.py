@@ -28,7 +28,7 @@ import torch
 import yaml
 from bench_gpu import write_section
 
-from stream_trainer.edges.common import create_topics
+from stream_trainer.edges.admin import create_topics
 from stream_trainer.local.broker import LocalBroker, free_port
 from stream_trainer.metrics.scrape import per_pipeline, scrape
 from stream_trainer.producers import make_generator

@@ -22,32 +22,22 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from stream_trainer import domains
 from stream_trainer.errors import ConfigError
 
 ENV_PREFIX = "STREAM_TRAINER_"
-BUILTIN_KINDS = ("clicks", "ticks", "sensors")
+BUILTIN_KINDS = domains.KINDS
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _secret(value: SecretStr | None, path: Path | None, name: str) -> str | None:
-    """A secret given inline (or through the environment), or read from a file."""
-    if value is not None:
-        return value.get_secret_value()
-    if path is None:
-        return None
-    try:
-        return path.read_text().strip()
-    except OSError as err:
-        raise ConfigError(f"kafka.{name}_file: cannot read {path}: {err.strerror}") from None
-
-
 class KafkaSettings(_Frozen):
     bootstrap_servers: str = "127.0.0.1:9092"
-    # Security: passed through to every Kafka client. Secrets come from the environment
+    # Security: passed to every Kafka client (edges/tls.py). Secrets come from the environment
     # (STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD) or a file (*_file); they are never logged
     # and `check-config` prints them masked.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -87,26 +77,6 @@ class KafkaSettings(_Frozen):
                     "or kafka.sasl_plain_password_file"
                 )
         return self
-
-    def security_kwargs(self) -> dict[str, Any]:
-        """kafka-python keyword arguments for TLS and SASL (empty for PLAINTEXT)."""
-        out: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if "SSL" in self.security_protocol:
-            out["ssl_check_hostname"] = self.ssl_check_hostname
-            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-                value = getattr(self, name)
-                if value is not None:
-                    out[name] = str(value)
-            password = _secret(self.ssl_password, self.ssl_password_file, "ssl_password")
-            if password is not None:
-                out["ssl_password"] = password
-        if self.security_protocol.startswith("SASL"):
-            out["sasl_mechanism"] = self.sasl_mechanism
-            out["sasl_plain_username"] = self.sasl_plain_username
-            out["sasl_plain_password"] = _secret(
-                self.sasl_plain_password, self.sasl_plain_password_file, "sasl_plain_password"
-            )
-        return out
 
 
 class MetricsSettings(_Frozen):
@@ -208,7 +178,7 @@ class SyncSettings(_Frozen):
 
 class PipelineSettings(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,62}$")
-    kind: Literal["clicks", "ticks", "sensors", "custom"]
+    kind: str  # a domain of stream_trainer.domains (checked by _known_kind)
     topics: tuple[str, ...] = Field(min_length=1)
     dead_letter_topic: str | None = None
     output_topic: str | None = None
@@ -227,13 +197,22 @@ class PipelineSettings(_Frozen):
     max_event_bytes: int = Field(1 << 20, ge=64)
     dedup_window: int = Field(100_000, ge=0)  # refuse exact repeats of recent events; 0 = off
 
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, v: Any) -> Any:
+        if v not in domains.ALL_KINDS:  # the message pydantic gave for the Literal it was
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": domains.expected()}
+            )
+        return v
+
     @model_validator(mode="after")
     def _custom_needs_paths(self) -> PipelineSettings:
-        if self.kind == "custom" and not (
+        if not domains.get(self.kind).builtin and not (
             isinstance(self.model, str) and isinstance(self.featurizer, str)
         ):
             raise ValueError(
-                "kind 'custom' needs model: 'pkg.module:factory' and "
+                f"kind {self.kind!r} needs model: 'pkg.module:factory' and "
                 "featurizer: 'pkg.module:Class' import paths"
             )
         return self
@@ -242,7 +221,7 @@ class PipelineSettings(_Frozen):
     def _by_key_limits(self) -> PipelineSettings:
         if self.partitioning != "by_key":
             return self
-        if self.kind == "clicks":
+        if not domains.get(self.kind).by_key:
             raise ValueError(
                 "partitioning by_key needs events with a key per model (ticks: symbol, "
                 "sensors: sensor_id, or a custom featurizer that sets keys)"

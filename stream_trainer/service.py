@@ -22,12 +22,8 @@ from prometheus_client import CollectorRegistry
 from stream_trainer import distributed
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.edges import KafkaSink, KafkaSource
-from stream_trainer.edges.common import (
-    broker_answers,
-    check_reachable,
-    create_topics,
-    ssl_context,
-)
+from stream_trainer.edges.admin import broker_answers, check_reachable, create_topics
+from stream_trainer.edges.tls import client_security
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.learner import pick_device
 from stream_trainer.metrics import Metrics, MetricsServer
@@ -67,11 +63,7 @@ class Service:
         self.metrics.replica.labels(str(self.world.rank), str(self.world.size)).set(1)
         self.replicated: list[ReplicatedPipeline] = []  # in config order on every rank
         self.pipelines: list[Runner] = [self._runner(spec) for spec in settings.pipelines]
-        try:
-            self.security = settings.kafka.security_kwargs()  # reads secret files: fail early
-            self.tls = ssl_context(self.security)
-        except (OSError, ValueError) as err:
-            raise StreamTrainerError(f"kafka TLS settings: {err}") from None
+        self.security, self.tls = client_security(settings.kafka)  # reads secrets: fail early
         self.broker_ok_at = -1e18
         self.threads: list[threading.Thread] = []
         self.server: MetricsServer | None = None

@@ -28,7 +28,8 @@ from support import (
     sample,
 )
 
-from stream_trainer.edges.common import create_topics, offset_and_metadata
+from stream_trainer.edges.admin import create_topics
+from stream_trainer.edges.source import offset_and_metadata
 from stream_trainer.local.broker import LocalBroker, free_port
 from stream_trainer.producers import make_generator
 

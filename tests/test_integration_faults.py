@@ -10,7 +10,7 @@ import pytest
 import torch
 from support import Daemon, base_config, consume_all, produce, sample
 
-from stream_trainer.edges.common import create_topics
+from stream_trainer.edges.admin import create_topics
 from stream_trainer.producers import make_generator
 
 pytestmark = pytest.mark.integration

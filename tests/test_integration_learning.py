@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from support import Daemon, base_config, consume_all, produce, sample
 
-from stream_trainer.edges.common import create_topics
+from stream_trainer.edges.admin import create_topics
 from stream_trainer.producers import make_generator
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import yaml
 from deploy_support import metric_names, promtool
 from support import Daemon, Trickle, base_config
 
-from stream_trainer.edges.common import create_topics
+from stream_trainer.edges.admin import create_topics
 from stream_trainer.evaluation import report
 from stream_trainer.local.broker import free_port
 from stream_trainer.producers import make_generator

@@ -15,7 +15,7 @@ from support import (
     produce,
 )
 
-from stream_trainer.edges.common import create_topics
+from stream_trainer.edges.admin import create_topics
 from stream_trainer.local.broker import free_port
 from stream_trainer.metrics.scrape import sample, scrape
 from stream_trainer.producers import make_generator

@@ -8,13 +8,14 @@ import pytest
 
 from stream_trainer.cli import main
 from stream_trainer.config import load_settings, parse_settings
+from stream_trainer.edges.tls import security_kwargs
 from stream_trainer.errors import ConfigError
 
 PIPE = {"pipelines": [{"name": "a", "kind": "clicks", "topics": ["t"]}]}
 
 
 def test_plaintext_by_default():
-    assert parse_settings(PIPE).kafka.security_kwargs() == {"security_protocol": "PLAINTEXT"}
+    assert security_kwargs(parse_settings(PIPE).kafka) == {"security_protocol": "PLAINTEXT"}
 
 
 def test_sasl_ssl_passes_through_with_secret_from_a_file(tmp_path):
@@ -32,7 +33,7 @@ def test_sasl_ssl_passes_through_with_secret_from_a_file(tmp_path):
             },
         }
     ).kafka
-    assert k.security_kwargs() == {
+    assert security_kwargs(k) == {
         "security_protocol": "SASL_SSL",
         "ssl_check_hostname": True,
         "ssl_cafile": "/etc/ca.pem",
@@ -50,7 +51,7 @@ def test_secret_from_the_environment_is_never_printed(tmp_path, capsys, caplog):
     )
     env = {"STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD": "12345"}
     s = load_settings(cfg, environ=env)
-    assert s.kafka.security_kwargs()["sasl_plain_password"] == "12345"  # a string, as given
+    assert security_kwargs(s.kafka)["sasl_plain_password"] == "12345"  # a string, as given
     assert "12345" not in repr(s) and "12345" not in str(s.model_dump())
     with pytest.MonkeyPatch.context() as mp, caplog.at_level(logging.DEBUG):
         mp.setenv("STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD", "12345")
@@ -87,14 +88,14 @@ def test_unreadable_secret_file_is_a_clear_error(tmp_path):
         }
     ).kafka
     with pytest.raises(ConfigError, match="sasl_plain_password_file: cannot read"):
-        k.security_kwargs()
+        security_kwargs(k)
 
 
 def test_broker_probe_needs_an_answer_not_just_a_connection():
     """A listener that accepts but never answers (a frozen broker) is not 'up'."""
     import socket
 
-    from stream_trainer.edges.common import broker_answers
+    from stream_trainer.edges.admin import broker_answers
 
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))

@@ -43,7 +43,7 @@ def cmd_broker(a: argparse.Namespace) -> int:
 
 def cmd_produce(a: argparse.Namespace) -> int:
     """Publish a synthetic stream or a JSON-lines file."""
-    from stream_trainer.edges.common import create_topics
+    from stream_trainer.edges.admin import create_topics
     from stream_trainer.producers.publish import publish
 
     if bool(a.kind) == bool(a.from_file):

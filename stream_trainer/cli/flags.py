@@ -7,8 +7,10 @@ import argparse
 import os
 from typing import Any
 
+from stream_trainer import domains
+
 ENV = "STREAM_TRAINER_"
-KINDS = ("clicks", "ticks", "sensors")
+KINDS = domains.KINDS  # the built-in domains
 
 
 def env_name(flag: str, scope: str = "") -> str:

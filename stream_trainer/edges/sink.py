@@ -13,7 +13,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from stream_trainer.edges.common import unreachable
+from stream_trainer.edges.admin import unreachable
 from stream_trainer.errors import BrokerError
 from stream_trainer.events.decode import Rejected
 from stream_trainer.pipeline.ports import Record
@@ -40,6 +40,14 @@ class KafkaSink:
         except (KafkaError, OSError) as err:
             raise unreachable(bootstrap, err) from None
 
+    def _send(self, topic: str, **message: Any) -> None:
+        """``producer.send``, whose own failures (too large, no metadata in time) are
+        BrokerErrors; delivery failures surface in :meth:`flush`."""
+        try:
+            self.producer.send(topic, **message)
+        except KafkaError as err:
+            raise BrokerError(f"send to {topic} at {self.bootstrap}: {err!r}") from err
+
     def dead_letter(self, topic: str, rec: Record, why: Rejected) -> None:
         """The original bytes and key, with why and where from in the headers."""
         headers = [
@@ -49,20 +57,22 @@ class KafkaSink:
             ("source_partition", str(rec.partition).encode()),
             ("source_offset", str(rec.offset).encode()),
         ]
-        self.producer.send(topic, value=rec.value or b"", key=rec.key, headers=headers)
+        self._send(topic, value=rec.value or b"", key=rec.key, headers=headers)
 
     def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None:
-        self.producer.send(
+        """One JSON document (a prediction) to ``topic``."""
+        self._send(
             topic,
             key=key.encode() if key is not None else None,
             value=json.dumps(doc, separators=(",", ":")).encode(),
         )
 
     def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until everything sent is delivered; BrokerError when it is not in time."""
         try:
             self.producer.flush(timeout=timeout_s)
         except KafkaError as err:
-            raise BrokerError(f"could not deliver to {self.bootstrap}: {err}") from None
+            raise BrokerError(f"could not deliver to {self.bootstrap}: {err}") from err
 
     def close(self) -> None:
         try:

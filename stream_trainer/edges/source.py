@@ -18,12 +18,20 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from stream_trainer.config import KafkaSettings
-from stream_trainer.edges.common import offset_and_metadata, unreachable
+from stream_trainer.edges.admin import unreachable
+from stream_trainer.errors import BrokerError
 from stream_trainer.pipeline.ports import TP, Record
 
 log = logging.getLogger(__name__)
+
+
+def offset_and_metadata(offset: int) -> OffsetAndMetadata:
+    """kafka-python 2.x has (offset, metadata); 2.1+/3.x add leader_epoch."""
+    extra = [-1] * (len(OffsetAndMetadata._fields) - 2)
+    return OffsetAndMetadata(offset, "", *extra)
 
 
 def consumer_config(settings: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
@@ -109,7 +117,11 @@ class KafkaSource:
         self.assignment = [tp for tp in self.assignment if tp not in set(tps)]
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
-        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        """The records fetched within ``timeout_s``; BrokerError when the broker fails."""
+        try:
+            batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as err:
+            raise BrokerError(f"poll from {self.settings.bootstrap_servers}: {err!r}") from err
         out: list[Record] = []
         for tp, recs in batches.items():
             out.extend(
@@ -118,21 +130,26 @@ class KafkaSource:
         return out
 
     def commit(self, offsets: Mapping[TP, int], timeout_ms: int | None = None) -> None:
-        """Commit next-offsets for partitions we still own; raises KafkaError on failure."""
+        """Commit next-offsets for partitions we still own; raises BrokerError on failure."""
         owned = set(self.assignment)
         payload = {
             TopicPartition(t, p): offset_and_metadata(o)
             for (t, p), o in offsets.items()
             if (t, p) in owned
         }
-        if payload:
+        if not payload:
+            return
+        try:
             self.consumer.commit(payload, timeout_ms=timeout_ms)
+        except KafkaError as err:
+            raise BrokerError(f"commit to {self.settings.bootstrap_servers}: {err!r}") from err
 
     def watermarks(self) -> dict[TP, tuple[int, int]]:
         """(position, high watermark) per owned partition where both are known.
 
         The high watermark comes from fetch responses (``highwater()``); some brokers
-        answer ``end_offsets`` wrongly (the local Tansu broker does).
+        answer ``end_offsets`` wrongly (the local Tansu broker does). A partition whose
+        position the broker cannot give now is left out, not an error.
         """
         out: dict[TP, tuple[int, int]] = {}
         for t, p in self.assignment:

@@ -31,6 +31,10 @@ class Rejected:
     detail: str = ""
 
 
+Decoded = dict[str, Any] | Rejected
+Check = Callable[[dict[str, Any]], dict[str, Any]]  # a parsed object -> the event, or _Reject
+
+
 class _Reject(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         self.rejected = Rejected(reason, detail)
@@ -146,7 +150,11 @@ def _ticks(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sensors(channels: Sequence[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def sensors_schema(channels: Sequence[str] = ()) -> Check:
+    """Sensors: ts, sensor_id and ``values``, numbers for exactly ``channels`` (all the
+    event's own when none are fixed)."""
+    channels = tuple(channels)
+
     def check(doc: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"ts": _ts(doc), "sensor_id": _ident(doc, "sensor_id")}
         values = doc.get("values")
@@ -167,18 +175,36 @@ def _custom(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def clicks_schema(channels: Sequence[str] = ()) -> Check:
+    """Clicks: ts, user_id, item_id, an optional flat ``context`` and a 0/1 label."""
+    return _clicks
+
+
+def ticks_schema(channels: Sequence[str] = ()) -> Check:
+    """Ticks: ts, symbol, a positive price and an optional volume."""
+    return _ticks
+
+
+def custom_schema(channels: Sequence[str] = ()) -> Check:
+    """Custom: any JSON object, as it is (the user's featurizer checks it)."""
+    return _custom
+
+
 def decoder_for(
     kind: str, *, channels: Sequence[str] = (), max_bytes: int = 1 << 20
-) -> Callable[[bytes | None], dict[str, Any] | Rejected]:
-    """Build a decoder for one domain. ``channels`` fixes the sensor channels."""
-    check = {
-        "clicks": _clicks,
-        "ticks": _ticks,
-        "sensors": _sensors(tuple(channels)),
-        "custom": _custom,
-    }[kind]
+) -> Callable[[bytes | None], Decoded]:
+    """Build a decoder for one domain (see stream_trainer.domains). ``channels`` fixes
+    the sensor channels."""
+    from stream_trainer import domains  # here: the domains import their schemas from here
 
-    def run(raw: bytes | None) -> dict[str, Any] | Rejected:
+    return decoder(domains.get(kind).schema(channels), max_bytes=max_bytes)
+
+
+def decoder(check: Check, *, max_bytes: int = 1 << 20) -> Callable[[bytes | None], Decoded]:
+    """Frame one schema's ``check``: empty, too large, not UTF-8, not JSON or not an
+    object are refused before it sees the event; what it refuses is a Rejected too."""
+
+    def run(raw: bytes | None) -> Decoded:
         if not raw:
             return Rejected(R.EMPTY, "empty message")
         if len(raw) > max_bytes:

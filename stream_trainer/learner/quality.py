@@ -25,6 +25,8 @@ from collections import deque
 
 import numpy as np
 
+from stream_trainer import domains
+
 DEFAULT_WINDOW = 10_000
 PROFILES = ("binary", "direction", "regression")
 
@@ -51,10 +53,13 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def profile_for(kind: str, task: str) -> str:
-    """Which metrics fit a pipeline: ``binary`` tasks, ``direction`` for ticks."""
-    if task == "binary":
-        return "binary"
-    return "direction" if kind == "ticks" else "regression"
+    """Which metrics fit a pipeline: ``binary`` tasks, else its domain's (``direction``
+    for ticks, ``regression`` for the others).
+
+    >>> profile_for("ticks", "regression"), profile_for("sensors", "regression")
+    ('direction', 'regression')
+    """
+    return domains.get(kind).quality_profile(task)
 
 
 class Quality:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from stream_trainer.edges.common import create_topics
+from stream_trainer.edges.admin import create_topics
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.local import procs
 from stream_trainer.local.broker import LocalBroker, free_port, port_in_use

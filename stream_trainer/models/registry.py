@@ -1,4 +1,5 @@
-"""Resolve a pipeline's featurizer and model: built-in presets or ``pkg.module:attr`` paths."""
+"""Resolve a pipeline's featurizer and model: its domain's own (stream_trainer.domains),
+with the pipeline's parameters, or the user's by ``pkg.module:attr`` path; checked."""
 
 from __future__ import annotations
 
@@ -8,23 +9,9 @@ from typing import Any
 
 from torch import nn
 
+from stream_trainer import domains
 from stream_trainer.errors import PluginError
 from stream_trainer.features.base import Featurizer
-from stream_trainer.features.clicks import ClickFeaturizer
-from stream_trainer.features.sensors import SensorFeaturizer
-from stream_trainer.features.ticks import TickFeaturizer
-from stream_trainer.models import clicks, forecast
-
-FEATURIZERS: dict[str, Callable[..., Featurizer]] = {
-    "clicks": ClickFeaturizer,
-    "ticks": TickFeaturizer,
-    "sensors": SensorFeaturizer,
-}
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "clicks": clicks.build,
-    "ticks": forecast.build_ticks,
-    "sensors": forecast.build_sensors,
-}
 
 
 def import_path(path: str, what: str) -> Any:
@@ -52,11 +39,19 @@ def _call(factory: Callable[..., Any], what: str, *args: Any, **params: Any) -> 
         raise PluginError(f"{what}: bad parameters {sorted(params)}: {err}") from None
 
 
+def _needs_path(kind: str, what: str, example: str) -> PluginError:
+    return PluginError(f"kind {kind!r} has no built-in {what}: give an import path {example!r}")
+
+
 def build_featurizer(kind: str, spec: str | Mapping[str, Any]) -> Featurizer:
+    """The pipeline's featurizer: ``spec`` is an import path, or its domain's parameters."""
+    factory = domains.get(kind).featurizer
     if isinstance(spec, str):
         obj = _call(import_path(spec, "featurizer"), f"featurizer {spec}")
+    elif factory is None:
+        raise _needs_path(kind, "featurizer", "pkg.module:Class")
     else:
-        obj = _call(FEATURIZERS[kind], f"{kind} featurizer", **dict(spec))
+        obj = _call(factory, f"{kind} featurizer", **dict(spec))
     if not isinstance(obj, Featurizer) or obj.task not in ("binary", "regression"):
         raise PluginError(
             f"featurizer for {kind!r} must define task ('binary'|'regression'), "
@@ -66,12 +61,17 @@ def build_featurizer(kind: str, spec: str | Mapping[str, Any]) -> Featurizer:
 
 
 def build_model(kind: str, spec: str | Mapping[str, Any], featurizer: Featurizer) -> nn.Module:
+    """The pipeline's model for ``featurizer``'s inputs: an import path, or its domain's
+    model with these parameters."""
+    factory = domains.get(kind).model
     if isinstance(spec, str):
         model = _call(
             import_path(spec, "model factory"), f"model {spec}", dict(featurizer.input_spec)
         )
+    elif factory is None:
+        raise _needs_path(kind, "model", "pkg.module:factory")
     else:
-        model = _call(MODELS[kind], f"{kind} model", dict(featurizer.input_spec), **dict(spec))
+        model = _call(factory, f"{kind} model", dict(featurizer.input_spec), **dict(spec))
     if not isinstance(model, nn.Module):
         raise PluginError(
             f"model factory for {kind!r} returned {type(model).__name__}, not a torch.nn.Module"

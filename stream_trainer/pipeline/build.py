@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from stream_trainer import domains
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.errors import ConfigError
@@ -21,7 +22,7 @@ from stream_trainer.models.registry import build_featurizer, build_model
 def output_topic(p: PipelineSettings) -> str | None:
     if p.output_topic:
         return p.output_topic
-    return f"{p.topics[0]}.anomalies" if p.kind == "sensors" else None
+    return domains.get(p.kind).default_output_topic(p.topics)
 
 
 def shard_root(settings: Settings, spec: PipelineSettings) -> Path:
@@ -31,7 +32,7 @@ def shard_root(settings: Settings, spec: PipelineSettings) -> Path:
 
 def featurizer_and_decoder(spec: PipelineSettings) -> tuple[Any, Callable[[bytes], Any]]:
     featurizer = build_featurizer(spec.kind, spec.featurizer)
-    channels = getattr(featurizer, "channels", ()) if spec.kind == "sensors" else ()
+    channels = domains.get(spec.kind).decoder_channels(featurizer)
     return featurizer, decoder_for(spec.kind, channels=channels, max_bytes=spec.max_event_bytes)
 
 

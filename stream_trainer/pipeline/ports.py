@@ -1,7 +1,14 @@
 """The pipeline's edges as interfaces: what it reads from and writes to. Pure.
 
-The Kafka implementations live in ``source/`` and ``sinks/``; the tests' fakes in
-``tests/fakes.py`` implement the same.
+The Kafka implementations live in ``edges/`` (``source.py``, ``sink.py``); the tests'
+fakes in ``tests/fakes.py`` implement the same.
+
+Errors: every method of a :class:`Source` or :class:`Sink` raises
+:class:`~stream_trainer.errors.BrokerError` when the broker fails (unreachable, a
+timeout, a refused commit or message), never the client library's own exceptions, so
+the pipeline handles broker failures without knowing which client is behind the port.
+BrokerError is a StreamTrainerError: an ``except StreamTrainerError`` around a port
+call catches broker failures too. ``close`` never raises.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ class Record:
 
 
 class Source(Protocol):
+    """A consumer-group member: records of the partitions it is assigned, and their
+    commits. Broker failures raise BrokerError (see the module docstring)."""
+
     assignment: list[TP]
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]: ...
@@ -40,6 +50,9 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
+    """Where dead letters and outputs go; ``flush`` returns once all are delivered.
+    Broker failures raise BrokerError (see the module docstring)."""
+
     def dead_letter(self, topic: str, rec: Record, why: Rejected) -> None: ...
 
     def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None: ...

@@ -14,10 +14,12 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+
+from stream_trainer import domains
 
 START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z: streams are reproducible, not wall-clock
 
@@ -203,11 +205,15 @@ def sensors(
         i += 1
 
 
-GENERATORS = {"clicks": clicks, "ticks": ticks, "sensors": sensors}
+# the built-in domains' streams and message keys (stream_trainer.domains names them)
+_BUILTIN = [domains.get(k) for k in domains.KINDS]
+GENERATORS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
+    d.name: d.generator for d in _BUILTIN if d.generator is not None
+}
 
 
 def make_generator(kind: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
     return GENERATORS[kind](**kwargs)
 
 
-KEY_FIELD = {"clicks": "user_id", "ticks": "symbol", "sensors": "sensor_id"}
+KEY_FIELD: dict[str, str] = {d.name: d.key_field for d in _BUILTIN if d.key_field is not None}

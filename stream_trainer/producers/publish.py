@@ -12,7 +12,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from stream_trainer.edges.common import check_reachable, unreachable
+from stream_trainer.edges.admin import check_reachable, unreachable
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.producers.files import read_jsonl as read_jsonl  # its old home: re-exported
 from stream_trainer.producers.progress import Progress

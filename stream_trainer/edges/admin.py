@@ -1,4 +1,5 @@
-"""Small shared pieces of the Kafka edges (source, sinks, producers, admin)."""
+"""Kafka administration and probes: bootstrap addresses, reachability, topic creation,
+and a liveness probe that needs no client (an ApiVersions request on a bare socket)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,12 @@ import struct
 from typing import Any
 
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from stream_trainer.errors import BrokerError
 
 
-def offset_and_metadata(offset: int) -> OffsetAndMetadata:
-    """kafka-python 2.x has (offset, metadata); 2.1+/3.x add leader_epoch."""
-    extra = [-1] * (len(OffsetAndMetadata._fields) - 2)
-    return OffsetAndMetadata(offset, "", *extra)
-
-
 def unreachable(bootstrap: str, err: Exception | str) -> BrokerError:
+    """The one message for a broker no client can reach, with how to get one."""
     return BrokerError(
         f"cannot reach Kafka at {bootstrap} ({err}); start one with `stream-trainer broker` "
         "or point kafka.bootstrap_servers / --bootstrap-servers at your cluster"
@@ -81,19 +76,6 @@ def create_topics(bootstrap: str, topics: dict[str, int], **security: Any) -> li
         return [t.name for t in wanted]
     finally:
         admin.close()
-
-
-def ssl_context(security: dict[str, Any]) -> ssl.SSLContext | None:
-    """A TLS context matching the clients' settings, for the probe; None for plaintext."""
-    if "SSL" not in security.get("security_protocol", "PLAINTEXT"):
-        return None
-    ctx = ssl.create_default_context(cafile=security.get("ssl_cafile"))
-    ctx.check_hostname = bool(security.get("ssl_check_hostname", True))
-    if security.get("ssl_certfile"):
-        ctx.load_cert_chain(
-            security["ssl_certfile"], security.get("ssl_keyfile"), security.get("ssl_password")
-        )
-    return ctx
 
 
 _API_VERSIONS_V0 = struct.pack(">hhih", 18, 0, 0x5354, 2) + b"st"
