@@ -95,7 +95,7 @@ class ReplicatedPipeline(Pipeline):
         views = self._round(
             batch=batch is not None,
             stop=stopping,
-            checkpoint=self._rep.rank == 0 and self.checkpoint_due(now),
+            checkpoint=self._rep.rank == 0 and self._checkpoint_time(now),
             drift=self.drift_pending,
             average=not allreduce
             and (self._local_steps >= sync.every_steps
@@ -127,6 +127,11 @@ class ReplicatedPipeline(Pipeline):
             self._local_steps, self._last_avg = 0, self.clock()
 
     def checkpoint_due(self, now: float) -> bool:
+        """Never between rounds: a checkpoint is a collective, so rank 0 asks for one
+        in a round (:meth:`step`) and every replica takes it there, in step."""
+        return False
+
+    def _checkpoint_time(self, now: float) -> bool:
         return now - self.last_checkpoint >= self.settings.checkpoint.every_seconds
 
     def checkpoint(self, *, commit: bool = True) -> bool:
