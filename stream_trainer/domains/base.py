@@ -4,6 +4,7 @@ when called, not when the domain is declared."""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,26 @@ if TYPE_CHECKING:
     from stream_trainer.features.base import Featurizer
 
 Check = Callable[[dict[str, Any]], dict[str, Any]]  # a parsed JSON object -> the event
+
+
+def lazy(path: str) -> Callable[..., Any]:
+    """``"pkg.module:name"`` as a callable that imports it on its first call, so that
+    declaring a domain imports no torch.
+
+    >>> lazy("math:hypot")(3, 4)
+    5.0
+    """
+    module, _, name = path.partition(":")
+    target: list[Callable[..., Any]] = []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not target:
+            target.append(getattr(importlib.import_module(module), name))
+        return target[0](*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = name
+    call.__doc__ = f"{path}, imported when first called."
+    return call
 
 
 @dataclass(frozen=True)

@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
-
-from stream_trainer.domains.base import Domain, Evaluation
+from stream_trainer.domains.base import Domain, Evaluation, lazy
 from stream_trainer.events.decode import ticks_schema
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from stream_trainer.features.base import Featurizer
-
-
-def featurizer(**params: Any) -> Featurizer:
-    """Windows of returns per symbol, with the pipeline's parameters."""
-    from stream_trainer.features.ticks import TickFeaturizer
-
-    return TickFeaturizer(**params)
-
-
-def model(input_spec: Mapping[str, Any], **params: Any) -> nn.Module:
-    """A forecaster of the next return from the window and the symbol."""
-    from stream_trainer.models.forecast import build_ticks
-
-    return build_ticks(dict(input_spec), **params)
-
-
-def generate(**params: Any) -> Iterator[dict[str, Any]]:
-    """The synthetic tick stream (producers/generators.py)."""
-    from stream_trainer.producers.generators import ticks
-
-    return ticks(**params)
-
 
 DOMAIN = Domain(
     name="ticks",
     schema=ticks_schema,
-    featurizer=featurizer,
-    model=model,
-    generator=generate,
+    featurizer=lazy("stream_trainer.features.ticks:TickFeaturizer"),
+    model=lazy("stream_trainer.models.forecast:build_ticks"),
+    generator=lazy("stream_trainer.producers.generators:ticks"),
     key_field="symbol",
     quality="direction",
     evaluation=Evaluation(
