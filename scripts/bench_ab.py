@@ -45,33 +45,49 @@ def figures(r: dict[str, Any]) -> dict[str, float]:
         out[f"daemon {kind} RSS, MB"] = med(r["rss"][kind])
     for bs, v in r["core"].items():
         out[f"trainer core batch {bs}, events/s"] = med(v["rate"])
+    for stage, us in r.get("profile", {}).items():  # the clicks daemon's stages, in process
+        out[f"stage: {stage}, us/event"] = us
     for rate, runs in r["latency"].items():
         out[f"p99 latency at {rate}/s, ms"] = med([x["p99"] for x in runs])
         out[f"p50 latency at {rate}/s, ms"] = med([x["p50"] for x in runs])
     return out
 
 
+def measure(base: str, rounds: int, bench_args: list[str], work: Path) -> dict[str, list]:
+    """Both trees' bench, alternating; the base in a temporary git worktree."""
+    base_tree = work / "base"
+    subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), base],
+                   cwd=ROOT, check=True, stdout=sys.stderr)  # fmt: skip
+    results: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
+    try:
+        for i in range(rounds):
+            for name, tree in (("base", base_tree), ("head", ROOT)):
+                print(f"[bench-ab] round {i + 1}/{rounds}: {name}", file=sys.stderr, flush=True)
+                results[name].append(figures(run_bench(tree, bench_args, work / f"{name}{i}.json")))
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT)
+    return results
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the commit to compare against")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each tree, alternating")
+    ap.add_argument("--again", metavar="DIR", help="re-render a finished run's JSON files")
     ap.add_argument("bench", nargs=argparse.REMAINDER, help="-- then bench.py's arguments")
     a = ap.parse_args()
     bench_args = [x for x in a.bench if x != "--"] or DEFAULT_BENCH
-    work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
-    base_tree = work / "base"
-    subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), a.base],
-                   cwd=ROOT, check=True, stdout=sys.stderr)  # fmt: skip
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    results: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
-    try:
-        for i in range(a.rounds):
-            for name, tree in (("base", base_tree), ("head", ROOT)):
-                print(f"[bench-ab] round {i + 1}/{a.rounds}: {name}", file=sys.stderr, flush=True)
-                results[name].append(figures(run_bench(tree, bench_args, work / f"{name}{i}.json")))
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT)
+    if a.again:
+        work = Path(a.again)
+        head = f"{head}, re-rendered"  # the runs measured the HEAD of their day
+        results = {n: [figures(json.loads((work / f"{n}{i}.json").read_text()))
+                       for i in range(a.rounds)] for n in ("base", "head")}  # fmt: skip
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+        results = measure(a.base, a.rounds, bench_args, work)
+    print(f"[bench-ab] JSON of every run in {work}", file=sys.stderr)
     print(
         f"Command: `scripts/bench_ab.py --base {a.base} --rounds {a.rounds} -- "
         f"{' '.join(bench_args)}` (head {head}; medians of {a.rounds} alternating runs)\n"
