@@ -58,10 +58,20 @@ class _Listener(ConsumerRebalanceListener):
         self.source = source
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        self.source._revoked([(tp.topic, tp.partition) for tp in revoked])
+        self._call(self.source._revoked, revoked, "revoke")
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.source._assigned([(tp.topic, tp.partition) for tp in assigned])
+        self._call(self.source._assigned, assigned, "assignment")
+
+    @staticmethod
+    def _call(fn: Callable[[list[TP]], None], tps: Sequence[TopicPartition], what: str) -> None:
+        """kafka-python swallows a callback's exception into a bare "callback throws an
+        error" from the next poll: log it, with its traceback, before it does."""
+        try:
+            fn([(tp.topic, tp.partition) for tp in tps])
+        except Exception:
+            log.exception(f"partition {what} failed", extra={"partitions": len(tps)})
+            raise
 
 
 class KafkaSource:
