@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+QUICK = "pipeline CPU, us/event (no Kafka)"
 DEFAULT_BENCH = ["--events", "100000", "--repeats", "1", "--rates", "1000,5000,20000",
                  "--latency-seconds", "8"]  # fmt: skip
 
@@ -53,8 +54,25 @@ def figures(r: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def measure(base: str, rounds: int, bench_args: list[str], work: Path) -> dict[str, list]:
-    """Both trees' bench, alternating; the base in a temporary git worktree."""
+def load(path: Path) -> dict[str, float]:
+    """A finished run's figures, from its JSON (a bench run, or a ``--quick`` one)."""
+    r = json.loads(path.read_text())
+    return {QUICK: r["cpu_us_per_event"]} if "cpu_us_per_event" in r else figures(r)
+
+
+def run_quick(tree: Path, out: Path) -> dict[str, Any]:
+    """This tree's ``scripts/pipeline_cpu.py`` run against ``tree``'s package."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cmd = [sys.executable, str(ROOT / "scripts" / "pipeline_cpu.py")]
+    r = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True)
+    out.write_text(r.stdout)
+    return json.loads(r.stdout)
+
+
+def measure(
+    base: str, rounds: int, bench_args: list[str], work: Path, quick: bool = False
+) -> dict[str, list]:
+    """Both trees, alternating; the base in a temporary git worktree."""
     base_tree = work / "base"
     subprocess.run(["git", "worktree", "add", "--detach", str(base_tree), base],
                    cwd=ROOT, check=True, stdout=sys.stderr)  # fmt: skip
@@ -63,7 +81,12 @@ def measure(base: str, rounds: int, bench_args: list[str], work: Path) -> dict[s
         for i in range(rounds):
             for name, tree in (("base", base_tree), ("head", ROOT)):
                 print(f"[bench-ab] round {i + 1}/{rounds}: {name}", file=sys.stderr, flush=True)
-                results[name].append(figures(run_bench(tree, bench_args, work / f"{name}{i}.json")))
+                out = work / f"{name}{i}.json"
+                if quick:
+                    cpu = run_quick(tree, out)["cpu_us_per_event"]
+                    results[name].append({QUICK: cpu})
+                else:
+                    results[name].append(figures(run_bench(tree, bench_args, out)))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT)
     return results
@@ -74,6 +97,9 @@ def main() -> int:
     ap.add_argument("--base", required=True, help="the commit to compare against")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each tree, alternating")
     ap.add_argument("--again", metavar="DIR", help="re-render a finished run's JSON files")
+    ap.add_argument(
+        "--quick", action="store_true", help="only the pipeline's CPU/event (pipeline_cpu.py)"
+    )
     ap.add_argument("bench", nargs=argparse.REMAINDER, help="-- then bench.py's arguments")
     a = ap.parse_args()
     bench_args = [x for x in a.bench if x != "--"] or DEFAULT_BENCH
@@ -82,23 +108,29 @@ def main() -> int:
     if a.again:
         work = Path(a.again)
         head = f"{head}, re-rendered"  # the runs measured the HEAD of their day
-        results = {n: [figures(json.loads((work / f"{n}{i}.json").read_text()))
-                       for i in range(a.rounds)] for n in ("base", "head")}  # fmt: skip
+        results = {n: [load(work / f"{n}{i}.json") for i in range(a.rounds)]
+                   for n in ("base", "head")}  # fmt: skip
     else:
         work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
-        results = measure(a.base, a.rounds, bench_args, work)
+        results = measure(a.base, a.rounds, bench_args, work, quick=a.quick)
     print(f"[bench-ab] JSON of every run in {work}", file=sys.stderr)
+    args = "--quick" if a.quick else f"-- {' '.join(bench_args)}"
     print(
-        f"Command: `scripts/bench_ab.py --base {a.base} --rounds {a.rounds} -- "
-        f"{' '.join(bench_args)}` (head {head}; medians of {a.rounds} alternating runs)\n"
+        f"Command: `scripts/bench_ab.py --base {a.base} --rounds {a.rounds} {args}` "
+        f"(head {head}; medians of {a.rounds} alternating runs)\n"
     )
-    print(f"| figure | base {a.base} | head {head} | head / base |")
-    print("|---|---:|---:|---:|")
+    print("Medians of each tree, their ratio, and the median of the ratios within a round")
+    print("(a round runs both back to back: the machine's slow and fast spells cancel).\n")
+    print(f"| figure | base {a.base} | head {head} | head / base | paired: median of ratios |")
+    print("|---|---:|---:|---:|---:|")
     for key in results["head"][0]:
-        b = statistics.median(x[key] for x in results["base"] if key in x)
-        h = statistics.median(x[key] for x in results["head"])
+        pairs = [(b[key], h[key]) for b, h in zip(results["base"], results["head"], strict=True)
+                 if key in b and key in h and b[key]]  # fmt: skip
+        b = statistics.median(x for x, _ in pairs)
+        h = statistics.median(y for _, y in pairs)
+        paired = statistics.median(y / x for x, y in pairs)
         fmt = (lambda v: f"{v:.3f}") if "/ client" in key else (lambda v: f"{v:,.1f}")
-        print(f"| {key} | {fmt(b)} | {fmt(h)} | {h / b:.3f} |")
+        print(f"| {key} | {fmt(b)} | {fmt(h)} | {h / b:.3f} | {paired:.3f} |")
     return 0
 
 

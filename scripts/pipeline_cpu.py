@@ -1,0 +1,69 @@
+"""CPU time per event of the pipeline's own work, without Kafka: decode, validation,
+dedup, batching, featurizing, the training step and the bookkeeping around it.
+
+Records are built in memory and fed through ``Pipeline.handle`` and ``pump``, with the
+daemon's batching (up to 1024 events or 10 ms); the figure is process CPU time, which
+other processes on a shared machine disturb less than wall time does. It imports
+whichever stream_trainer is first on ``PYTHONPATH``, so ``bench_ab.py --quick`` can run it
+against two commits (it knows the module paths from before and after the pipeline/
+package).
+
+    .venv/bin/python scripts/pipeline_cpu.py [--events 60000] [--kind clicks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from stream_trainer.config import parse_settings
+from stream_trainer.producers import make_generator
+
+try:  # the pipeline/ package
+    from stream_trainer.pipeline.core import Pipeline
+    from stream_trainer.pipeline.ports import Record
+except ImportError:  # before it
+    from stream_trainer.edges import Record  # type: ignore[no-redef]
+    from stream_trainer.pipeline import Pipeline  # type: ignore[no-redef,attr-defined]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=60_000)
+    ap.add_argument("--kind", default="clicks")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    settings = parse_settings(
+        {
+            "checkpoint": {"dir": "/tmp/pipeline-cpu-unused", "every_seconds": 3600},
+            "device": "cpu",
+            "pipelines": [{"name": "p", "kind": a.kind, "topics": ["t"],
+                           "batch": {"max_size": 1024, "max_latency_ms": 10}}],
+        }
+    )  # fmt: skip
+    p = Pipeline(settings, settings.pipelines[0])
+    raw = [json.dumps(e).encode() for e in make_generator(a.kind, seed=7, count=a.events)]
+    now_ms = int(time.time() * 1000)
+    records = [Record("t", i % 2, i // 2, now_ms, None, v) for i, v in enumerate(raw)]
+    polls = [records[i : i + 500] for i in range(0, len(records), 500)]
+    warm = len(polls) // 10
+    for poll in polls[:warm]:
+        p.handle(poll)
+        p.pump()
+    p.flush()
+    t0 = time.process_time()
+    for poll in polls[warm:]:
+        p.handle(poll)
+        p.pump()
+    p.flush()
+    cpu = time.process_time() - t0
+    n = sum(len(x) for x in polls[warm:])
+    print(json.dumps({"cpu_us_per_event": cpu / n * 1e6, "events": n}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
