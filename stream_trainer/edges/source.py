@@ -63,15 +63,19 @@ class _Listener(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self._call(self.source._assigned, assigned, "assignment")
 
-    @staticmethod
-    def _call(fn: Callable[[list[TP]], None], tps: Sequence[TopicPartition], what: str) -> None:
+    def _call(
+        self, fn: Callable[[list[TP]], None], tps: Sequence[TopicPartition], what: str
+    ) -> None:
         """kafka-python swallows a callback's exception into a bare "callback throws an
         error" from the next poll: log it, with its traceback, before it does."""
+        self.source.in_rebalance = True
         try:
             fn([(tp.topic, tp.partition) for tp in tps])
         except Exception:
             log.exception(f"partition {what} failed", extra={"partitions": len(tps)})
             raise
+        finally:
+            self.source.in_rebalance = False
 
 
 class KafkaSource:
@@ -100,6 +104,7 @@ class KafkaSource:
             raise unreachable(settings.bootstrap_servers, err) from None
         self.consumer.subscribe(topics=list(topics), listener=_Listener(self))
         self.assignment: list[TP] = []
+        self.in_rebalance = False  # inside a rebalance callback (the consumer's IO thread)
 
     def _assigned(self, tps: list[TP]) -> None:
         start = self.resume_from(tps)
@@ -148,6 +153,12 @@ class KafkaSource:
             if (t, p) in owned
         }
         if not payload:
+            return
+        if self.in_rebalance:
+            # A blocking commit cannot run on the IO thread that calls the rebalance
+            # listener (kafka-python raises). Nothing is lost: the checkpoint just written
+            # holds these offsets, and whoever owns the partition next resumes from it.
+            log.debug("offset commit skipped during a rebalance (the checkpoint holds them)")
             return
         try:
             self.consumer.commit(payload, timeout_ms=timeout_ms)
