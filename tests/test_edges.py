@@ -45,6 +45,9 @@ def test_source_poll_and_commit_raise_broker_errors():
         source(CommitFailedError("rebalanced")).commit({("t", 0): 5})
     assert isinstance(info.value.__cause__, CommitFailedError)
     source(CommitFailedError("never called")).commit({("other", 0): 5})  # not ours: no call
+    inside = source(RuntimeError("Cannot block on net.run() from the IO thread itself"))
+    inside.in_rebalance = True  # a revoke's checkpoint: the commit would block the IO thread
+    inside.commit({("t", 0): 5})  # skipped (the checkpoint holds the offsets), no raise
 
 
 def test_sink_send_and_flush_raise_broker_errors():

@@ -79,6 +79,8 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class KafkaSource:
+    in_rebalance = False  # inside a rebalance callback (on the consumer's IO thread)
+
     def __init__(
         self,
         settings: KafkaSettings,
@@ -104,7 +106,6 @@ class KafkaSource:
             raise unreachable(settings.bootstrap_servers, err) from None
         self.consumer.subscribe(topics=list(topics), listener=_Listener(self))
         self.assignment: list[TP] = []
-        self.in_rebalance = False  # inside a rebalance callback (the consumer's IO thread)
 
     def _assigned(self, tps: list[TP]) -> None:
         start = self.resume_from(tps)
