@@ -23,7 +23,7 @@ class Offsets:
         self.polled_next: dict[TP, int] = {}
         self.ledger = OffsetLedger()
         self.fresh: OffsetLedger | None = OffsetLedger() if replicated else None
-        self.base = OffsetLedger()
+        self.base: OffsetLedger | None = OffsetLedger() if replicated else None
         self.dirty = False  # applied since the last checkpoint
 
     def applied(self, tp: TP, start: int, end: int) -> None:
@@ -71,7 +71,8 @@ class Offsets:
     def load(self, doc: Mapping[str, Any]) -> None:
         if doc["ledger"]:
             self.ledger.load_state_dict(doc["ledger"])
-            self.base.load_state_dict(doc["ledger"])
+            if self.base is not None:
+                self.base.load_state_dict(doc["ledger"])
         self.next = {parse_tp(k): int(v) for k, v in doc["offsets"].items()}
 
 

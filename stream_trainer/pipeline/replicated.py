@@ -204,6 +204,7 @@ class ReplicatedPipeline(Pipeline):
         if not ok:
             return False
         self.offsets.ledger.load_state_dict(ledger)
+        assert self.offsets.base is not None
         self.offsets.base.load_state_dict(ledger)
         self.offsets.fresh = OffsetLedger()
         self.offsets.dirty = False
@@ -215,6 +216,7 @@ class ReplicatedPipeline(Pipeline):
     def _merge_ledgers(self, views: list[dict[str, Any]]) -> None:
         """Rank 0: the last checkpoint's ledger plus every replica's fresh ranges."""
         merged = OffsetLedger()
+        assert self.offsets.base is not None
         merged.load_state_dict(self.offsets.base.state_dict())
         for v in views:
             fresh = OffsetLedger()

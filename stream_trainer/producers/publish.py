@@ -14,7 +14,6 @@ from kafka.errors import KafkaError
 
 from stream_trainer.edges.admin import check_reachable, unreachable
 from stream_trainer.errors import StreamTrainerError
-from stream_trainer.producers.files import read_jsonl as read_jsonl  # its old home: re-exported
 from stream_trainer.producers.progress import Progress
 
 log = logging.getLogger(__name__)
