@@ -46,35 +46,35 @@ def test_unknown_fields_are_ignored():
     assert isinstance(decoder_for("ticks")(enc({**TICK, "exchange": "X"})), dict)
 
 
-@pytest.mark.parametrize(
-    "kind,raw,reason",
-    [
-        ("clicks", b"", R.EMPTY),
-        ("clicks", b"\xff\xfe{}", R.INVALID_UTF8),
-        ("clicks", b"{oops", R.NOT_JSON),
-        ("clicks", b"[1]", R.NOT_OBJECT),
-        ("clicks", b"null", R.NOT_OBJECT),
-        ("clicks", enc({k: v for k, v in CLICK.items() if k != "label"}), R.MISSING_FIELD),
-        ("clicks", enc({**CLICK, "label": 2}), R.WRONG_TYPE),
-        ("clicks", enc({**CLICK, "label": "1"}), R.WRONG_TYPE),
-        ("clicks", enc({**CLICK, "user_id": None}), R.WRONG_TYPE),
-        ("clicks", enc({**CLICK, "user_id": "x" * 1000}), R.OUT_OF_RANGE),
-        ("clicks", enc({**CLICK, "context": {"a": {"b": 1}}}), R.WRONG_TYPE),
-        ("clicks", b'{"ts": NaN, "user_id": "u", "item_id": "i", "label": 1}', R.NON_FINITE),
-        ("ticks", b'{"ts": 1767225600, "symbol": "A", "price": Infinity}', R.NON_FINITE),
-        ("ticks", b'{"ts": 1767225600, "symbol": "A", "price": 1e999}', R.NON_FINITE),
-        ("ticks", enc({**TICK, "price": -3.0}), R.OUT_OF_RANGE),
-        ("ticks", enc({**TICK, "price": 1e308}), R.OUT_OF_RANGE),
-        ("ticks", enc({**TICK, "price": "12"}), R.WRONG_TYPE),
-        ("ticks", enc({**TICK, "price": True}), R.WRONG_TYPE),
-        ("ticks", enc({**TICK, "ts": 1767225600000}), R.BAD_TIMESTAMP),
-        ("ticks", enc({**TICK, "ts": -5}), R.BAD_TIMESTAMP),
-        ("sensors", enc({**SENSOR, "values": [1, 2]}), R.WRONG_TYPE),
-        ("sensors", enc({**SENSOR, "values": {"temp": 1}}), R.MISSING_FIELD),
-        ("clicks", b"[" * 100_000 + b"]" * 100_000, R.TOO_DEEP),
-        ("clicks", b" " * (2 << 20), R.TOO_LARGE),
-    ],
-)
+REJECTIONS = [
+    ("clicks", b"", R.EMPTY),
+    ("clicks", b"\xff\xfe{}", R.INVALID_UTF8),
+    ("clicks", b"{oops", R.NOT_JSON),
+    ("clicks", b"[1]", R.NOT_OBJECT),
+    ("clicks", b"null", R.NOT_OBJECT),
+    ("clicks", enc({k: v for k, v in CLICK.items() if k != "label"}), R.MISSING_FIELD),
+    ("clicks", enc({**CLICK, "label": 2}), R.WRONG_TYPE),
+    ("clicks", enc({**CLICK, "label": "1"}), R.WRONG_TYPE),
+    ("clicks", enc({**CLICK, "user_id": None}), R.WRONG_TYPE),
+    ("clicks", enc({**CLICK, "user_id": "x" * 1000}), R.OUT_OF_RANGE),
+    ("clicks", enc({**CLICK, "context": {"a": {"b": 1}}}), R.WRONG_TYPE),
+    ("clicks", b'{"ts": NaN, "user_id": "u", "item_id": "i", "label": 1}', R.NON_FINITE),
+    ("ticks", b'{"ts": 1767225600, "symbol": "A", "price": Infinity}', R.NON_FINITE),
+    ("ticks", b'{"ts": 1767225600, "symbol": "A", "price": 1e999}', R.NON_FINITE),
+    ("ticks", enc({**TICK, "price": -3.0}), R.OUT_OF_RANGE),
+    ("ticks", enc({**TICK, "price": 1e308}), R.OUT_OF_RANGE),
+    ("ticks", enc({**TICK, "price": "12"}), R.WRONG_TYPE),
+    ("ticks", enc({**TICK, "price": True}), R.WRONG_TYPE),
+    ("ticks", enc({**TICK, "ts": 1767225600000}), R.BAD_TIMESTAMP),
+    ("ticks", enc({**TICK, "ts": -5}), R.BAD_TIMESTAMP),
+    ("sensors", enc({**SENSOR, "values": [1, 2]}), R.WRONG_TYPE),
+    ("sensors", enc({**SENSOR, "values": {"temp": 1}}), R.MISSING_FIELD),
+    ("clicks", b"[" * 100_000 + b"]" * 100_000, R.TOO_DEEP),
+    ("clicks", b" " * (2 << 20), R.TOO_LARGE),
+]
+
+
+@pytest.mark.parametrize("kind,raw,reason", REJECTIONS)
 def test_rejections_have_a_reason(kind, raw, reason):
     out = decoder_for(kind, channels=("temp", "humidity", "pressure"))(raw)
     assert isinstance(out, Rejected), out
@@ -104,26 +104,14 @@ json_values = st.recursive(
 )
 
 
+FIELDS = [
+    "ts", "user_id", "item_id", "label", "context", "symbol", "price", "volume", "sensor_id",
+    "values",
+]  # fmt: skip
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    st.dictionaries(
-        st.sampled_from(
-            [
-                "ts",
-                "user_id",
-                "item_id",
-                "label",
-                "context",
-                "symbol",
-                "price",
-                "volume",
-                "sensor_id",
-                "values",
-            ]
-        ),
-        json_values,
-    )
-)
+@given(st.dictionaries(st.sampled_from(FIELDS), json_values))
 def test_decoder_never_raises_on_arbitrary_json_objects(doc):
     raw = json.dumps(doc).encode()
     for kind in ("clicks", "ticks", "sensors"):
@@ -132,3 +120,72 @@ def test_decoder_never_raises_on_arbitrary_json_objects(doc):
             assert all(v == v for v in out.values() if isinstance(v, float))  # no NaN passes
         else:
             assert out.reason in R.ALL
+
+
+# ---- the batch decoder (events/fast.py) gives exactly what decode.py gives ----------------
+FAST_CHANNELS = {"clicks": (), "ticks": (), "sensors": ("temp", "humidity", "pressure")}
+
+
+def both(kind: str, raws: list[bytes]) -> tuple[list, list]:
+    from stream_trainer.events.fast import batch_decoder
+
+    channels = FAST_CHANNELS[kind]
+    slow = decoder_for(kind, channels=channels)
+    return batch_decoder(kind, channels=channels)(raws), [slow(r) for r in raws]
+
+
+@pytest.mark.parametrize("kind", ["clicks", "ticks", "sensors"])
+def test_batch_decoder_equals_the_reference_on_generated_events(kind):
+    from stream_trainer.producers.generators import make_generator
+
+    raws = [enc(e) for e in make_generator(kind, seed=3, count=2000)]
+    if kind == "sensors":
+        FAST_CHANNELS["sensors"] = ()
+    try:
+        fast, slow = both(kind, raws)
+    finally:
+        FAST_CHANNELS["sensors"] = ("temp", "humidity", "pressure")
+    assert fast == slow
+    assert all(isinstance(e, dict) for e in fast)
+
+
+ODD = [
+    enc({**CLICK, "label": True}),  # accepted by the reference, refused by msgspec's Literal
+    enc({**CLICK, "label": 1.0}),
+    enc({**CLICK, "context": None}),
+    enc({**CLICK, "context": {}}),
+    enc({**CLICK, "user_id": 10**30, "item_id": 10**300}),  # the second is too long
+    enc({**CLICK, "context": {"big": 10**30, "x": 1e300, "b": False}}),
+    b'{"ts":1767225600,"user_id":"u","item_id":"i","label":1,"label":0}',  # the last wins
+    b' {"ts":1767225600,"user_id":"u","item_id":"i","label":1} ',
+    b'{"ts":1767225600,"user_id":"u","item_id":"i","label":1} x',
+    b'{"ts":1767225600,"user_id":"u","item_id":"i","label":1,"deep":'
+    + b"[" * 5000
+    + b"]" * 5000
+    + b"}",
+    b'{"ts":1767225600,"user_id":"u","item_id":"i","label":1,"extra":NaN}',
+    enc({**TICK, "volume": -1}),
+    enc({**TICK, "symbol": ""}),
+    enc({**TICK, "price": 10**13}),
+    enc({**SENSOR, "values": {"temp": 1, "humidity": True, "pressure": 3}}),
+    enc({**SENSOR, "values": {"temp": 1, "humidity": 2, "pressure": 3, "note": "x"}}),
+    enc({**SENSOR, "values": {}}),
+    enc({**SENSOR, "values": None}),
+    None,
+]
+
+
+@pytest.mark.parametrize("kind", ["clicks", "ticks", "sensors"])
+def test_batch_decoder_equals_the_reference_on_odd_and_broken_events(kind):
+    raws = ODD + [raw for _, raw, _ in REJECTIONS if raw is not None]
+    fast, slow = both(kind, raws)
+    assert fast == slow
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), json_values))
+def test_batch_decoder_equals_the_reference_on_arbitrary_objects(doc):
+    raw = json.dumps(doc).encode()
+    for kind in ("clicks", "ticks", "sensors"):
+        fast, slow = both(kind, [raw])
+        assert fast == slow

@@ -258,7 +258,9 @@ def test_after_an_offset_reset_the_new_log_trains_even_where_its_bytes_repeat(tm
 
 def test_a_pipeline_that_rejects_most_events_says_so_with_the_reason(tmp_path, caplog):
     s = settings(tmp_path, every_seconds=3600)
-    p = Pipeline(s, s.pipelines[0])
+    # a frozen clock: the loop's own once-a-second check must not split the window,
+    # however slowly this machine runs the 2,400 events
+    p = Pipeline(s, s.pipelines[0], clock=lambda: 0.0)
     events = click_stream(1200, 4)
     run_until(p, ListSource({("t", 0): events + events}, {}), ListSink())
     with caplog.at_level("WARNING", logger="stream_trainer.pipeline.core"):

@@ -77,6 +77,9 @@ class Domain:
     model: Callable[..., nn.Module] | None
     # the synthetic stream for ``produce`` and ``evaluate`` (None: none)
     generator: Callable[..., Iterator[dict[str, Any]]] | None = None
+    # the same schema as msgspec types (events/fast.py): decoder channels -> (decoder,
+    # convert); only speed, never a result, differs. None: ``schema`` alone (custom)
+    fast: Callable[[Sequence[str]], Any] | None = None
     # the event field that keys its Kafka messages (partitions follow it)
     key_field: str | None = None
     # the quality profile when the featurizer's task is a regression: "direction"

@@ -8,6 +8,7 @@ from stream_trainer.events.decode import clicks_schema
 DOMAIN = Domain(
     name="clicks",
     schema=clicks_schema,
+    fast=lazy("stream_trainer.events.fast:clicks_fast"),
     featurizer=lazy("stream_trainer.features.clicks:ClickFeaturizer"),
     model=lazy("stream_trainer.models.clicks:build"),
     generator=lazy("stream_trainer.producers.generators:clicks"),

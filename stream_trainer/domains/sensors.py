@@ -9,6 +9,7 @@ from stream_trainer.events.decode import sensors_schema
 DOMAIN = Domain(
     name="sensors",
     schema=sensors_schema,
+    fast=lazy("stream_trainer.events.fast:sensors_fast"),
     featurizer=lazy("stream_trainer.features.sensors:SensorFeaturizer"),
     model=lazy("stream_trainer.models.forecast:build_sensors"),
     generator=lazy("stream_trainer.producers.generators:sensors"),

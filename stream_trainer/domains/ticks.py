@@ -8,6 +8,7 @@ from stream_trainer.events.decode import ticks_schema
 DOMAIN = Domain(
     name="ticks",
     schema=ticks_schema,
+    fast=lazy("stream_trainer.events.fast:ticks_fast"),
     featurizer=lazy("stream_trainer.features.ticks:TickFeaturizer"),
     model=lazy("stream_trainer.models.forecast:build_ticks"),
     generator=lazy("stream_trainer.producers.generators:ticks"),

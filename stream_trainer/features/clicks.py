@@ -47,6 +47,10 @@ class ClickFeaturizer:
         self._items: dict[str, int] = {}
         self._pairs: dict[tuple[str, str], int] = {}
         self._tokens: dict[tuple[str, Any, type], tuple[int, float]] = {}
+        # each distinct context once: its tokens as a row of these tables (row 0: none)
+        self._contexts: dict[tuple[tuple, tuple], int] = {(): 0}
+        self._ctx_ids = np.zeros((64, max_context), np.int64)
+        self._ctx_w = np.zeros((64, max_context), np.float32)
 
     @staticmethod
     def _remember(cache: dict, key: Any, value: Any) -> Any:
@@ -60,48 +64,68 @@ class ClickFeaturizer:
             return stable_hash(k, self.context_buckets, self.salt), max(-10.0, min(10.0, v))
         return stable_hash(f"{k}={v}", self.context_buckets, self.salt), 1.0
 
+    def _context_row(self, context: Mapping[str, Any]) -> int:
+        """The row of the context table holding this context's tokens (added if new)."""
+        key = (tuple(context.items()), tuple(map(type, context.values())))
+        row = self._contexts.get(key)
+        if row is not None:
+            return row
+        row = len(self._contexts)
+        if row == len(self._ctx_ids):  # grow the table
+            self._ctx_ids = np.concatenate([self._ctx_ids, np.zeros_like(self._ctx_ids)])
+            self._ctx_w = np.concatenate([self._ctx_w, np.zeros_like(self._ctx_w)])
+        tok_h = self._tokens
+        self._ctx_ids[row], self._ctx_w[row] = 0, 0.0  # a row used before a clear
+        for j, (k, v) in enumerate(sorted(context.items())[: self.max_context]):
+            tkey = (k, v, type(v))  # 1, 1.0 and True are equal keys, not equal tokens
+            tok = tok_h.get(tkey)
+            if tok is None:
+                tok = self._remember(tok_h, tkey, self._token(k, v))
+            self._ctx_ids[row, j], self._ctx_w[row, j] = tok
+        self._contexts[key] = row
+        return row
+
     def featurize(self, events: Sequence[Mapping[str, Any]]) -> FeatureBatch:
+        """One pass over the events for what only Python can do (dict lookups of ids
+        and contexts, hashing what is new); the arrays are then built by numpy."""
         n = len(events)
-        users = np.empty(n, np.int64)
-        items = np.empty(n, np.int64)
-        pairs = np.zeros(n, np.int64)
-        ctx = np.zeros((n, self.max_context), np.int64)
-        ctx_w = np.zeros((n, self.max_context), np.float32)
-        labels = np.empty(n, np.float32)
+        if len(self._contexts) + n > HASH_CACHE_MAX:  # bounded; only between batches
+            self._contexts = {(): 0}
         ub, pb, salt = self.id_buckets, self.pair_buckets, self.salt
-        user_h, item_h, pair_h, tok_h = self._users, self._items, self._pairs, self._tokens
-        for i, ev in enumerate(events):
+        user_h, item_h, pair_h = self._users, self._items, self._pairs
+        remember, context_row = self._remember, self._context_row
+        users, items, pairs, rows, labels, keys = [], [], [], [], [], []
+        for ev in events:
             u, it = ev["user_id"], ev["item_id"]
             h = user_h.get(u)
-            if h is None:
-                h = self._remember(user_h, u, stable_hash(u, ub, salt))
-            users[i] = h
+            users.append(h if h is not None else remember(user_h, u, stable_hash(u, ub, salt)))
             h = item_h.get(it)
-            if h is None:
-                h = self._remember(item_h, it, stable_hash(it, ub, salt + 1))
-            items[i] = h
+            items.append(
+                h if h is not None else remember(item_h, it, stable_hash(it, ub, salt + 1))
+            )
             if pb:
                 h = pair_h.get((u, it))
                 if h is None:
-                    h = self._remember(pair_h, (u, it), stable_hash(f"{u}\x1f{it}", pb, salt + 2))
-                pairs[i] = h
-            labels[i] = ev["label"]
+                    h = remember(pair_h, (u, it), stable_hash(f"{u}\x1f{it}", pb, salt + 2))
+                pairs.append(h)
             context = ev.get("context")
-            if context:
-                for j, (k, v) in enumerate(sorted(context.items())[: self.max_context]):
-                    key = (k, v, type(v))  # 1, 1.0 and True are equal keys, not equal tokens
-                    tok = tok_h.get(key)
-                    if tok is None:
-                        tok = self._remember(tok_h, key, self._token(k, v))
-                    ctx[i, j], ctx_w[i, j] = tok
-        inputs = {"user": users, "item": items, "ctx": ctx, "ctx_w": ctx_w}
+            rows.append(context_row(context) if context else 0)
+            labels.append(ev["label"])
+            keys.append(u)
+        row = np.array(rows, np.int64)
+        inputs = {
+            "user": np.array(users, np.int64).reshape(n),
+            "item": np.array(items, np.int64).reshape(n),
+            "ctx": self._ctx_ids[row],
+            "ctx_w": self._ctx_w[row],
+        }
         if pb:
-            inputs["pair"] = pairs
+            inputs["pair"] = np.array(pairs, np.int64).reshape(n)
         return FeatureBatch(
             inputs=inputs,
-            targets=labels,
+            targets=np.array(labels, np.float32).reshape(n),
             index=np.arange(n),
-            keys=[ev["user_id"] for ev in events],
+            keys=keys,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@ monitors and adaptation policy. Bad settings become one ConfigError naming the p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from stream_trainer import domains
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.errors import ConfigError
-from stream_trainer.events import decoder_for
+from stream_trainer.events.fast import batch_decoder
 from stream_trainer.learner import Learner
 from stream_trainer.learner.keyed import KeyedLearner
 from stream_trainer.models.registry import build_featurizer, build_model
@@ -30,10 +30,13 @@ def shard_root(settings: Settings, spec: PipelineSettings) -> Path:
     return settings.checkpoint.dir / spec.name / "shards"
 
 
-def featurizer_and_decoder(spec: PipelineSettings) -> tuple[Any, Callable[[bytes], Any]]:
+def featurizer_and_decoder(
+    spec: PipelineSettings,
+) -> tuple[Any, Callable[[Sequence[bytes | None]], list[Any]]]:
+    """The featurizer, and the decoder of a whole poll's values (events/fast.py)."""
     featurizer = build_featurizer(spec.kind, spec.featurizer)
     channels = domains.get(spec.kind).decoder_channels(featurizer)
-    return featurizer, decoder_for(spec.kind, channels=channels, max_bytes=spec.max_event_bytes)
+    return featurizer, batch_decoder(spec.kind, channels=channels, max_bytes=spec.max_event_bytes)
 
 
 def learner_factory(

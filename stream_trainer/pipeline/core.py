@@ -133,9 +133,9 @@ class Pipeline(AfterUpdate):
         self.counters["consumed"] += len(records)
         self.hooks.on_consumed(len(records))
         self.reject_watch.consumed(len(records))
-        decode, seen, polled_next = self.decode, self.dedup.seen, self.offsets.polled_next
+        seen, polled_next = self.dedup.seen, self.offsets.polled_next
         accepted: list[Item] = []
-        for rec in records:
+        for rec, result in zip(records, self.decode([r.value for r in records]), strict=True):
             tp = (rec.topic, rec.partition)
             expected = polled_next.get(tp)
             if expected is not None and rec.offset < expected:
@@ -143,7 +143,6 @@ class Pipeline(AfterUpdate):
                 accepted = []
                 self._log_went_back(tp, expected, rec.offset)
             polled_next[tp] = rec.offset + 1
-            result = decode(rec.value)
             if type(result) is dict and not seen(rec.value, tp):
                 accepted.append(Item(rec, result))
                 continue
