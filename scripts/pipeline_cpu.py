@@ -34,6 +34,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--kind", default="clicks")
+    ap.add_argument("--batch", type=int, default=1024, help="batch.max_size")
     a = ap.parse_args()
     torch.set_num_threads(1)
     settings = parse_settings(
@@ -41,7 +42,7 @@ def main() -> int:
             "checkpoint": {"dir": "/tmp/pipeline-cpu-unused", "every_seconds": 3600},
             "device": "cpu",
             "pipelines": [{"name": "p", "kind": a.kind, "topics": ["t"],
-                           "batch": {"max_size": 1024, "max_latency_ms": 10}}],
+                           "batch": {"max_size": a.batch, "max_latency_ms": 10}}],
         }
     )  # fmt: skip
     p = Pipeline(settings, settings.pipelines[0])

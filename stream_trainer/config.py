@@ -105,8 +105,14 @@ class HistorySettings(_Frozen):
 
 
 class BatchSettings(_Frozen):
+    # Adaptive: a poll that empties what the broker had ready trains what is pending at
+    # once (light traffic: small, fresh batches); under a backlog polls come back full
+    # and batches fill up to max_size. max_latency_ms bounds the wait of the oldest
+    # pending event in between. 256, not more: larger batches learn worse per event
+    # (ticks' MSE +3.6 % at 1024, clicks' log loss +0.4 %); the ingest workers, not
+    # bigger batches, buy the throughput.
     max_size: int = Field(256, ge=1, le=65536)
-    max_latency_ms: float = Field(50.0, ge=0)
+    max_latency_ms: float = Field(20.0, ge=0)
 
 
 class OptimizerSettings(_Frozen):
@@ -243,8 +249,23 @@ class PipelineSettings(_Frozen):
         return self.name
 
 
+class IngestSettings(_Frozen):
+    # processes that fetch and decode beside each pipeline's trainer (edges/ingest.py):
+    # "auto" = the machine's cores beside the trainers (at least 1, at most 8); 0 = in
+    # the trainer's own process. by_key and replicated pipelines always use 0.
+    workers: int | Literal["auto"] = "auto"
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 0 <= v <= 64:
+            raise ValueError("workers must be 'auto' or 0..64")
+        return v
+
+
 class Settings(_Frozen):
     kafka: KafkaSettings = KafkaSettings()
+    ingest: IngestSettings = IngestSettings()
     metrics: MetricsSettings = MetricsSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     history: HistorySettings = HistorySettings()

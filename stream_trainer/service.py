@@ -23,6 +23,7 @@ from stream_trainer import distributed
 from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.edges import KafkaSink, KafkaSource
 from stream_trainer.edges.admin import broker_answers, check_reachable, create_topics
+from stream_trainer.edges.ingest import IngestSource, worker_count
 from stream_trainer.edges.tls import client_security
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.learner import pick_device
@@ -164,6 +165,20 @@ class Service:
                     security=self.security,
                 )
                 stack.callback(source.close)
+                workers = self._ingest_workers(p)
+                if workers:
+                    source = IngestSource(
+                        source,
+                        k,
+                        workers,
+                        group_id=f"{k.group_prefix}.{p.name}",
+                        client_id=f"stream-trainer-{p.name}-{self.world.rank}-ingest",
+                        security=self.security,
+                        decoder_spec=p.decoder_spec,  # type: ignore[attr-defined]
+                        positions=lambda: p.polled_next,  # type: ignore[attr-defined]
+                        name=p.name,
+                    )
+                    stack.callback(source.close)
                 p.run(source, sink, self.stop)
         except distributed.ReplicaStalled as err:
             p.failed = str(err)
@@ -176,6 +191,14 @@ class Service:
         except Exception as err:  # a bug: report it loudly, keep other pipelines going
             p.failed = f"{type(err).__name__}: {err}"
             log.exception("pipeline crashed", extra={"pipeline": p.name})
+
+    def _ingest_workers(self, p: Runner) -> int:
+        """Ingest worker processes for ``p``: plain pipelines only (a by_key pipeline's
+        shards and replicas keep fetching in their own process)."""
+        if type(p) is not Pipeline:
+            return 0
+        plain = sum(type(q) is Pipeline for q in self.pipelines)
+        return worker_count(self.settings.ingest.workers, plain)
 
     def ensure_topics(self) -> None:
         """Create missing input, dead-letter and output topics (fails early if unreachable)."""

@@ -22,6 +22,7 @@ from kafka.structs import OffsetAndMetadata
 
 from stream_trainer.config import KafkaSettings
 from stream_trainer.edges.admin import unreachable
+from stream_trainer.edges.ingest import BEGINNING, COMMITTED
 from stream_trainer.errors import BrokerError
 from stream_trainer.pipeline.ports import TP, Record
 
@@ -80,6 +81,7 @@ class _Listener(ConsumerRebalanceListener):
 
 class KafkaSource:
     in_rebalance = False  # inside a rebalance callback (on the consumer's IO thread)
+    fetcher: Any = None  # ingest workers (edges/ingest.py) fetch for this group member
 
     def __init__(
         self,
@@ -110,12 +112,22 @@ class KafkaSource:
     def _assigned(self, tps: list[TP]) -> None:
         start = self.resume_from(tps)
         from_beginning = []
+        starts: dict[TP, int] = {}  # for ingest workers: where each partition starts
         for t, p in tps:
             if (t, p) in start:
-                self.consumer.seek(TopicPartition(t, p), start[(t, p)])
+                starts[(t, p)] = start[(t, p)]
+                if self.fetcher is None:
+                    self.consumer.seek(TopicPartition(t, p), start[(t, p)])
             elif self.restored():
-                self.consumer.seek_to_beginning(TopicPartition(t, p))
+                starts[(t, p)] = BEGINNING
+                if self.fetcher is None:
+                    self.consumer.seek_to_beginning(TopicPartition(t, p))
                 from_beginning.append(f"{t}:{p}")
+            else:
+                starts[(t, p)] = COMMITTED
+        if self.fetcher is not None:  # the workers fetch; this consumer only holds the group
+            self.consumer.pause(*[TopicPartition(t, p) for t, p in tps])
+            self.fetcher.assign(starts)
         self.assignment = sorted(tps)
         log.info(
             "partitions assigned",
@@ -130,6 +142,8 @@ class KafkaSource:
     def _revoked(self, tps: list[TP]) -> None:
         if tps:
             self.on_revoke(tps)
+        if self.fetcher is not None:
+            self.fetcher.revoke()  # nothing fetched for these under the old assignment counts
         self.assignment = [tp for tp in self.assignment if tp not in set(tps)]
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:

@@ -51,7 +51,12 @@ class Deduper:
         ``partition``'s (any hashable: the pipeline passes (topic, partition))."""
         if self.window <= 0:
             return False
-        h = digest(raw)
+        return self.seen_digest(digest(raw), partition)
+
+    def seen_digest(self, h: int, partition: Hashable = None) -> bool:
+        """:meth:`seen` for a digest computed elsewhere (an ingest worker)."""
+        if self.window <= 0:
+            return False
         if h in self._set:
             return True
         owner = self._index.get(partition)

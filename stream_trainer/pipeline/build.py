@@ -30,6 +30,12 @@ def shard_root(settings: Settings, spec: PipelineSettings) -> Path:
     return settings.checkpoint.dir / spec.name / "shards"
 
 
+def decoder_spec(spec: PipelineSettings, featurizer: Any) -> tuple[str, tuple[str, ...], int]:
+    """What an ingest worker needs to build the same decoder: kind, channels, max bytes."""
+    channels = domains.get(spec.kind).decoder_channels(featurizer)
+    return spec.kind, tuple(channels), spec.max_event_bytes
+
+
 def featurizer_and_decoder(
     spec: PipelineSettings,
 ) -> tuple[Any, Callable[[Sequence[bytes | None]], list[Any]]]:

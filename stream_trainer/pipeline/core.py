@@ -70,6 +70,7 @@ class Pipeline(AfterUpdate):
         self.hooks: PipelineHooks = hooks or NullHooks()
         self.clock = clock
         self.featurizer, self.decode = build.featurizer_and_decoder(spec)
+        self.decoder_spec = build.decoder_spec(spec, self.featurizer)  # for ingest workers
         torch.manual_seed(settings.seed)
         root, name = settings.checkpoint.dir, spec.name
         if shard is not None:
@@ -133,9 +134,15 @@ class Pipeline(AfterUpdate):
         self.counters["consumed"] += len(records)
         self.hooks.on_consumed(len(records))
         self.reject_watch.consumed(len(records))
-        seen, polled_next = self.dedup.seen, self.offsets.polled_next
+        polled_next = self.offsets.polled_next
+        decoded = getattr(records, "decoded", None)  # an ingest worker decoded them
+        if decoded is None:
+            decoded = self.decode([r.value for r in records])
+            seen, keys = self.dedup.seen, [r.value for r in records]
+        else:
+            seen, keys = self.dedup.seen_digest, records.digests  # type: ignore[attr-defined]
         accepted: list[Item] = []
-        for rec, result in zip(records, self.decode([r.value for r in records]), strict=True):
+        for rec, result, key in zip(records, decoded, keys, strict=True):
             tp = (rec.topic, rec.partition)
             expected = polled_next.get(tp)
             if expected is not None and rec.offset < expected:
@@ -143,7 +150,7 @@ class Pipeline(AfterUpdate):
                 accepted = []
                 self._log_went_back(tp, expected, rec.offset)
             polled_next[tp] = rec.offset + 1
-            if type(result) is dict and not seen(rec.value, tp):
+            if type(result) is dict and not seen(key, tp):
                 accepted.append(Item(rec, result))
                 continue
             if not isinstance(result, Rejected):
@@ -188,10 +195,13 @@ class Pipeline(AfterUpdate):
     def _drop_old_log(self, tp: TP) -> None:
         self.flush()
 
-    def pump(self) -> int:
-        """Train every batch that is due; return how many batches ran."""
+    def pump(self, caught_up: bool = False) -> int:
+        """Train every batch that is due; return how many batches ran. ``caught_up``:
+        the last poll emptied what the source held, so nothing is worth waiting for:
+        train what is pending now (small batches when traffic is light, full ones
+        under a backlog, whatever ``batch.max_latency_ms`` allows)."""
         n = 0
-        while self.batcher.ready():
+        while self.batcher.ready() or (caught_up and len(self.batcher)):
             self.train(self.batcher.take())
             n += 1
         return n
@@ -329,7 +339,7 @@ class Pipeline(AfterUpdate):
         if stopping:
             return False
         self.handle(records)
-        self.pump()
+        self.pump(caught_up=len(records) < self.settings.kafka.max_poll_records)
         return True
 
     def every_second(self, now: float) -> None:
