@@ -31,6 +31,7 @@ def test_bench_measures_every_figure_and_keeps_the_gpu_section(tmp_path):
         "--latency-seconds", "4",
         "--warmup", "1",
         "--kinds", "clicks,ticks",
+        "--worker-counts", "0,1",
         "--out", str(out),
         "--json", str(raw),
     )  # fmt: skip
@@ -43,12 +44,15 @@ def test_bench_measures_every_figure_and_keeps_the_gpu_section(tmp_path):
         "## Event-to-update latency at fixed produce rates",
         "## Where the daemon's time goes",
         "## Memory",
+        "## Ingest workers (clicks)",
     ):
         assert heading in text
     assert "FIGURES OF THE LAST GPU RUN" in text and "old" not in text.split("\n")[0]
     r = json.loads(raw.read_text())
     assert r["client_decode"][0] > 0 and r["client_raw"][0] >= r["client_decode"][0] * 0.5
     assert r["e2e"]["clicks"][0] > 0 and r["e2e"]["ticks"][0] > 0
+    assert r["paired"]["clicks"][0] > 0 and r["workers_used"]["clicks"] >= 1  # auto
+    assert set(r["workers"]) == {"0", "1"} and all(v["rate"][0] > 0 for v in r["workers"].values())
     assert 0.3 < r["river"]["ll"][0] < 0.7  # River is a dependency: always measured
     for v in r["core"].values():  # the click model learns: better than a coin
         assert v["rate"][0] > 0 and v["ll"][0] < 0.69
