@@ -30,11 +30,28 @@ except ImportError:  # before it
     from stream_trainer.pipeline import Pipeline  # type: ignore[no-redef,attr-defined]
 
 
+def predecoded(p: Pipeline, poll: list) -> list:
+    """``poll`` as an ingest worker hands it over: decoded, with duplicate digests."""
+    from stream_trainer.edges.ingest import DecodedPoll
+    from stream_trainer.events.dedup import digest
+
+    out = DecodedPoll(poll)
+    out.decoded = p.decode([r.value for r in poll])
+    out.digests = [digest(r.value) for r in poll]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--events", type=int, default=60_000)
     ap.add_argument("--kind", default="clicks")
-    ap.add_argument("--batch", type=int, default=1024, help="batch.max_size")
+    ap.add_argument("--batch", type=int, default=256, help="batch.max_size")
+    ap.add_argument(
+        "--workers",
+        action="store_true",
+        help="the trainer's share only: polls arrive decoded, as ingest workers send them",
+    )
+    ap.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     a = ap.parse_args()
     torch.set_num_threads(1)
     settings = parse_settings(
@@ -48,19 +65,33 @@ def main() -> int:
     p = Pipeline(settings, settings.pipelines[0])
     raw = [json.dumps(e).encode() for e in make_generator(a.kind, seed=7, count=a.events)]
     now_ms = int(time.time() * 1000)
-    records = [Record("t", i % 2, i // 2, now_ms, None, v) for i, v in enumerate(raw)]
-    polls = [records[i : i + 500] for i in range(0, len(records), 500)]
+    # two partitions; a poll holds 250 records of each, grouped by partition as Kafka's are
+    parts = [[Record("t", k, i, now_ms, None, v) for i, v in enumerate(raw[k::2])] for k in (0, 1)]
+    polls = [parts[0][i : i + 250] + parts[1][i : i + 250] for i in range(0, len(parts[0]), 250)]
+    if a.workers:
+        polls = [predecoded(p, poll) for poll in polls]
     warm = len(polls) // 10
     for poll in polls[:warm]:
         p.handle(poll)
         p.pump()
     p.flush()
+    prof = None
+    if a.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
     t0 = time.process_time()
     for poll in polls[warm:]:
         p.handle(poll)
         p.pump()
     p.flush()
     cpu = time.process_time() - t0
+    if prof is not None:
+        import pstats
+
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     n = sum(len(x) for x in polls[warm:])
     print(json.dumps({"cpu_us_per_event": cpu / n * 1e6, "events": n}))
     return 0

@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-import torch
 import xxhash
 
 UNKNOWN = -1  # digests from a checkpoint that predates partitions: any reset forgets them
@@ -84,6 +83,8 @@ class Deduper:
         return dropped
 
     def state_dict(self) -> dict[str, Any]:
+        import torch  # here: ingest workers import this module for digest() alone
+
         return {
             "hash": HASH,
             "window": self.window,
