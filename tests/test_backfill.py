@@ -86,6 +86,18 @@ def test_catch_up_logs_progress_every_n_seconds_then_once_caught_up(caplog):
     assert caplog.records[-1].getMessage() == "caught up; training live"
 
 
+def test_catch_up_waits_for_every_partitions_watermark(caplog):
+    """A fetch may answer one partition for a while: no "caught up" on half a view."""
+    caplog.set_level(logging.INFO, logger="stream_trainer.edges.start")
+    c = CatchUp("clicks", every_s=1.0, caught_up_lag=100)
+    c.observe({("t", 0): (50, 100)}, 0.0, expected=2)  # partition 1 not known yet
+    assert not c.done and not caplog.records
+    c.observe({("t", 0): (90, 100), ("t", 1): (0, 60_000)}, 1.0, expected=2)
+    assert caplog.records[-1].getMessage() == "catching up" and caplog.records[-1].behind == 60_010
+    c.observe({("t", 0): (100, 100)}, 2.0, expected=2)  # partition 1 still far behind
+    assert not c.done
+
+
 def test_catch_up_is_quiet_when_live_from_the_start(caplog):
     caplog.set_level(logging.INFO, logger="stream_trainer.edges.start")
     c = CatchUp("clicks", every_s=1.0, caught_up_lag=1000)

@@ -238,7 +238,7 @@ class KafkaSource:
             if pos is not None:
                 out[(t, p)] = (pos, hw)
         if self.catch_up is not None:
-            self.catch_up.observe(out, time.monotonic())
+            self.catch_up.observe(out, time.monotonic(), expected=len(self.assignment))
         return out
 
     def rewind(self, tp: TP) -> None:

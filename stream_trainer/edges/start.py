@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RESOLVE_TIMEOUT_S = 30.0  # without a fetch answer for this long: the broker is not answering
 SCAN_PROGRESS_S = 10.0
+WAIT_ALL_S = 10.0  # CatchUp: how long to wait for every partition's first watermark
 
 
 def partitions(consumer: KafkaConsumer, topics: Iterable[str]) -> list[TP]:
@@ -210,9 +211,16 @@ class CatchUp:
         self.consumed = 0
         self.consumed_at_last = 0
         self.positions: dict[TP, int] = {}
+        self.marks: dict[TP, tuple[int, int]] = {}
+        self.first_seen: float | None = None
 
-    def observe(self, marks: Mapping[TP, tuple[int, int]], now: float) -> None:
-        """One look at (position, high watermark) per partition (the loop's once a second)."""
+    def observe(self, marks: Mapping[TP, tuple[int, int]], now: float, expected: int = 0) -> None:
+        """One look at (position, high watermark) per partition (the loop's once a second).
+
+        A partition's watermark is known only once a fetch for it was answered, and a
+        fetch may answer one partition for a while: the last known one of each counts,
+        and the start waits (up to ``WAIT_ALL_S``) until all ``expected`` are known.
+        """
         if self.done or not marks:
             return
         for tp, (pos, _) in marks.items():
@@ -220,7 +228,13 @@ class CatchUp:
             if prev is not None and pos > prev:
                 self.consumed += pos - prev
             self.positions[tp] = pos
-        lag = sum(max(0, hw - pos) for pos, hw in marks.values())
+        self.marks.update(marks)
+        self.first_seen = now if self.first_seen is None else self.first_seen
+        lag = sum(max(0, hw - pos) for pos, hw in self.marks.values())
+        if self.started_at is None and (
+            len(self.marks) < expected and now - self.first_seen < WAIT_ALL_S
+        ):
+            return
         if self.started_at is None:
             if lag <= self.caught_up_lag:
                 self.done = True  # live from the start: nothing to report
