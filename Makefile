@@ -17,13 +17,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
-# promtool and prometheus for the operations tests: Debian's package, when missing.
+# promtool and prometheus for the operations tests, tmux for the demo view's terminal
+# test: Debian's packages, when missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 tools:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus package (prometheus, promtool)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
 	    -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v tmux >/dev/null 2>&1 || { \
+	  echo "installing Debian's tmux package"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+	    -y -qq --no-install-recommends tmux >/dev/null; }
 
 run: setup
 	$(BIN)/stream-trainer demo

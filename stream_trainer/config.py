@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +78,61 @@ class KafkaSettings(_Frozen):
                     "or kafka.sasl_plain_password_file"
                 )
         return self
+
+
+START_KEYWORDS = ("committed", "earliest", "latest")
+
+
+def start_position(value: str) -> str | int:
+    """``source.start_from`` as a keyword or a time in Unix milliseconds (UTC when the
+    time has no zone); ValueError with what is accepted otherwise.
+
+    >>> start_position("latest"), start_position("2026-11-01T00:00Z")
+    ('latest', 1793491200000)
+    >>> start_position("2026-11-01") == start_position("2026-11-01T00:00:00+00:00")
+    True
+    """
+    v = str(value).strip()
+    if v.lower() in START_KEYWORDS:
+        return v.lower()
+    try:
+        t = datetime.fromisoformat(v)
+    except ValueError:
+        raise ValueError(
+            f"must be committed, earliest, latest or an ISO 8601 time such as "
+            f"2026-11-01T00:00Z, not {v!r}"
+        ) from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1000)
+
+
+class SourceSettings(_Frozen):
+    """Where a pipeline starts reading when its model holds no offsets, and how it reports
+    catching up.
+
+    ``start_from``: ``committed`` (the consumer group's committed offsets, else
+    ``kafka.auto_offset_reset``), ``earliest``, ``latest`` (the end of the log when the
+    daemon starts) or an ISO 8601 time (the first event whose Kafka timestamp is at or
+    after it). A restored checkpoint's offsets win over it (``run
+    --ignore-checkpoint-offsets`` for one start that does not let them).
+    """
+
+    start_from: str = "committed"
+    # while the lag (summed over a pipeline's partitions) is above caught_up_lag, one
+    # progress line (events behind, events/s, ETA) every progress_every_seconds
+    progress_every_seconds: float = Field(10.0, gt=0)
+    caught_up_lag: int = Field(1000, ge=0)
+
+    @field_validator("start_from")
+    @classmethod
+    def _start(cls, v: str) -> str:
+        start_position(v)
+        return v
+
+    @property
+    def position(self) -> str | int:
+        return start_position(self.start_from)
 
 
 class MetricsSettings(_Frozen):
@@ -269,6 +325,7 @@ class Settings(_Frozen):
     metrics: MetricsSettings = MetricsSettings()
     checkpoint: CheckpointSettings = CheckpointSettings()
     history: HistorySettings = HistorySettings()
+    source: SourceSettings = SourceSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(1, ge=1, le=256)
     # GPU fast path (no effect on the CPU): capture each pipeline's forward + backward as

@@ -29,6 +29,7 @@ from stream_trainer.errors import StreamTrainerError
 from stream_trainer.learner import pick_device
 from stream_trainer.metrics import Metrics, MetricsServer
 from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.pipeline.offsets import fmt_offsets
 from stream_trainer.pipeline.replicated import ReplicatedPipeline
 from stream_trainer.pipeline.runner import Runner
 from stream_trainer.pipeline.sharded import ShardedPipeline
@@ -48,8 +49,15 @@ EXIT_REGROUP = 75  # a replica left cleanly: torchrun restarts this one to regro
 
 
 class Service:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        *,
+        ignore_checkpoint_offsets: bool = False,
+    ) -> None:
         self.settings = settings
+        self.ignore_checkpoint_offsets = ignore_checkpoint_offsets
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.stop = threading.Event()
@@ -65,11 +73,41 @@ class Service:
         self.replicated: list[ReplicatedPipeline] = []  # in config order on every rank
         self.pipelines: list[Runner] = [self._runner(spec) for spec in settings.pipelines]
         self.security, self.tls = client_security(settings.kafka)  # reads secrets: fail early
+        if ignore_checkpoint_offsets:
+            self._check_ignore_offsets()
         self.broker_ok_at = -1e18
         self.threads: list[threading.Thread] = []
         self.server: MetricsServer | None = None
         self._signals = 0
         self.stalled = False
+
+    def _check_ignore_offsets(self) -> None:
+        if self.settings.source.position == "committed":
+            raise StreamTrainerError(
+                "--ignore-checkpoint-offsets needs a start position: --from earliest, "
+                "latest or a time (or source.start_from in the config)"
+            )
+        if self.world.replicated or any(
+            p.partitioning == "by_key" for p in self.settings.pipelines
+        ):
+            raise StreamTrainerError(
+                "--ignore-checkpoint-offsets works for one process and shared models; with "
+                "replicas or partitioning: by_key, move the checkpoint directory away instead"
+            )
+
+    def _restore(self, p: Runner) -> None:
+        """Load the newest checkpoint; with --ignore-checkpoint-offsets, keep its model
+        but read from source.start_from, and say so."""
+        if not p.restore() or not self.ignore_checkpoint_offsets:
+            return
+        assert isinstance(p, Pipeline)
+        log.warning(
+            "ignoring the checkpoint's offsets (--ignore-checkpoint-offsets): the restored "
+            "model reads from source.start_from, not from where it stopped",
+            extra={"pipeline": p.name, "start_from": self.settings.source.start_from,
+                   "checkpoint_offsets": fmt_offsets(p.offsets.next)},
+        )  # fmt: skip
+        p.forget_offsets()
 
     def _runner(self, spec: PipelineSettings) -> Runner:
         hooks = self.metrics.pipeline(spec.name, spec.drift.detector)
@@ -163,6 +201,8 @@ class Service:
                     restored=lambda: p.restored,
                     client_id=f"stream-trainer-{p.name}-{self.world.rank}",
                     security=self.security,
+                    start=self.settings.source,
+                    pipeline=p.name,
                 )
                 stack.callback(source.close)
                 workers = self._ingest_workers(p)
@@ -217,7 +257,7 @@ class Service:
         """Run until stopped; 0 on a clean stop, 1 when a pipeline failed."""
         with ExitStack() as stack:
             for p in self.pipelines:
-                p.restore()
+                self._restore(p)
             self._join_replicas()
             check_reachable(self.settings.kafka.bootstrap_servers)
             self.broker_ok_at = time.monotonic()

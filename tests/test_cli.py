@@ -13,6 +13,7 @@ import pytest
 from support import REPO, consume_all
 
 from stream_trainer.local.broker import free_port
+from stream_trainer.local.view import LineView
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +167,8 @@ def run_demo(workdir, port: int, metrics: str):
         timeout=120,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    # piped (not a terminal): the summary is lines, without escape sequences
+    assert LineView.HEADER in r.stdout.splitlines() and "\x1b" not in r.stdout
     last = {}  # the summary's last row per pipeline: events/s, trained, ..., rejected
     for line in r.stdout.splitlines():
         row = line.split()

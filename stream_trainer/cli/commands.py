@@ -117,15 +117,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from stream_trainer.config import load_settings
     from stream_trainer.service import Service
 
-    overrides: dict[str, Any] = {}
-    if a.bootstrap_servers:
-        overrides.setdefault("kafka", {})["bootstrap_servers"] = a.bootstrap_servers
-    if a.metrics_address:
-        overrides.setdefault("metrics", {})["address"] = a.metrics_address
-    if a.checkpoint_dir:
-        overrides.setdefault("checkpoint", {})["dir"] = a.checkpoint_dir
-    settings = load_settings(a.config, overrides=overrides)
-    service = Service(settings)
+    settings = load_settings(a.config, overrides=run_overrides(a))
+    service = Service(settings, ignore_checkpoint_offsets=bool(a.ignore_checkpoint_offsets))
     service.install_signal_handlers()
     code = service.run()
     if service.world.replicated:
@@ -137,6 +130,18 @@ def cmd_run(a: argparse.Namespace) -> int:
             os._exit(code)
         distributed.shutdown()
     return code
+
+
+def run_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """``run``'s flags that override the config file (and its environment variables)."""
+    overrides: dict[str, Any] = {}
+    for flag, section, key in [("bootstrap_servers", "kafka", "bootstrap_servers"),
+                               ("metrics_address", "metrics", "address"),
+                               ("checkpoint_dir", "checkpoint", "dir"),
+                               ("start_from", "source", "start_from")]:  # fmt: skip
+        if getattr(a, flag):
+            overrides.setdefault(section, {})[key] = getattr(a, flag)
+    return overrides
 
 
 def cmd_check_config(a: argparse.Namespace) -> int:

@@ -70,6 +70,23 @@ def _run(sub: Subparsers) -> argparse.ArgumentParser:
     add_flag(r, "--bootstrap-servers", help="override kafka.bootstrap_servers")
     add_flag(r, "--metrics-address", help="override metrics.address (HOST:PORT)")
     add_flag(r, "--checkpoint-dir", help="override checkpoint.dir")
+    add_flag(
+        r,
+        "--from",
+        dest="start_from",
+        metavar="WHERE",
+        help="override source.start_from: where a model without offsets starts reading: "
+        "committed (the group's offsets), earliest, latest, or a time such as "
+        "2026-11-01T00:00Z (the first event at or after it; UTC if no zone); a "
+        "restored checkpoint's offsets win",
+    )
+    add_flag(
+        r,
+        "--ignore-checkpoint-offsets",
+        action="store_true",
+        help="for this start: keep the restored model but read from --from (or "
+        "source.start_from), not from where its checkpoint stopped",
+    )
     return r
 
 

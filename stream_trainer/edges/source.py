@@ -5,13 +5,15 @@ On every assignment each partition the caller has an offset for is sought to it
 with respect to the log. A partition the restored checkpoint does not know was never
 learned by that model state: it starts at the log's beginning, whatever the group
 committed (a commit may come from a newer checkpoint that was lost). Without any
-checkpoint (a fresh model), partitions start from the group's committed offset, or
-``auto_offset_reset``.
+checkpoint (a fresh model), partitions start from ``source.start_from``: the group's
+committed offset (or ``auto_offset_reset``) by default, or the earliest, latest or
+first offset at a time (:mod:`~stream_trainer.edges.start`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,9 +22,10 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from stream_trainer.config import KafkaSettings
+from stream_trainer.config import KafkaSettings, SourceSettings
 from stream_trainer.edges.admin import unreachable
 from stream_trainer.edges.ingest import BEGINNING, COMMITTED
+from stream_trainer.edges.start import CatchUp, resolve
 from stream_trainer.errors import BrokerError
 from stream_trainer.pipeline.ports import TP, Record
 
@@ -82,6 +85,9 @@ class _Listener(ConsumerRebalanceListener):
 class KafkaSource:
     in_rebalance = False  # inside a rebalance callback (on the consumer's IO thread)
     fetcher: Any = None  # ingest workers (edges/ingest.py) fetch for this group member
+    # (class defaults too: the edge tests build a source without __init__)
+    start = SourceSettings()  # where partitions without an offset in the model start
+    catch_up: CatchUp | None = None
 
     def __init__(
         self,
@@ -95,6 +101,8 @@ class KafkaSource:
         restored: Callable[[], bool] = lambda: False,
         client_id: str = "stream-trainer",
         security: Mapping[str, Any] | None = None,
+        start: SourceSettings | None = None,
+        pipeline: str = "",
     ) -> None:
         self.settings = settings
         self.resume_from = resume_from
@@ -106,6 +114,12 @@ class KafkaSource:
             )
         except (KafkaError, OSError) as err:
             raise unreachable(settings.bootstrap_servers, err) from None
+        self.security = dict(security or {})
+        self.start = start or SourceSettings()
+        self.catch_up = CatchUp(
+            pipeline or group_id, self.start.progress_every_seconds, self.start.caught_up_lag
+        )
+        self.start_at = self._resolve_start(topics, pipeline or group_id)
         self.consumer.subscribe(topics=list(topics), listener=_Listener(self))
         self.assignment: list[TP] = []
 
@@ -116,18 +130,22 @@ class KafkaSource:
         for t, p in tps:
             if (t, p) in start:
                 starts[(t, p)] = start[(t, p)]
-                if self.fetcher is None:
-                    self.consumer.seek(TopicPartition(t, p), start[(t, p)])
+            elif (at := self._start_position((t, p))) is not None:
+                starts[(t, p)] = at
             elif self.restored():
                 starts[(t, p)] = BEGINNING
-                if self.fetcher is None:
-                    self.consumer.seek_to_beginning(TopicPartition(t, p))
                 from_beginning.append(f"{t}:{p}")
             else:
                 starts[(t, p)] = COMMITTED
         if self.fetcher is not None:  # the workers fetch; this consumer only holds the group
             self.consumer.pause(*[TopicPartition(t, p) for t, p in tps])
             self.fetcher.assign(starts)
+        else:
+            for (t, p), at in starts.items():
+                if at == BEGINNING:
+                    self.consumer.seek_to_beginning(TopicPartition(t, p))
+                elif at >= 0:
+                    self.consumer.seek(TopicPartition(t, p), at)
         self.assignment = sorted(tps)
         log.info(
             "partitions assigned",
@@ -138,6 +156,40 @@ class KafkaSource:
             },
         )
         self.on_assign(self.assignment)
+
+    def _resolve_start(self, topics: Sequence[str], name: str) -> dict[TP, int]:
+        """Offsets for ``source.start_from`` (latest or a time), resolved once at start,
+        before joining the group (a long scan must not hold up a rebalance)."""
+        where = self.start.position
+        if where in ("committed", "earliest"):
+            return {}
+        if self.restored():
+            log.info(
+                "a checkpoint was restored: its offsets win over source.start_from (run "
+                "--ignore-checkpoint-offsets to start from it anyway)",
+                extra={"pipeline": name, "start_from": self.start.start_from},
+            )
+            return {}  # partitions the checkpoint does not hold: resolved on assignment
+        start_at = resolve(self.settings, [], where, self.security, topics)
+        log.info(
+            "start position",
+            extra={"pipeline": name, "start_from": self.start.start_from,
+                   "offsets": ",".join(f"{t}:{p}@{o}" for (t, p), o in sorted(start_at.items()))},
+        )  # fmt: skip
+        return start_at
+
+    def _start_position(self, tp: TP) -> int | None:
+        """Where a partition the model holds no offset for starts, by
+        ``source.start_from``: an offset, BEGINNING, or None for the group's committed
+        offset (or the log's beginning when a checkpoint was restored)."""
+        where = self.start.position
+        if where == "committed":
+            return None
+        if where == "earliest":
+            return BEGINNING
+        if tp not in self.start_at:  # a partition that appeared after the start
+            self.start_at.update(resolve(self.settings, [tp], where, self.security))
+        return self.start_at[tp]
 
     def _revoked(self, tps: list[TP]) -> None:
         if tps:
@@ -199,6 +251,8 @@ class KafkaSource:
                 continue
             if pos is not None:
                 out[(t, p)] = (pos, hw)
+        if self.catch_up is not None:
+            self.catch_up.observe(out, time.monotonic(), expected=len(self.assignment))
         return out
 
     def rewind(self, tp: TP) -> None:

@@ -1,4 +1,5 @@
-"""``stream-trainer demo`` (``make run``): broker, topics, producers, daemon, live summary.
+"""``stream-trainer demo`` (``make run``): broker, topics, producers, daemon, live summary
+(a table refreshed in place on a terminal, lines when piped: :mod:`.view`).
 
 Each run continues the model learned by the runs before it in the same directory (its
 checkpoints) on fresh events: the broker is in memory and starts empty, and the
@@ -12,7 +13,6 @@ checkpoint), then the broker.
 
 from __future__ import annotations
 
-import math
 import signal
 import subprocess
 import sys
@@ -26,7 +26,8 @@ from stream_trainer.edges.admin import create_topics
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.local import procs
 from stream_trainer.local.broker import LocalBroker, free_port, port_in_use
-from stream_trainer.metrics.scrape import Samples, per_pipeline, scrape
+from stream_trainer.local.view import Summary, open_view
+from stream_trainer.metrics.scrape import scrape
 
 CONFIG = Path(__file__).parent.parent / "configs" / "demo.yaml"
 STREAMS = {  # kind -> (seed, drift every N events)
@@ -149,65 +150,31 @@ class Demo:
         return procs.spawn(procs.python_module("produce", *args), stdout=log, stderr=log)
 
     def _summary_loop(self, url: str, duration: float | None) -> None:
+        """Scrape the daemon every 2 s into the view (a live table, or lines when piped)."""
         t_end = None if duration is None else time.monotonic() + duration
-        prev: dict[str, float] = {}
-        prev_rejected: dict[str, float] = {}
-        prev_reasons: dict[tuple[str, str], float] = {}
-        prev_t = time.monotonic()
-        header = (
-            f"{'pipeline':<9} {'events/s':>9} {'trained':>10} {'loss':>9} "
-            f"{'smoothed':>9} {'drifts':>6} {'rejected':>8}"
-        )
-        lines = 0
-        while True:
-            time.sleep(2.0)  # the main thread polls; never stop.wait() (see service.py)
-            if self.stop.is_set():
-                break
-            if self.daemon.poll() is not None:
-                raise StreamTrainerError(
-                    f"the daemon exited (code {self.daemon.returncode}); "
-                    f"see {self.workdir}/logs/daemon.log"
-                )
-            try:
-                s = scrape(url)
-            except OSError:
-                continue  # the daemon is still starting
-            now = time.monotonic()
-            consumed = per_pipeline(s, "stream_trainer_events_consumed_total")
-            trained = per_pipeline(s, "stream_trainer_events_trained_total")
-            loss = per_pipeline(s, "stream_trainer_loss", window="batch")
-            smooth = per_pipeline(s, "stream_trainer_loss", window="smoothed")
-            drifts = per_pipeline(s, "stream_trainer_drift_detected_total")
-            rejected = per_pipeline(s, "stream_trainer_events_rejected_total")
-            reasons = rejected_by_reason(s)
-            if lines % 10 == 0:
-                self._say(header)
-            for name in sorted(consumed):
-                rate = (consumed[name] - prev.get(name, consumed[name])) / max(1e-9, now - prev_t)
-                n = trained.get(name, 0.0)
-                losses = (
-                    f"{loss.get(name, math.nan):>9.4f} {smooth.get(name, math.nan):>9.4f}"
-                    if n
-                    else f"{'-':>9} {'-':>9}"
-                )
-                self._say(
-                    f"{name:<9} {rate:>9.0f} {n:>10.0f} {losses} "
-                    f"{drifts.get(name, 0):>6.0f} {rejected.get(name, 0):>8.0f}"
-                )
-            for name in sorted(consumed):
-                warning = mostly_rejected(
-                    consumed.get(name, 0.0) - prev.get(name, 0.0),
-                    rejected.get(name, 0.0) - prev_rejected.get(name, 0.0),
-                    {r: n - prev_reasons.get((name, r), 0.0)
-                     for (p, r), n in reasons.items() if p == name},
-                )  # fmt: skip
-                if warning:
-                    self._say(f"! {name}: {warning}; see {self.workdir}/logs/daemon.log")
-            lines += 1
-            prev, prev_t = consumed, now
-            prev_rejected, prev_reasons = rejected, reasons
-            if t_end is not None and now >= t_end:
-                break
+        summary = Summary(log_hint=f"{self.workdir}/logs/daemon.log")
+        view = open_view(self._say)
+        view.waiting("waiting for the daemon's first metrics ...")
+        try:
+            while True:
+                time.sleep(2.0)  # the main thread polls; never stop.wait() (see service.py)
+                if self.stop.is_set():
+                    break
+                if self.daemon.poll() is not None:
+                    raise StreamTrainerError(
+                        f"the daemon exited (code {self.daemon.returncode}); "
+                        f"see {self.workdir}/logs/daemon.log"
+                    )
+                try:
+                    s = scrape(url)
+                except OSError:
+                    continue  # the daemon is still starting
+                now = time.monotonic()
+                view.show(*summary.update(s, now))
+                if t_end is not None and now >= t_end:
+                    break
+        finally:
+            view.close()
 
     def _shutdown(self, broker: LocalBroker) -> None:
         self._say("\nstopping: producers, daemon (final checkpoint), broker")
@@ -228,28 +195,3 @@ class Demo:
                 f"loss over time: stream-trainer report --history "
                 f"{self.workdir / 'history.jsonl'} --out loss.png"
             )
-
-
-def rejected_by_reason(samples: Samples) -> dict[tuple[str, str], float]:
-    """{(pipeline, reason): rejected events} from a scrape."""
-    out: dict[tuple[str, str], float] = {}
-    for (name, labels), v in samples.items():
-        lab = dict(labels)
-        if name == "stream_trainer_events_rejected_total" and "reason" in lab:
-            key = (lab.get("pipeline", ""), lab["reason"])
-            out[key] = out.get(key, 0.0) + v
-    return out
-
-
-def mostly_rejected(consumed: float, rejected: float, by_reason: dict[str, float]) -> str:
-    """The summary's warning when at least half of the last interval's events were rejected.
-
-    >>> mostly_rejected(1000, 990, {"duplicate": 990, "bad_json": 0})
-    '99% of the last events rejected (duplicate)'
-    >>> mostly_rejected(1000, 10, {"duplicate": 10})
-    ''
-    """
-    if consumed <= 0 or rejected < 0.5 * consumed:
-        return ""
-    reason = max(by_reason, key=by_reason.__getitem__) if by_reason else "unknown"
-    return f"{min(1.0, rejected / consumed):.0%} of the last events rejected ({reason})"

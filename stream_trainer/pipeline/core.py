@@ -123,6 +123,14 @@ class Pipeline(AfterUpdate):
     def state(self) -> dict[str, Any]:
         return state.document(self)
 
+    def forget_offsets(self) -> None:
+        """``run --ignore-checkpoint-offsets``: keep the restored model, forget where it
+        stopped in the log (partitions then start at ``source.start_from``), and its
+        duplicate window (events read again are not a producer's repeats)."""
+        self.offsets = Offsets(replicated=self.replicated)
+        self.dedup = Deduper(self.spec.dedup_window)
+        self.restored = False
+
     def resume_offsets(self, assigned: Sequence[TP] = ()) -> dict[TP, int]:
         return self.offsets.resume()
 
