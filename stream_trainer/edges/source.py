@@ -82,6 +82,7 @@ class _Listener(ConsumerRebalanceListener):
 class KafkaSource:
     in_rebalance = False  # inside a rebalance callback (on the consumer's IO thread)
     fetcher: Any = None  # ingest workers (edges/ingest.py) fetch for this group member
+    rebalancing = True  # from a revoke (or the start) until the next assignment
 
     def __init__(
         self,
@@ -137,9 +138,11 @@ class KafkaSource:
                 "from_log_start": ",".join(from_beginning),
             },
         )
+        self.rebalancing = False
         self.on_assign(self.assignment)
 
     def _revoked(self, tps: list[TP]) -> None:
+        self.rebalancing = True
         if tps:
             self.on_revoke(tps)
         if self.fetcher is not None:
