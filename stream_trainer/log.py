@@ -45,8 +45,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+_CURRENT = ("info", "text")
+
+
+def current() -> tuple[str, str]:
+    """The (level, format) of the last :func:`setup_logging` (for child processes)."""
+    return _CURRENT
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     """Configure the root logger once; third-party chatter (kafka) stays at WARNING."""
+    global _CURRENT
+    _CURRENT = (level, fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

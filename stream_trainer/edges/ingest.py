@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 BEGINNING = -2  # a start position: the log's first offset
 COMMITTED = -1  # a start position: the group's committed offset, else auto_offset_reset
 QUEUE_DEPTH = 4  # decoded polls a worker holds while the trainer is busy
+HIGHWATER_EVERY_S = 1.0  # how often a worker reports high watermarks
+JOIN_WAIT_S = 0.25  # how long the trainer's group poll waits while the group (re)joins
 
 
 class Polled(msgspec.Struct, array_like=True):
@@ -68,7 +70,8 @@ class Polled(msgspec.Struct, array_like=True):
     events: list[dict[str, Any] | None] = []  # None where rejected
     rejects: list[tuple[int, str, str]] = []  # (row, reason, detail)
     digests: list[int] = []
-    highwater: list[tuple[int, int]] = []  # (tpi, high watermark)
+    # (topic, partition, the worker's position, the high watermark), read together
+    highwater: list[tuple[str, int, int, int]] = []
     error: str = ""
 
 
@@ -95,9 +98,13 @@ def _worker(
     client_id: str,
     security: Mapping[str, Any],
     decoder_spec: tuple[str, tuple[str, ...], int],
+    log_setup: tuple[str, str],
 ) -> None:
     """A worker's whole life: commands in, decoded polls out, until the trainer goes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer decides when to stop
+    from stream_trainer.log import setup_logging
+
+    setup_logging(*log_setup)  # the trainer's level and format, to the same stderr
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
@@ -121,11 +128,13 @@ def _worker(
                 os._exit(0)
 
     threading.Thread(target=send, daemon=True, name="ingest-send").start()
-    epoch, owned = 0, False
+    epoch, owned, reported = 0, False, 0.0
     while True:
         try:
             while conn.poll(0.0 if owned else 0.1):
                 cmd = commands(conn.recv_bytes())
+                log.debug("ingest command", extra={"what": cmd.what, "epoch": cmd.epoch,
+                                                   "starts": repr(cmd.starts)[:200]})  # fmt: skip
                 if cmd.what == "assign":
                     epoch = cmd.epoch
                     tps = [TopicPartition(t, p) for t, p, _ in cmd.starts]
@@ -146,12 +155,21 @@ def _worker(
         try:
             fetched = consumer.poll(timeout_ms=100, max_records=kafka.max_poll_records)
         except KafkaError as err:
+            log.debug("ingest poll failed", extra={"error": repr(err)[:200]})
             out.put(encode(Polled(epoch, error=f"poll from {kafka.bootstrap_servers}: {err!r}")))
             time.sleep(0.5)
             continue
+        now = time.monotonic()
+        if now - reported >= HIGHWATER_EVERY_S:  # the trainer's lag, and logs that went back
+            reported = now
+            highwater = _watermarks(consumer)
+            if not fetched and highwater:
+                out.put(encode(Polled(epoch, highwater=highwater)))
+        else:
+            highwater = []
         if not fetched:
             continue
-        msg = Polled(epoch)
+        msg = Polled(epoch, highwater=highwater)
         for i, (tp, recs) in enumerate(fetched.items()):
             if not recs:
                 continue
@@ -162,9 +180,6 @@ def _worker(
             msg.timestamps.extend([r.timestamp for r in recs])
             msg.keys.extend([r.key for r in recs])
             msg.values.extend([r.value for r in recs])
-            hw = consumer.highwater(tp)
-            if hw is not None:
-                msg.highwater.append((i, hw))
         for row, (value, result) in enumerate(zip(msg.values, decode(msg.values), strict=True)):
             if type(result) is dict:
                 msg.events.append(result)
@@ -180,6 +195,21 @@ def _worker(
         consumer.close(autocommit=False)
     except Exception:  # noqa: BLE001 - exiting anyway
         pass
+
+
+def _watermarks(consumer: Any) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, position, high watermark) of the worker's partitions, where
+    both are known now (never blocking on the broker)."""
+    out = []
+    for tp in consumer.assignment():
+        hw = consumer.highwater(tp)
+        try:
+            pos = consumer.position(tp, timeout_ms=0)
+        except Exception:  # noqa: BLE001 - a position being reset: leave it out
+            pos = None
+        if hw is not None and pos is not None:
+            out.append((tp.topic, tp.partition, pos, hw))
+    return out
 
 
 # ---- the trainer's side ------------------------------------------------------------------
@@ -205,6 +235,13 @@ class _Worker:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
+
+
+def log_setup() -> tuple[str, str]:
+    """The trainer's log level and format, for its workers."""
+    from stream_trainer.log import current
+
+    return current()
 
 
 def auto_workers(pipelines: int, cores: int | None = None) -> int:
@@ -242,7 +279,7 @@ class IngestSource:
         self.name = name
         self.epoch = 0
         self._decode = msgspec.msgpack.Decoder(Polled).decode
-        self._args = (kafka, group_id, client_id, dict(security), decoder_spec)
+        self._args = (kafka, group_id, client_id, dict(security), decoder_spec, log_setup())
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload(["stream_trainer.edges.ingest"])
         self.workers = [self._start(i) for i in range(workers)]
@@ -251,7 +288,7 @@ class IngestSource:
             extra={"pipeline": name, "pids": ",".join(str(w.process.pid) for w in self.workers)},
         )
         self._received: dict[TP, int] = {}
-        self._highwater: dict[TP, int] = {}
+        self._highwater: dict[TP, tuple[int, int]] = {}
         group.fetcher = self
 
     @property
@@ -278,7 +315,10 @@ class IngestSource:
 
     # -- the Source interface -----------------------------------------------------------
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]:
-        self.group.poll(0.0)  # group work only: every partition is paused
+        # Group work only: every partition is paused. While the group (re)joins, wait in
+        # the poll: kafka-python 3 sends a new JoinGroup when the one in flight finished
+        # between two polls, so a join only completes inside a poll that awaits it.
+        self.group.poll(JOIN_WAIT_S if self.group.rebalancing else 0.0)
         limit = max_records or self.kafka.max_poll_records
         out = DecodedPoll()
         out.decoded, out.digests = [], []
@@ -305,8 +345,8 @@ class IngestSource:
         if msg.error:
             return msg.error
         tps = msg.tps
-        for i, hw in msg.highwater:
-            self._highwater[tps[i]] = hw
+        for t, p, pos, hw in msg.highwater:
+            self._highwater[(t, p)] = (pos, hw)
         out.extend(map(Record, *self._columns(msg)))
         out.decoded.extend(msg.events)
         out.digests.extend(msg.digests)
@@ -344,12 +384,21 @@ class IngestSource:
         self.group.commit(offsets, timeout_ms)
 
     def watermarks(self) -> dict[TP, tuple[int, int]]:
-        """(the trainer's position, the high watermark a worker last saw) per partition."""
+        """(position, high watermark) per partition. The high watermark is a worker's
+        last reading (once a second), taken with the worker's position then; the
+        position is the trainer's (what it has received) unless that passed the
+        worker's position of the reading: so the lag counts what is in flight, and a
+        stale reading never looks like a log that went back."""
         out = {}
         for tp in self.group.assignment:
-            hw, pos = self._highwater.get(tp), self._received.get(tp)
-            if hw is not None and pos is not None:
-                out[tp] = (pos, hw)
+            mark, pos = self._highwater.get(tp), self._received.get(tp)
+            if mark is None or pos is None:
+                continue
+            worker_pos, hw = mark
+            out[tp] = (min(pos, worker_pos), hw)
+        catch_up = getattr(self.group, "catch_up", None)
+        if catch_up is not None:  # backfill progress, as the group member would report it
+            catch_up.observe(out, time.monotonic(), expected=len(self.group.assignment))
         return out
 
     def rewind(self, tp: TP) -> None:
@@ -357,6 +406,7 @@ class IngestSource:
             if any((t, p) == tp for t, p, _ in w.starts):
                 w.send(Command("rewind", self.epoch, [(tp[0], tp[1], BEGINNING)]))
         self._received.pop(tp, None)
+        self._highwater.pop(tp, None)
 
     def close(self) -> None:
         for w in self.workers:

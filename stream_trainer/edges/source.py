@@ -85,6 +85,7 @@ class _Listener(ConsumerRebalanceListener):
 class KafkaSource:
     in_rebalance = False  # inside a rebalance callback (on the consumer's IO thread)
     fetcher: Any = None  # ingest workers (edges/ingest.py) fetch for this group member
+    rebalancing = True  # from a revoke (or the start) until the next assignment
     # (class defaults too: the edge tests build a source without __init__)
     start = SourceSettings()  # where partitions without an offset in the model start
     catch_up: CatchUp | None = None
@@ -155,6 +156,7 @@ class KafkaSource:
                 "from_log_start": ",".join(from_beginning),
             },
         )
+        self.rebalancing = False
         self.on_assign(self.assignment)
 
     def _resolve_start(self, topics: Sequence[str], name: str) -> dict[TP, int]:
@@ -192,6 +194,7 @@ class KafkaSource:
         return self.start_at[tp]
 
     def _revoked(self, tps: list[TP]) -> None:
+        self.rebalancing = True
         if tps:
             self.on_revoke(tps)
         if self.fetcher is not None:
