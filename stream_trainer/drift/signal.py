@@ -22,6 +22,17 @@ So the detectors see a standardised signal instead:
   lagging mean would be dominated by it for many half-lives. The differences are
   winsorised at 6 scales, so one wild block does not inflate it for long (the mean is
   not: clipped, it would lag a learning model's falling loss for thousands of blocks);
+* a block joins the reference only ``lag`` blocks after its z-score was taken: the
+  blocks of a change must not widen the yardstick they are measured with. Without the
+  lag a learner that re-learns within ~1,000 events (river's SEA) raised its error for
+  four blocks, and those four blocks, folded in at once, raised the scale (through the
+  successive differences and the autocorrelation term) by up to 45% while they were
+  being tested: its changes were missed;
+* the z-score is *studentised* by the block's own spread: its denominator is the larger
+  of the reference scale and the block's within-block standard deviation / √block. A
+  block whose mean is high because its events are more dispersed (a volatility burst:
+  ticks' squared errors are heavy-tailed) carries less evidence than one whose every
+  event got worse; for 0/1 errors the block's own spread barely moves;
 * the first ``warmup`` blocks after a (re)start only build the reference.
 
 Under a stable stream the z-scores are then close to N(0, 1) whatever the domain, and
@@ -133,7 +144,9 @@ class BlockSignal:
 
     def _close(self, m: np.ndarray, m2: np.ndarray, spread: np.ndarray) -> np.ndarray | None:
         within = np.maximum(m2 - m * m, 0.0)
-        z = (m - self.mean) / self.scale if self.blocks >= self.warmup else None
+        z = None
+        if self.blocks >= self.warmup:  # studentised: see the module doc
+            z = (m - self.mean) / np.maximum(self.scale, np.sqrt(within / self.block))
         if z is None or not self.lag:
             self._fold(m, within, spread)
         else:  # the reference takes a block only `lag` blocks later (see the module doc)

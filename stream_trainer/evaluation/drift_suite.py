@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,18 +123,48 @@ def _cases(
     seed: int,
     say: Callable[[str], None],
     only: Sequence[str] | None = None,
+    cache: Path | None = None,
 ) -> list[Case]:
     """River's streams of ``events`` each, then ours of ``sizes`` (those not 0); ``only``
-    the streams named (keys of ``RIVER`` and our kinds)."""
+    the streams named (keys of ``RIVER`` and our kinds); with ``cache``, each stream's
+    learner errors are read from there when present, else made and saved there."""
+    wanted = [(k, events) for k in RIVER] + [(k, n) for k, n in sizes.items() if n]
     cases: list[Case] = []
-    for case in river_cases(events, seed, only):
+    for key, n in wanted:
+        if only is not None and key not in only:
+            continue
+        path = cache / f"{key}-seed{seed}-{n}.npz" if cache else None
+        if path is not None and path.exists():
+            case = _load(path)
+        elif key in RIVER:
+            case = next(river_cases(n, seed, [key]))
+        else:
+            say(f"ours {key}: {n:,} events through our pipeline")
+            case = our_case(key, n, seed)
+        if path is not None and not path.exists():
+            _save(case, path)
         say(f"{case.name}: {case.errors.size:,} events")
         cases.append(case)
-    for kind, n in sizes.items():
-        if n and (only is None or kind in only):
-            say(f"ours {kind}: {n:,} events through our pipeline")
-            cases.append(our_case(kind, n, seed))
     return cases
+
+
+def _save(case: Case, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        errors=case.errors,
+        changes=np.array([[c.position, c.width] for c in case.changes]),
+        features=case.features if case.features is not None else np.zeros((0, 0)),
+        meta=np.array([case.name, case.source]),
+    )
+
+
+def _load(path: Path) -> Case:
+    with np.load(path) as d:
+        name, source = (str(x) for x in d["meta"])
+        features = d["features"] if d["features"].size else None
+        changes = [Change(int(p), int(w)) for p, w in d["changes"]]
+        return Case(name, source, d["errors"], changes, features)
 
 
 def run(
@@ -145,15 +176,18 @@ def run(
     detectors: Sequence[str] = SUITE_DETECTORS,
     progress: Callable[[str], None] | None = None,
     streams: Sequence[str] | None = None,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     """The whole suite; ``events`` per river stream, ``our_events`` per our kind (default
-    clicks 1M, ticks and sensors 300k); ``streams``: only these (see :data:`STREAMS`)."""
+    clicks 1M, ticks and sensors 300k); ``streams``: only these (see :data:`STREAMS`);
+    ``cache``: a folder for the learners' per-event errors (they depend on the learners'
+    code, not the detectors': clear it when a learner changes)."""
     say = progress or (lambda msg: None)
     sizes = our_events or {"clicks": 1_000_000, "ticks": 300_000, "sensors": 300_000}
     unknown = set(streams or ()) - set(STREAMS)
     if unknown:
         raise ValueError(f"unknown drift-suite streams {sorted(unknown)}; of {list(STREAMS)}")
-    cases = _cases(events, sizes, seed, say, streams)
+    cases = _cases(events, sizes, seed, say, streams, cache)
     methods: dict[str, Callable[[np.ndarray], list[int]]] = {
         BASELINE: adwin_default,
         **{f"ours: {d}": (lambda e, d=d: ours(d, e)) for d in detectors if d in DETECTORS},
@@ -191,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     some of the suite's streams, to iterate on a detector without the whole run
     (``stream-trainer evaluate --study drift-suite`` runs them all)."""
     import argparse
+    import json
     import sys
 
     from stream_trainer.evaluation.reporting import drift_suite_markdown
@@ -200,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--events", type=int, default=400_000, help="per river stream")
     p.add_argument("--detectors", default=",".join(SUITE_DETECTORS))
+    p.add_argument("--cache", type=Path, help="keep the learners' errors here, reuse them")
+    p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     n = a.events
     report = run(
@@ -209,8 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         detectors=a.detectors.split(","),
         streams=a.streams.split(","),
         progress=lambda msg: print(msg, file=sys.stderr),
+        cache=a.cache,
     )
-    print(drift_suite_markdown(report))
+    print(json.dumps(report, indent=1) if a.json else drift_suite_markdown(report))
     return 0
 
 
