@@ -143,3 +143,42 @@ def test_policy_resets_and_boost_decays_back():
         p.after_update(learner)
         seen.append(learner.m)
     assert seen == [3.0, 2.0, 1.0, 1.0, 1.0]
+
+
+def test_a_brief_rise_is_not_hidden_by_its_own_blocks():
+    """A learner that re-learns within ~1,000 events (SEA's changes) raises its error only
+    briefly; the blocks of that rise must not widen the scale they are tested against
+    (the lag), so more such rises are caught than without it, and none is missed that
+    the old signal caught."""
+
+    def first_alarm(seed: int, lag: int) -> int | None:
+        rng = np.random.default_rng(seed)
+        stable = (rng.random(100_000) < 0.11).astype(float)
+        rise = (rng.random(1_250) < 0.19).astype(float)  # 0.11 -> 0.19 for 1,250 events
+        after = (rng.random(10_000) < 0.11).astype(float)
+        m = DriftMonitor("page_hinkley")
+        m.signal.lag = lag
+        assert not any(m.update(x) for x in np.array_split(stable, 100))
+        for k, x in enumerate(np.array_split(np.concatenate([rise, after]), 45)):
+            if m.update(x):
+                return k
+        return None
+
+    old = [first_alarm(s, 0) for s in range(8)]
+    new = [first_alarm(s, 8) for s in range(8)]
+    assert all(n is not None for o, n in zip(old, new, strict=True) if o is not None)
+    assert sum(n is not None for n in new) > sum(o is not None for o in old), (old, new)
+    assert all(n < 10 for n in new if n is not None)  # within 10 updates of 250 events
+
+
+def test_a_checkpoint_from_before_the_lag_still_loads():
+    before, after = losses(4)
+    a = DriftMonitor("page_hinkley")
+    a.update(before)
+    old = a.state_dict()
+    fixed = 2 + len(a.signal.FIELDS)
+    old["signal"] = old["signal"][:fixed]  # no blocks waiting: the old layout
+    b = DriftMonitor("page_hinkley")
+    b.load_state_dict(old)
+    assert b.signal.blocks == a.signal.blocks and not b.signal.pending
+    assert any(b.update(x) for x in np.array_split(after, 10))

@@ -67,3 +67,17 @@ def test_the_detectors_see_errors_in_updates_like_the_daemon():
     errors = np.concatenate([rng.random(60_000) < 0.1, rng.random(20_000) < 0.4]).astype(float)
     hits = ds.ours("page_hinkley", errors)
     assert hits and 60_000 <= hits[0] < 62_000 and hits[0] % 1000 == 999
+
+
+def test_some_streams_only_and_the_errors_cache(tmp_path):
+    """``streams`` runs a subset; ``cache`` keeps each learner's errors and gives them back
+    unchanged, so detectors can be compared again without re-running the learners."""
+    first = ds.run(8_000, {"clicks": 0, "ticks": 0, "sensors": 0}, streams=["sea"],
+                   detectors=("page_hinkley",), cache=tmp_path)  # fmt: skip
+    assert [s["name"] for s in first["streams"]] == ["river SEA (abrupt, 10% noise)"]
+    assert [p.name for p in tmp_path.iterdir()] == ["sea-seed0-8000.npz"]
+    again = ds.run(8_000, {"clicks": 0, "ticks": 0, "sensors": 0}, streams=["sea"],
+                   detectors=("page_hinkley",), cache=tmp_path)  # fmt: skip
+    assert again["methods"] == first["methods"] and again["streams"] == first["streams"]
+    with pytest.raises(ValueError, match="unknown drift-suite streams"):
+        ds.run(8_000, streams=["SEA"])

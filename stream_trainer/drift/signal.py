@@ -22,6 +22,17 @@ So the detectors see a standardised signal instead:
   lagging mean would be dominated by it for many half-lives. The differences are
   winsorised at 6 scales, so one wild block does not inflate it for long (the mean is
   not: clipped, it would lag a learning model's falling loss for thousands of blocks);
+* a block joins the reference only ``lag`` blocks after its z-score was taken: the
+  blocks of a change must not widen the yardstick they are measured with. Without the
+  lag a learner that re-learns within ~1,000 events (river's SEA) raised its error for
+  four blocks, and those four blocks, folded in at once, raised the scale (through the
+  successive differences and the autocorrelation term) by up to 45% while they were
+  being tested: its changes were missed;
+* the z-score is *studentised* by the block's own spread: its denominator is the larger
+  of the reference scale and the block's within-block standard deviation / √block. A
+  block whose mean is high because its events are more dispersed (a volatility burst:
+  ticks' squared errors are heavy-tailed) carries less evidence than one whose every
+  event got worse; for 0/1 errors the block's own spread barely moves;
 * the first ``warmup`` blocks after a (re)start only build the reference.
 
 Under a stable stream the z-scores are then close to N(0, 1) whatever the domain, and
@@ -33,12 +44,14 @@ without pickling.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from statistics import NormalDist
 
 import numpy as np
 
 WINSOR = 3.0
+LAG = 8  # blocks a block waits before it joins the reference
 
 
 class BlockSignal:
@@ -64,11 +77,17 @@ class BlockSignal:
     MAX_RHO = 0.9
 
     def __init__(
-        self, block: int = 250, warmup: int = 16, half_life: float = 64.0, columns: int = 0
+        self,
+        block: int = 250,
+        warmup: int = 16,
+        half_life: float = 64.0,
+        columns: int = 0,
+        lag: int = LAG,
     ) -> None:
-        if block < 1 or warmup < 2 or half_life <= 0:
-            raise ValueError("block ≥ 1, warmup ≥ 2 and half_life > 0 are required")
+        if block < 1 or warmup < 2 or half_life <= 0 or lag < 0:
+            raise ValueError("block ≥ 1, warmup ≥ 2, half_life > 0 and lag ≥ 0 are required")
         self.block = block
+        self.lag = lag
         self.warmup = warmup
         self.alpha = 1.0 - 0.5 ** (1.0 / half_life)
         self.columns = columns
@@ -78,8 +97,9 @@ class BlockSignal:
         shape = (max(self.columns, 1),)
         for f in self.FIELDS:
             setattr(self, f, np.zeros(shape))
-        self.blocks = 0
+        self.blocks = 0  # blocks in the reference
         self.part_n = 0
+        self.pending: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
 
     @property
     def scale(self) -> np.ndarray:
@@ -123,14 +143,25 @@ class BlockSignal:
         self.part_n += chunk.shape[0]
 
     def _close(self, m: np.ndarray, m2: np.ndarray, spread: np.ndarray) -> np.ndarray | None:
-        self.blocks += 1
         within = np.maximum(m2 - m * m, 0.0)
         z = None
+        if self.blocks >= self.warmup:  # studentised: see the module doc
+            z = (m - self.mean) / np.maximum(self.scale, np.sqrt(within / self.block))
+        if z is None or not self.lag:
+            self._fold(m, within, spread)
+        else:  # the reference takes a block only `lag` blocks later (see the module doc)
+            self.pending.append((m, within, spread))
+            if len(self.pending) > self.lag:
+                self._fold(*self.pending.popleft())
+        return z
+
+    def _fold(self, m: np.ndarray, within: np.ndarray, spread: np.ndarray) -> None:
+        """Take one block into the reference."""
+        self.blocks += 1
         d = m - self.mean
         step = m - self.last
         if self.blocks > self.warmup:
             sd = self.scale
-            z = d / sd
             step = np.clip(step, -2 * WINSOR * sd, 2 * WINSOR * sd)
         w = max(self.alpha, 1.0 / self.blocks)
         self.mean = self.mean + w * d
@@ -141,24 +172,30 @@ class BlockSignal:
             self.var_block = self.var_block + v * (step * step / 2.0 - self.var_block)
         self.last = m
         self.var_event = self.var_event + w * (within - self.var_event)
-        return z
 
     def state(self) -> np.ndarray:
-        """``[blocks, part_n, *mean, *var_block, ...]`` as one float array."""
+        """``[blocks, part_n, *mean, *var_block, ..., pending, *pending blocks]`` as one
+        float array."""
+        held = [x for block in self.pending for x in block]
         return np.concatenate(
-            [[self.blocks, self.part_n], *(getattr(self, f) for f in self.FIELDS)]
-        )
+            [[self.blocks, self.part_n], *(getattr(self, f) for f in self.FIELDS),
+             [len(self.pending)], *held]
+        )  # fmt: skip
 
     def load(self, state: np.ndarray | Sequence[float]) -> None:
         s = np.asarray(state, dtype=np.float64)
         d = max(self.columns, 1)
-        if s.size != 2 + d * len(self.FIELDS):
-            raise ValueError(
-                f"drift signal state has {s.size} values, expected {2 + d * len(self.FIELDS)}"
-            )
+        fixed = 2 + d * len(self.FIELDS)
+        held = int(s[fixed]) if s.size > fixed else 0  # none in a checkpoint before `lag`
+        if s.size not in (fixed, fixed + 1 + 3 * d * held):
+            raise ValueError(f"drift signal state has {s.size} values, expected {fixed}+")
         self.blocks, self.part_n = int(s[0]), int(s[1])
         for k, f in enumerate(self.FIELDS):
             setattr(self, f, s[2 + k * d : 2 + (k + 1) * d].copy())
+        rows = s[fixed + 1 :].reshape(held, 3, d) if held else ()
+        self.pending = deque((r[0].copy(), r[1].copy(), r[2].copy()) for r in rows)
+        while len(self.pending) > self.lag:  # a checkpoint from a longer lag
+            self._fold(*self.pending.popleft())
 
 
 _NORMAL = NormalDist()

@@ -84,13 +84,15 @@ def _river_case(
     return Case(name, source, errors, changes, np.asarray(features), time.perf_counter() - t0)
 
 
-def _abrupt_classifications(n: int, seed: int) -> Iterator[Case]:
-    """SEA, STAGGER and Agrawal, their concept changing abruptly at quarters."""
-    from river import linear_model, preprocessing, tree
+def _quarters(n: int) -> list[int]:
+    return [n // 4, n // 2, 3 * n // 4]
+
+
+def _sea(n: int, seed: int) -> Case:
     from river.datasets import synth
 
-    q = [n // 4, n // 2, 3 * n // 4]
-    yield _river_case(
+    q = _quarters(n)
+    return _river_case(
         "river SEA (abrupt, 10% noise)",
         _abrupt(lambda k: synth.SEA(variant=k, noise=0.1, seed=seed + k), q),
         n,
@@ -98,17 +100,30 @@ def _abrupt_classifications(n: int, seed: int) -> Iterator[Case]:
         False,
         f"SEA variants 0→1→2→3 at {q}; StandardScaler + LogisticRegression",
     )
-    yield _river_case(
+
+
+def _stagger(n: int, seed: int) -> Case:
+    from river import linear_model, preprocessing
+    from river.datasets import synth
+
+    q = _quarters(n)[:2]
+    return _river_case(
         "river STAGGER (abrupt)",
-        _abrupt(lambda k: synth.STAGGER(classification_function=k, seed=seed + k), q[:2]),
+        _abrupt(lambda k: synth.STAGGER(classification_function=k, seed=seed + k), q),
         n,
-        [Change(p) for p in q[:2]],
+        [Change(p) for p in q],
         False,
-        f"STAGGER functions 0→1→2 at {q[:2]}; one-hot + LogisticRegression",
+        f"STAGGER functions 0→1→2 at {q}; one-hot + LogisticRegression",
         preprocessing.OneHotEncoder() | linear_model.LogisticRegression(),
     )
-    fns = (0, 2, 5, 8)
-    yield _river_case(
+
+
+def _agrawal(n: int, seed: int) -> Case:
+    from river import tree
+    from river.datasets import synth
+
+    q, fns = _quarters(n), (0, 2, 5, 8)
+    return _river_case(
         "river Agrawal (abrupt)",
         _abrupt(lambda k: synth.Agrawal(classification_function=fns[k], seed=seed + k), q),
         n,
@@ -120,14 +135,13 @@ def _abrupt_classifications(n: int, seed: int) -> Iterator[Case]:
     )
 
 
-def _gradual_and_regression(n: int, seed: int) -> Iterator[Case]:
-    """Hyperplane, changing gradually midway; FriedmanDrift, a regression, at thirds."""
-    from river import tree
+def _hyperplane(n: int, seed: int) -> Case:
+    """Hyperplane, changing gradually midway."""
     from river.datasets import synth
 
     mid = n // 2
     width = max(1, n // 25)
-    yield _river_case(
+    return _river_case(
         "river Hyperplane (gradual)",
         synth.ConceptDriftStream(
             synth.Hyperplane(seed=seed, n_features=10),
@@ -141,8 +155,15 @@ def _gradual_and_regression(n: int, seed: int) -> Iterator[Case]:
         False,
         f"Hyperplane(seed {seed}) → Hyperplane(seed {seed + 10}), centred at {mid}, width {width}",
     )
+
+
+def _friedman(n: int, seed: int) -> Case:
+    """FriedmanDrift, a regression, changing at thirds."""
+    from river import tree
+    from river.datasets import synth
+
     third = (n // 3, 2 * n // 3)
-    yield _river_case(
+    return _river_case(
         "river FriedmanDrift (abrupt, regression)",
         synth.FriedmanDrift(drift_type="gra", position=third, seed=seed),
         n,
@@ -154,11 +175,23 @@ def _gradual_and_regression(n: int, seed: int) -> Iterator[Case]:
     )
 
 
-def river_cases(n: int, seed: int = 0) -> Iterator[Case]:
+RIVER: dict[str, Callable[[int, int], Case]] = {
+    "sea": _sea,
+    "stagger": _stagger,
+    "agrawal": _agrawal,
+    "hyperplane": _hyperplane,
+    "friedman": _friedman,
+}
+
+
+def river_cases(n: int, seed: int = 0, only: Iterable[str] | None = None) -> Iterator[Case]:
     """SEA, STAGGER, Agrawal (abrupt), Hyperplane (gradual), FriedmanDrift (regression):
-    ``n`` events each, changes at quarters (thirds for FriedmanDrift)."""
-    yield from _abrupt_classifications(n, seed)
-    yield from _gradual_and_regression(n, seed)
+    ``n`` events each, changes at quarters (thirds for FriedmanDrift); ``only`` some of
+    them (keys of :data:`RIVER`)."""
+    keep = set(RIVER if only is None else only)
+    for key, make in RIVER.items():
+        if key in keep:
+            yield make(n, seed)
 
 
 # ---- our producers' streams -----------------------------------------------------------------

@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from stream_trainer.drift.monitor import DETECTORS, DriftMonitor, InputDriftMonitor
-from stream_trainer.evaluation.drift_cases import Case, Change, our_case, river_cases
+from stream_trainer.evaluation.drift_cases import RIVER, Case, Change, our_case, river_cases
 
 TOLERANCE = 10_000  # events after a change (after its transition, when gradual)
 SUITE_DETECTORS = ("page_hinkley", "adwin", "kswin", "ddm", "eddm", "hddm_a", "hddm_w")
 BASELINE = "ADWIN defaults, per-event error"
+STREAMS = (*RIVER, "clicks", "ticks", "sensors")
 
 
 # ---- detectors ------------------------------------------------------------------------------
@@ -115,17 +117,54 @@ def summarise(rows: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 # ---- the suite ------------------------------------------------------------------------------
-def _cases(events: int, sizes: dict[str, int], seed: int, say: Callable[[str], None]) -> list[Case]:
-    """River's streams of ``events`` each, then ours of ``sizes`` (those not 0)."""
+def _cases(
+    events: int,
+    sizes: dict[str, int],
+    seed: int,
+    say: Callable[[str], None],
+    only: Sequence[str] | None = None,
+    cache: Path | None = None,
+) -> list[Case]:
+    """River's streams of ``events`` each, then ours of ``sizes`` (those not 0); ``only``
+    the streams named (keys of ``RIVER`` and our kinds); with ``cache``, each stream's
+    learner errors are read from there when present, else made and saved there."""
+    wanted = [(k, events) for k in RIVER] + [(k, n) for k, n in sizes.items() if n]
     cases: list[Case] = []
-    for case in river_cases(events, seed):
+    for key, n in wanted:
+        if only is not None and key not in only:
+            continue
+        path = cache / f"{key}-seed{seed}-{n}.npz" if cache else None
+        if path is not None and path.exists():
+            case = _load(path)
+        elif key in RIVER:
+            case = next(river_cases(n, seed, [key]))
+        else:
+            say(f"ours {key}: {n:,} events through our pipeline")
+            case = our_case(key, n, seed)
+        if path is not None and not path.exists():
+            _save(case, path)
         say(f"{case.name}: {case.errors.size:,} events")
         cases.append(case)
-    for kind, n in sizes.items():
-        if n:
-            say(f"ours {kind}: {n:,} events through our pipeline")
-            cases.append(our_case(kind, n, seed))
     return cases
+
+
+def _save(case: Case, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        errors=case.errors,
+        changes=np.array([[c.position, c.width] for c in case.changes]),
+        features=case.features if case.features is not None else np.zeros((0, 0)),
+        meta=np.array([case.name, case.source]),
+    )
+
+
+def _load(path: Path) -> Case:
+    with np.load(path) as d:
+        name, source = (str(x) for x in d["meta"])
+        features = d["features"] if d["features"].size else None
+        changes = [Change(int(p), int(w)) for p, w in d["changes"]]
+        return Case(name, source, d["errors"], changes, features)
 
 
 def run(
@@ -136,12 +175,19 @@ def run(
     tolerance: int = TOLERANCE,
     detectors: Sequence[str] = SUITE_DETECTORS,
     progress: Callable[[str], None] | None = None,
+    streams: Sequence[str] | None = None,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     """The whole suite; ``events`` per river stream, ``our_events`` per our kind (default
-    clicks 1M, ticks and sensors 300k)."""
+    clicks 1M, ticks and sensors 300k); ``streams``: only these (see :data:`STREAMS`);
+    ``cache``: a folder for the learners' per-event errors (they depend on the learners'
+    code, not the detectors': clear it when a learner changes)."""
     say = progress or (lambda msg: None)
     sizes = our_events or {"clicks": 1_000_000, "ticks": 300_000, "sensors": 300_000}
-    cases = _cases(events, sizes, seed, say)
+    unknown = set(streams or ()) - set(STREAMS)
+    if unknown:
+        raise ValueError(f"unknown drift-suite streams {sorted(unknown)}; of {list(STREAMS)}")
+    cases = _cases(events, sizes, seed, say, streams, cache)
     methods: dict[str, Callable[[np.ndarray], list[int]]] = {
         BASELINE: adwin_default,
         **{f"ours: {d}": (lambda e, d=d: ours(d, e)) for d in detectors if d in DETECTORS},
@@ -172,3 +218,39 @@ def run(
             name: {"overall": summarise(rows), "streams": rows} for name, rows in per.items()
         },
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m stream_trainer.evaluation.drift_suite --streams sea,ticks --seed 1``:
+    some of the suite's streams, to iterate on a detector without the whole run
+    (``stream-trainer evaluate --study drift-suite`` runs them all)."""
+    import argparse
+    import json
+    import sys
+
+    from stream_trainer.evaluation.reporting import drift_suite_markdown
+
+    p = argparse.ArgumentParser(prog="python -m stream_trainer.evaluation.drift_suite")
+    p.add_argument("--streams", default=",".join(STREAMS), help=f"of {','.join(STREAMS)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--events", type=int, default=400_000, help="per river stream")
+    p.add_argument("--detectors", default=",".join(SUITE_DETECTORS))
+    p.add_argument("--cache", type=Path, help="keep the learners' errors here, reuse them")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    n = a.events
+    report = run(
+        n,
+        {"clicks": n * 5 // 2, "ticks": n * 3 // 4, "sensors": n * 3 // 4},
+        seed=a.seed,
+        detectors=a.detectors.split(","),
+        streams=a.streams.split(","),
+        progress=lambda msg: print(msg, file=sys.stderr),
+        cache=a.cache,
+    )
+    print(json.dumps(report, indent=1) if a.json else drift_suite_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
