@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stream_trainer.models.baseline import LastValueBaseline, ReturnBaseline
+
 
 class WindowForecaster(nn.Module):
     """MLP over a ``[B, W]`` or ``[B, W, C]`` window plus a hashed key embedding.
 
-    A linear skip path starts the model at a sensible forecast (persistence-free
-    linear autoregression) that the MLP refines.
+    A linear skip path (linear autoregression) and the MLP learn the residual on top of
+    the head's running baseline (``make_baseline``: zero return, or persistence); both
+    start at zero, so a fresh model forecasts the baseline.
     """
 
     def __init__(
@@ -27,6 +30,8 @@ class WindowForecaster(nn.Module):
         )
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
 
     def _forward(self, window: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         flat = window.reshape(window.shape[0], -1)
@@ -34,11 +39,17 @@ class WindowForecaster(nn.Module):
 
 
 class TickModel(WindowForecaster):
+    def make_baseline(self) -> ReturnBaseline:
+        return ReturnBaseline()
+
     def forward(self, window: torch.Tensor, symbol: torch.Tensor) -> torch.Tensor:
         return self._forward(window, symbol).squeeze(-1)
 
 
 class SensorModel(WindowForecaster):
+    def make_baseline(self) -> LastValueBaseline:
+        return LastValueBaseline()
+
     def forward(self, window: torch.Tensor, sensor: torch.Tensor) -> torch.Tensor:
         return self._forward(window, sensor)
 
