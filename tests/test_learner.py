@@ -96,8 +96,7 @@ def test_sparse_embeddings_update_only_the_rows_of_the_batch():
     inputs, y = batch()
     inputs["symbol"] = np.full(32, 5)
     before = learner.model.key.weight.detach().clone()
-    learner.step(inputs, y)  # the MLP's output layer starts at zero: no gradient reaches
-    learner.step(inputs, y)  # the embedding in the first step
+    learner.step(inputs, y)
     changed = (learner.model.key.weight != before).any(1).nonzero().flatten().tolist()
     assert changed == [5]
     assert set(learner.optimizer.state_dict()) == {"dense", "sparse"}
