@@ -80,12 +80,22 @@ def _stream(a: argparse.Namespace) -> Any:
     """The stream of ``--kind``: ``--input``'s events, or generated ones (drift midway)."""
     from stream_trainer.evaluation import streams
 
+    scenario = getattr(a, "scenario", None)
+    if scenario is not None:
+        skind = streams.SCENARIOS[scenario][0]
+        if a.kind not in (None, skind) or a.input:
+            raise StreamTrainerError(f"--scenario {scenario} is a {skind} stream (no --input)")
+        a.kind = skind
     _need_kind(a)
     if a.input:
         stream = streams.from_file(a.kind, a.input, limit=a.events)
     else:
-        drift_at = a.drift_at if a.drift_at is not None else (a.events or 0) // 2 or None
-        stream = streams.generated(a.kind, a.events or 100_000, seed=a.seed, drift_at=drift_at)
+        midway = (a.events or 0) // 2 or None
+        # a scenario is its own test: no drift unless asked for
+        drift_at = a.drift_at if a.drift_at is not None else (None if scenario else midway)
+        stream = streams.generated(
+            a.kind, a.events or 100_000, seed=a.seed, drift_at=drift_at, scenario=scenario
+        )
     if not stream.raw:
         raise StreamTrainerError(f"no events in {stream.source}")
     return stream

@@ -143,6 +143,13 @@ def _evaluate(sub: Subparsers) -> argparse.ArgumentParser:
     )
     flag("--input", metavar="FILE", help="JSON-lines events to replay")
     flag(
+        "--scenario",
+        choices=("rare-clicks", "random-walk", "level-shifts"),
+        help="a generated stream the trivial baselines are hard to beat on: rare-clicks "
+        "(click rate ~0.3%%), random-walk (ticks with no signal), level-shifts (sensors "
+        "whose levels jump now and then); implies its --kind; no drift unless --drift-at",
+    )
+    flag(
         "--events",
         type=int,
         help="events to generate (default 100000), or at most this many from --input",

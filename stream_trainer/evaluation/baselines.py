@@ -24,6 +24,15 @@ from stream_trainer.evaluation.streams import Stream
 from stream_trainer.features.base import FeatureBatch
 from stream_trainer.models.registry import build_featurizer
 
+TRIVIAL_NAMES = frozenset(
+    {
+        "constant rate (running mean)",
+        "zero return (random walk)",
+        "last return (persistence)",
+        "last value (persistence)",
+    }
+)  # the bar every stream holds us to (the rest are River's and Vowpal Wabbit's learners)
+
 Step = Callable[[dict[str, Any]], Any]  # predict one event, then learn it
 Scored = tuple[str, dict[int, Any], float]  # name, {event index: prediction}, seconds
 Row = tuple[int, dict[str, float], np.ndarray, Any]  # index, features, target, (scale, shift)

@@ -53,7 +53,7 @@ def score(
 def markdown(report: dict[str, Any]) -> str:
     """The comparison's table: one row per method, ours first."""
     rows = report["results"]
-    metrics = [k for k in rows[0] if k not in ("name", "events_per_s")]
+    metrics = [k for k in rows[0] if k not in ("name", "events_per_s", "role")]
     primary = PRIMARY[profile_of(report["kind"])]
     baseline_best = min(
         (r[primary] for r in rows[1:] if not math.isnan(r.get(primary, math.nan))),
@@ -76,6 +76,17 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"Ours / best baseline {primary}: {ours / baseline_best:.3f}.",
         ]
+    bar = report.get("bar")
+    if bar and not math.isnan(bar["vs_trivial"]):
+        learner = (
+            f"; / the best of River and VW: {bar['vs_learner']:.3f}"
+            if not math.isnan(bar["vs_learner"])
+            else ""
+        )
+        lines.append(
+            f"From event 1,000 on ({bar['metric']}): ours / the best trivial baseline: "
+            f"{bar['vs_trivial']:.3f}{learner}."
+        )
     return "\n".join(lines)
 
 

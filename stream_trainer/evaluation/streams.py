@@ -27,11 +27,33 @@ class Stream:
     drift_at: list[int] = field(default_factory=list)
 
 
-def generated(kind: str, count: int, seed: int = 0, drift_at: int | None = None) -> Stream:
-    """Our producer's stream of ``kind``, its hidden truth changing at ``drift_at``."""
-    evs = list(make_generator(kind, seed=seed, count=count, drift_at=drift_at))
+# Streams with the properties real ones have and our default ones lack: the trivial
+# baselines are hard to beat on them (``evaluate --scenario NAME``).
+SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
+    "rare-clicks": ("clicks", {"base": -7.0}),  # a click rate of ~0.3%
+    "random-walk": ("ticks", {"signal": 0.0}),  # prices with nothing to forecast
+    "level-shifts": ("sensors", {"level_shift_rate": 0.001}),  # rare jumps of a level
+}
+
+
+def generated(
+    kind: str,
+    count: int,
+    seed: int = 0,
+    drift_at: int | None = None,
+    scenario: str | None = None,
+) -> Stream:
+    """Our producer's stream of ``kind`` (or of ``scenario``, see ``SCENARIOS``), its
+    hidden truth changing at ``drift_at``."""
+    params: dict[str, Any] = {}
+    if scenario is not None:
+        skind, params = SCENARIOS[scenario]
+        if skind != kind:
+            raise ValueError(f"scenario {scenario!r} is a {skind} stream, not {kind}")
+    evs = list(make_generator(kind, seed=seed, count=count, drift_at=drift_at, **params))
     raw = [json.dumps(e, separators=(",", ":")).encode() for e in evs]
-    src = f"make_generator({kind!r}, seed={seed}, count={count}, drift_at={drift_at})"
+    extra = "".join(f", {k}={v!r}" for k, v in params.items())
+    src = f"make_generator({kind!r}, seed={seed}, count={count}, drift_at={drift_at}{extra})"
     return _decoded(kind, raw, src, [drift_at] if drift_at else [])
 
 

@@ -125,6 +125,7 @@ class KeyedLearner:
         for i, k in enumerate(keys):
             rows.setdefault(str(k), []).append(i)
         losses = np.empty(n, np.float32)
+        model_losses = np.empty(n, np.float32)
         outputs: np.ndarray | None = None
         skipped: list[str] = []
         norms, clipped = [], False
@@ -132,6 +133,7 @@ class KeyedLearner:
             idx = np.asarray(idx_list)
             r = self.model(key).step({k: v[idx] for k, v in inputs.items()}, targets[idx])
             losses[idx] = r.losses
+            model_losses[idx] = r.losses if r.model_losses is None else r.model_losses
             if outputs is None:
                 outputs = np.empty((n, *r.outputs.shape[1:]), r.outputs.dtype)
             outputs[idx] = r.outputs
@@ -143,7 +145,7 @@ class KeyedLearner:
                 norms.append(r.grad_norm)
                 clipped = clipped or r.clipped
         assert outputs is not None
-        res = StepResult(losses, outputs)
+        res = StepResult(losses, outputs, model_losses=model_losses)
         res.grad_norm = max(norms) if norms else float("nan")
         res.clipped = clipped
         if len(skipped) == len(rows):  # no model learned: the batch counts as skipped

@@ -1,5 +1,10 @@
 """One forward pass with the pre-update weights gives each example's loss and prediction;
-then backward and an optimizer step, unless a guard refuses the update."""
+then backward and an optimizer step, unless a guard refuses the update.
+
+A built-in head (a model with ``make_baseline``) predicts on top of a running baseline
+the learner keeps (models/baseline.py), and what is scored and emitted is the online
+mixture of the model and the trivial experts (learner/mixture.py); both are updated
+per event, after the event was scored."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stream_trainer.learner.mixture import Mixture
 from stream_trainer.learner.optim import (
     DEFAULT_EMBEDDING_LR,
     DEFAULT_EMBEDDING_OPTIMIZER,
@@ -23,6 +29,7 @@ from stream_trainer.learner.optim import (
     use_sparse_embeddings,
 )
 from stream_trainer.learner.static import StaticBatch
+from stream_trainer.models.baseline import OFFSET, Baseline
 
 Reduce = Callable[[int, torch.Tensor], int]
 SKIP_NON_FINITE_LOSS = "non_finite_loss"
@@ -43,13 +50,16 @@ def pick_device(name: str) -> torch.device:
 
 @dataclass
 class StepResult:
-    """Per-example prequential loss and model output (computed before the update)."""
+    """Per-example prequential loss and output (computed before the update): the
+    mixture's where the head has one (what is scored and emitted), else the model's."""
 
     losses: np.ndarray
     outputs: np.ndarray
     skipped: str | None = None
     grad_norm: float = math.nan
     clipped: bool = False  # the gradient norm exceeded grad_clip_norm and was scaled down
+    model_losses: np.ndarray | None = None  # the model's own (None: no mixture)
+    weights: dict[str, float] | None = None  # the mixture's weights after the batch
 
     @property
     def mean_loss(self) -> float:
@@ -131,6 +141,11 @@ class Learner:
         self.lr_multiplier = 1.0
         self.updates = 0
         self.optimizer = SplitOptimizer(*self._groups, **self._opt_args)
+        make_baseline = getattr(self.model, "make_baseline", None)
+        self.baseline: Baseline | None = make_baseline() if callable(make_baseline) else None
+        self.mixture = (
+            Mixture(task, ("model", *self.baseline.experts)) if self.baseline is not None else None
+        )
         # the weights it started from: reset_model() and spawn() go back to them
         self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._init_args = {
@@ -177,16 +192,22 @@ class Learner:
 
     def reset_model(self) -> None:
         """Back to the initial weights, with a fresh optimizer (the ``reset_model``
-        drift action: forget a concept that no longer holds)."""
+        drift action: forget a concept that no longer holds). The running baseline and
+        the mixture stay: the fresh model starts from what the baseline knows now."""
         self.model.load_state_dict(self._initial)
         self.reset_optimizer()
 
     def spawn(self) -> Learner:
-        """A new learner like this one, from the initial weights (a challenger)."""
+        """A new learner like this one, from the initial weights (a challenger), with
+        this one's running baseline and mixture."""
         model = copy.deepcopy(self.model)
         model.load_state_dict(self._initial)
         child = Learner(model, **self._init_args)
         child.set_lr_multiplier(1.0)
+        if self.baseline is not None and child.baseline is not None:
+            child.baseline.load_state_dict(copy.deepcopy(self.baseline.state_dict()))
+        if self.mixture is not None and child.mixture is not None:
+            child.mixture.load_state_dict(copy.deepcopy(self.mixture.state_dict()))
         return child
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
@@ -204,18 +225,37 @@ class Learner:
         loss = F.mse_loss(out, y, reduction="none")
         return loss.reshape(loss.shape[0], -1).mean(1)
 
-    def predict(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Outputs in model units (probabilities for binary tasks), without learning."""
+    def predict(self, inputs: Mapping[str, np.ndarray], mixed: bool = True) -> np.ndarray:
+        """Outputs in model units (probabilities for binary tasks), without learning:
+        the mixture's (``mixed``, where the head has one), else the model's own."""
+        rows = next(iter(inputs.values())).shape[0]
+        experts = None
+        if self.baseline is not None:
+            offsets, experts = self.baseline.predict(inputs, None, rows)
+            if offsets is not None:
+                inputs = {**inputs, OFFSET: offsets.astype(np.float32)}
         with torch.no_grad(), self.autocast:
-            out = self.model(**self._tensors(inputs))
-        return self._to_numpy(out)
+            out = self._model_out(self._tensors(inputs))
+        own = self._to_numpy(out)
+        if not mixed or self.mixture is None or experts is None:
+            return own
+        both = np.concatenate([own.reshape(rows, 1, *experts.shape[2:]), experts], 1)
+        return self.mixture.predict(both).astype(own.dtype)
+
+    def _model_out(self, x: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The head's output: the model's, plus the baseline's offset where there is one."""
+        offset = x.get(OFFSET)
+        if offset is None:
+            return self.model(**x)
+        out = self.model(**{k: v for k, v in x.items() if k != OFFSET})
+        return out + offset.to(out.dtype)
 
     def _forward(
         self, x: Mapping[str, torch.Tensor], y: torch.Tensor, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(outputs, per-example losses, the mean loss over real rows)."""
         with self.autocast:
-            out = self.model(**x)
+            out = self._model_out(x)
         per = self._per_example_loss(out.float(), y)
         if mask is None:
             return out, per, per.mean()
@@ -263,6 +303,11 @@ class Learner:
             old_inputs, old_targets = replay
             inputs = {k: np.concatenate([v, old_inputs[k]]) for k, v in inputs.items()}
             targets = np.concatenate([targets, old_targets])
+        experts = None
+        if self.baseline is not None:
+            offsets, experts = self.baseline.predict(inputs, targets, n)
+            if offsets is not None:
+                inputs = {**inputs, OFFSET: offsets.astype(np.float32)}
         out, per, loss, graphed = self._score(inputs, targets)
         result = StepResult(per[:n].detach().cpu().numpy(), self._to_numpy(out[:n]))
         if not torch.isfinite(loss):
@@ -270,6 +315,8 @@ class Learner:
             if reduce is not None:
                 self._synced_update(reduce, 0, None)  # the others may still have data
             return result
+        if self.baseline is not None and experts is not None:
+            self._score_mixture(result, experts[:n], targets[:n])
         if not graphed:  # a replay has already written the gradients
             self.optimizer.zero_grad()
             loss.backward()
@@ -290,9 +337,22 @@ class Learner:
             result.skipped = SKIP_NON_FINITE_GRAD
             return result
         result.clipped = norm > max_norm
-        self.optimizer.step()
+        self.optimizer.step(n)
         self.updates += 1
         return result
+
+    def _score_mixture(self, result: StepResult, experts: np.ndarray, targets: np.ndarray) -> None:
+        """The scored events' targets join the baseline; the mixture of the model and the
+        trivial experts becomes the result (the model's own losses are kept beside)."""
+        assert self.baseline is not None and self.mixture is not None
+        self.baseline.commit()
+        own, n = result.outputs, result.outputs.shape[0]
+        both = np.concatenate([own.reshape(n, 1, *experts.shape[2:]), experts], 1)
+        mixed, losses = self.mixture.step(both, targets)
+        result.model_losses = result.losses
+        result.outputs = mixed.astype(own.dtype, copy=False)
+        result.losses = losses.astype(result.losses.dtype, copy=False)
+        result.weights = dict(zip(self.mixture.names, self.mixture.weights().tolist(), strict=True))
 
     def _score(
         self, inputs: Mapping[str, np.ndarray], targets: np.ndarray
@@ -360,7 +420,7 @@ class Learner:
             if result is not None:
                 result.skipped = SKIP_NON_FINITE_GRAD
             return False
-        self.optimizer.step()
+        self.optimizer.step(total)
         self.updates += 1
         return True
 
@@ -394,6 +454,8 @@ class Learner:
             "optimizer": self.optimizer.state_dict(),
             "updates": self.updates,
             "lr_multiplier": self.lr_multiplier,
+            "baseline": self.baseline.state_dict() if self.baseline is not None else {},
+            "mixture": self.mixture.state_dict() if self.mixture is not None else {},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -401,3 +463,7 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state["updates"])
         self.set_lr_multiplier(float(state["lr_multiplier"]))
+        if self.baseline is not None:
+            self.baseline.load_state_dict(state["baseline"])
+        if self.mixture is not None:
+            self.mixture.load_state_dict(state["mixture"])

@@ -127,6 +127,13 @@ class Metrics:
             "directional_accuracy; sensors: mse, normalized_mse, anomaly_rate)",
             "metric",
         )
+        self.mixture_weight = self._make(
+            Gauge,
+            "mixture_weight",
+            "Weight of each expert (the model, the trivial baselines) in the online mixture "
+            "that is scored and emitted",
+            "expert",
+        )
         self.update_seconds = self._make(
             Histogram, "update_seconds", "Duration of one training step", buckets=_UPDATE_BUCKETS
         )
@@ -267,6 +274,10 @@ class PipelineMetrics(PipelineHooks):
     def on_quality(self, values: dict[str, float]) -> None:
         for metric, value in values.items():
             self.m.quality.labels(self.name, metric).set(value)
+
+    def on_mixture(self, weights: dict[str, float]) -> None:
+        for expert, w in weights.items():
+            self.m.mixture_weight.labels(self.name, expert).set(w)
 
     def on_drift(self, detector: str, timestamp: float) -> None:
         self.m.drift.labels(self.name, detector).inc()

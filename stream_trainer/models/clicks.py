@@ -1,14 +1,19 @@
-"""Click-through model: hashed embeddings + factorisation terms + a small MLP."""
+"""Click-through model: hashed embeddings + factorisation terms + a small MLP, learning
+the residual on top of the running base rate's logit (models/baseline.py)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from stream_trainer.models.baseline import RateBaseline
+
 
 class ClickModel(nn.Module):
     """Logit = biases (incl. a hashed user x item bias) + pairwise dot products
-    (user, item, context) + MLP(concat)."""
+    (user, item, context) + MLP(concat), added by the learner to the logit of the
+    running click rate. Biases and the MLP's output layer start at zero (the embeddings
+    near it), so a fresh model predicts the base rate."""
 
     def __init__(
         self,
@@ -34,6 +39,12 @@ class ClickModel(nn.Module):
         for emb in (self.user_bias, self.item_bias, self.ctx_bias, self.pair_bias):
             if emb is not None:
                 nn.init.zeros_(emb.weight)
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def make_baseline(self) -> RateBaseline:
+        """The running baseline this head predicts on top of (the learner keeps it)."""
+        return RateBaseline()
 
     def forward(
         self,

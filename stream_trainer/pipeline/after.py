@@ -45,6 +45,8 @@ class AfterUpdate:
         )
         pred, target = fb.raw_units(res.outputs)
         self.quality.update(pred, target, res.losses, extra.get("anomaly"))
+        if res.weights:
+            self.hooks.on_mixture(res.weights)
         self.policy.after_update(self.learner)
         if self.monitor is not None and self.monitor.update(res.losses):
             self.drift_detected()

@@ -58,10 +58,12 @@ def clicks(
     n_items: int = 500,
     dim: int = 8,
     recurring: bool = False,
+    base: float = -1.2,
 ) -> Iterator[dict[str, Any]]:
     """Click-through on (user, item, context): latent factors, popularity skew.
 
-    p(click) = sigmoid(base + item_bias + device effect + hour effect + u.v). At a
+    p(click) = sigmoid(base + item_bias + device effect + hour effect + u.v) (``base``
+    -1.2: a click rate of ~35%; -7.0: ~0.3%, as real click-through rates are). At a
     drift the item factors and biases are redrawn: tastes and popularity change. With
     ``recurring``, drifts alternate between two concepts instead (A, B, A, ...): what
     a replay buffer should help a model remember.
@@ -96,7 +98,7 @@ def clicks(
         d = int(ev.integers(3))
         ts = START_TS + i * 0.05
         hour = int(ts // 3600) % 24
-        logit = -1.2 + item_bias[it] + device_eff[d] + hour_eff[hour] + users[u] @ items[it]
+        logit = base + item_bias[it] + device_eff[d] + hour_eff[hour] + users[u] @ items[it]
         label = int(ev.random() < 1 / (1 + math.exp(-logit)))
         yield {
             "ts": round(ts, 3),
@@ -115,12 +117,14 @@ def ticks(
     drift_every: int | None = None,
     stream: int = 0,
     n_symbols: int = 8,
+    signal: float = 1.0,
 ) -> Iterator[dict[str, Any]]:
     """Ticks of several symbols with autocorrelated returns and volatility regimes.
 
     r_t = phi_s * r_{t-1} + sigma_s * eps (per symbol). Regimes switch volatility at
     random; a drift flips every symbol between momentum and mean reversion (phi's
     sign, with a new magnitude), so yesterday's forecast now points the wrong way.
+    ``signal`` scales phi: 0 gives random walks (nothing to forecast but zero).
     """
     rng = np.random.default_rng(seed)
     ev = _event_rng(rng, seed, stream)
@@ -130,12 +134,12 @@ def ticks(
     base_vol = rng.uniform(0.0005, 0.002, n_symbols)
     vol_mult = np.ones(n_symbols)
 
-    phi = rng.choice([-1, 1], n_symbols) * rng.uniform(0.35, 0.7, n_symbols)
+    phi = signal * rng.choice([-1, 1], n_symbols) * rng.uniform(0.35, 0.7, n_symbols)
     is_drift = _drift_points(drift_at, drift_every)
     i = 0
     while count is None or i < count:
         if is_drift(i):
-            phi = -np.sign(phi) * rng.uniform(0.35, 0.7, n_symbols)
+            phi = -np.sign(phi) * signal * rng.uniform(0.35, 0.7, n_symbols)
         s = i % n_symbols if ev.random() < 0.5 else int(ev.integers(n_symbols))
         if ev.random() < 0.001:  # volatility regime switch
             vol_mult[s] = ev.choice([0.5, 1.0, 2.0])
@@ -159,16 +163,21 @@ def sensors(
     stream: int = 0,
     n_sensors: int = 20,
     anomaly_rate: float = 0.002,
+    level_shift_rate: float = 0.0,
 ) -> Iterator[dict[str, Any]]:
     """Correlated temp/humidity/pressure with a daily cycle, noise and rare spikes.
 
     Each sensor reads every 10 simulated minutes (144 readings a day). Humidity
     falls as temperature rises; pressure wanders slowly. A drift shifts every
     sensor's level and daily amplitude and toggles the measurement noise between
-    normal and degraded (2.5x): a season change plus ageing hardware.
+    normal and degraded (2.5x): a season change plus ageing hardware. With
+    ``level_shift_rate``, each reading moves its sensor's temperature level and
+    pressure for good with that probability (a relocated or recalibrated sensor),
+    drawn from a generator of their own (the other draws stay those of the seed).
     """
     rng = np.random.default_rng(seed)
     ev = _event_rng(rng, seed, stream)
+    shifts = np.random.default_rng((seed, stream, 7)) if level_shift_rate > 0 else None
     ids = [f"s{k:03d}" for k in range(n_sensors)]
     level = rng.normal(20, 4, n_sensors)
     amp = rng.uniform(3, 6, n_sensors)
@@ -184,6 +193,9 @@ def sensors(
             amp = rng.uniform(2, 8, n_sensors)
             noise = 2.5 if noise == 1.0 else 1.0
         s = i % n_sensors
+        if shifts is not None and shifts.random() < level_shift_rate:
+            level[s] += shifts.choice([-1, 1]) * shifts.uniform(4, 10)
+            pressure[s] += shifts.normal(0, 8)
         t = steps[s]
         steps[s] += 1
         cycle = math.sin(2 * math.pi * t / 144 + phase[s])

@@ -1,0 +1,165 @@
+"""Running baselines the built-in heads predict on top of, and the trivial experts they
+offer the mixture (:mod:`stream_trainer.learner.mixture`). Pure numpy.
+
+A baseline sees each batch's targets only after it gave every row its value, and row
+``j`` of a batch sees the targets of rows ``< j`` (exactly what one event at a time would
+give, vectorised). The head adds the baseline's ``offsets`` to its learned output, which
+starts at zero, so a fresh model (a cold start, ``reset_model``, a challenger) predicts
+the baseline and moves away from it only as evidence accrues.
+
+- clicks: the base rate, the running mean ``(clicks + 1) / (events + 2)`` (slowly
+  forgetting); the head's offset is its logit, and the constant rate a trivial expert;
+- ticks: zero return (returns carry little signal; a running mean of them costs more in
+  noise than it gains); experts: zero return and the last return;
+- sensors: persistence, the last reading of the window; expert: the last value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+OFFSET = "__baseline__"  # the input the learner adds the offsets under (never the model's)
+RATE_HALF_LIFE = 50_000  # events: the click rate forgets slowly (a drifting base rate)
+
+
+class Baseline(Protocol):
+    """What a head's running baseline offers the learner."""
+
+    experts: tuple[str, ...]  # the trivial experts' names, in the order of ``predict``
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray | None, n: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """(offsets in model units, or None; the experts' predictions ``[rows, K, ...]``
+        in prediction units: probabilities for binary tasks). The first ``n`` rows are
+        sequential events whose ``targets`` are given; later rows (replay) see the state
+        after them. Call :meth:`commit` to keep the state the ``n`` targets lead to."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+def discounted_prefix(
+    x: np.ndarray, start: np.ndarray | float, gamma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``a[j] = gamma * a[j-1] + x[j-1]``, ``a[0] = start``, over the rows of ``x``:
+    (the value before each row, the value after the last). Vectorised: one cumsum.
+
+    >>> before, end = discounted_prefix(np.array([1.0, 1.0, 1.0]), 0.0, 0.5)
+    >>> before.tolist(), float(end)
+    ([0.0, 1.0, 1.5], 1.75)
+    """
+    n = x.shape[0]
+    start = np.asarray(start, np.float64)
+    if n == 0:
+        return np.empty((0, *start.shape)), start.copy()
+    shape = (n,) + (1,) * (x.ndim - 1)
+    j = np.arange(n, dtype=np.float64).reshape(shape)
+    # chunks keep gamma**-j finite for any batch size and half-life
+    chunk = max(1, int(200.0 / max(-math.log(gamma), 1e-300))) if gamma < 1 else n
+    if n > chunk:
+        b1, mid = discounted_prefix(x[:chunk], start, gamma)
+        b2, end = discounted_prefix(x[chunk:], mid, gamma)
+        return np.concatenate([b1, b2]), end
+    scaled = x * gamma ** -(j + 1)
+    c = np.cumsum(scaled, axis=0)
+    excl = np.concatenate([np.zeros((1, *x.shape[1:])), c[:-1]])
+    before = gamma**j * (start + excl)
+    end = gamma**n * (start + c[-1])
+    return before, end
+
+
+def _gamma(half_life: float) -> float:
+    return 0.5 ** (1.0 / half_life) if half_life and math.isfinite(half_life) else 1.0
+
+
+class RateBaseline:
+    """The running click rate ``(clicks + 1) / (events + 2)`` (Laplace's rule: the
+    constant-rate baseline ``evaluate`` runs) over slowly forgotten counts (half-life
+    ``half_life`` events); the offset is its logit."""
+
+    experts = ("constant_rate",)
+
+    def __init__(self, half_life: float = RATE_HALF_LIFE) -> None:
+        self.gamma = _gamma(half_life)
+        self.counts = np.zeros(2)  # discounted (events, clicks)
+        self._pending: np.ndarray | None = None
+
+    def rate(self, counts: np.ndarray) -> np.ndarray:
+        return (counts[..., 1] + 1.0) / (counts[..., 0] + 2.0)
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray | None, n: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        rows = next(iter(inputs.values())).shape[0]
+        if targets is None or n == 0:
+            before = np.broadcast_to(self.counts, (rows, 2))
+            self._pending = None
+        else:
+            y = np.asarray(targets[:n], np.float64).reshape(n)
+            seq, end = discounted_prefix(np.stack([np.ones(n), y], 1), self.counts, self.gamma)
+            before = np.concatenate([seq, np.broadcast_to(end, (rows - n, 2))])
+            self._pending = end
+        p = self.rate(before)
+        return np.log(p) - np.log1p(-p), p[:, None]
+
+    def commit(self) -> None:
+        if self._pending is not None:
+            self.counts, self._pending = self._pending, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": torch.from_numpy(self.counts.copy())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        counts = np.asarray(state["counts"], np.float64)
+        if counts.shape != (2,):
+            raise ValueError(f"rate baseline state has shape {counts.shape}, expected (2,)")
+        self.counts = counts.copy()
+
+
+class _Stateless:
+    """Baselines read off the inputs: nothing to keep between batches."""
+
+    def commit(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ValueError(f"unexpected baseline state {sorted(state)}")
+
+
+class ReturnBaseline(_Stateless):
+    """Returns: offset zero; experts: zero return and the last return (persistence),
+    from the window of normalised returns."""
+
+    experts = ("zero_return", "last_return")
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray | None, n: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        last = np.asarray(inputs["window"], np.float64)[:, -1]
+        return None, np.stack([np.zeros_like(last), last], 1)
+
+
+class LastValueBaseline(_Stateless):
+    """Readings: persistence, the window's last reading (normalised, as the target is)."""
+
+    experts = ("last_value",)
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray | None, n: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        last = np.asarray(inputs["window"], np.float64)[:, -1]
+        return last, last[:, None]
