@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,9 +37,9 @@ from stream_trainer.learner.prequential import Learner, StepResult
 log = logging.getLogger(__name__)
 
 
-def _file_name(key: str, version: int) -> str:
+def _file_name(key: str, version: int, prefix: str = "") -> str:
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return f"model-{digest}-{version:08d}.pt"
+    return f"{prefix}model-{digest}-{version:08d}.pt"
 
 
 class KeyedLearner:
@@ -52,8 +53,12 @@ class KeyedLearner:
         *,
         lr: float,
         keep: int = 3,
+        prefix: str = "",
     ) -> None:
         self.factory = factory
+        # its files' names start with this: a challenger's (see spawn) never overwrite
+        # the champion's, in the one models directory
+        self.prefix = prefix
         self.base_lr = lr
         self.dir = directory
         self.max_models = max_models
@@ -166,8 +171,13 @@ class KeyedLearner:
         self.saved_updates.clear()
         self.dirty.clear()
 
-    def spawn(self) -> Learner:
-        raise ValueError("the challenger drift action is not available with by_key models")
+    def spawn(self) -> KeyedLearner:
+        """A challenger: a fresh model for every key (from its first event in the race),
+        its files beside this one's under a prefix of its own."""
+        return KeyedLearner(
+            self.factory, self.dir, self.max_models, lr=self.base_lr, keep=self.keep,
+            prefix=f"c{uuid.uuid4().hex[:8]}-",
+        )  # fmt: skip
 
     # ---- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -177,7 +187,7 @@ class KeyedLearner:
         self.version += 1
         for key in sorted(self.dirty):
             learner = self.resident[key]
-            name = _file_name(key, self.version)
+            name = _file_name(key, self.version, self.prefix)
             write_atomically(learner.state_dict(), self.dir / name)
             if key in self.files:
                 self.superseded.append((self.files[key], self.saves))
@@ -193,6 +203,7 @@ class KeyedLearner:
             "version": self.version,
             "total_updates": self.updates,
             "lr_multiplier": self.lr_multiplier,
+            "prefix": self.prefix,
         }
 
     def saved(self) -> None:
@@ -215,4 +226,5 @@ class KeyedLearner:
         self.saved_updates = dict(zip(keys, state["updates"].tolist(), strict=True))
         self.version = int(state["version"])
         self.updates = int(state["total_updates"])
+        self.prefix = str(state.get("prefix", ""))
         self.set_lr_multiplier(float(state["lr_multiplier"]))

@@ -71,7 +71,11 @@ class AfterUpdate:
 
     def _compete(self, fb: Any, losses: np.ndarray) -> None:
         """A running challenger learns from the same batch; promote or drop it."""
-        outcome = self.policy.compete(fb.inputs, fb.targets, losses)
+        keys = fb.keys if getattr(self, "keyed", False) else None
+        self._settled(self.policy.compete(fb.inputs, fb.targets, losses, keys=keys))
+
+    def _settled(self, outcome: tuple[str, Any] | None) -> None:
+        """A race ended: the winner (if any) becomes the champion."""
         if outcome is None:
             return
         verdict, winner = outcome
