@@ -230,11 +230,6 @@ class PipelineSettings(_Frozen):
                 "partitioning by_key needs events with a key per model (ticks: symbol, "
                 "sensors: sensor_id, or a custom featurizer that sets keys)"
             )
-        if self.replay.capacity:
-            raise ValueError(
-                "with partitioning by_key, the replay buffer is not available; set "
-                "replay.capacity to 0"
-            )
         return self
 
     @property

@@ -33,6 +33,7 @@ import torch
 
 from stream_trainer.checkpoint.store import fsync_dir, write_atomically
 from stream_trainer.learner.prequential import Learner, StepResult
+from stream_trainer.learner.replay import KEY
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,21 @@ log = logging.getLogger(__name__)
 def _file_name(key: str, version: int, prefix: str = "") -> str:
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return f"{prefix}model-{digest}-{version:08d}.pt"
+
+
+def _by_key(replay: Any) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Replayed rows (with their keys in the replay buffer's KEY column), per key."""
+    if replay is None:
+        return {}
+    inputs, targets = replay
+    keys = inputs.get(KEY)
+    if keys is None:
+        raise ValueError("replayed rows for by_key models need their keys")
+    out = {}
+    for key in set(keys.tolist()):
+        sel = np.nonzero(keys == key)[0]
+        out[key] = ({k: v[sel] for k, v in inputs.items() if k != KEY}, targets[sel])
+    return out
 
 
 class KeyedLearner:
@@ -133,9 +149,12 @@ class KeyedLearner:
         outputs: np.ndarray | None = None
         skipped: list[str] = []
         norms, clipped = [], False
+        replayed = _by_key(replay)
         for key, idx_list in rows.items():
             idx = np.asarray(idx_list)
-            r = self.model(key).step({k: v[idx] for k, v in inputs.items()}, targets[idx])
+            r = self.model(key).step(
+                {k: v[idx] for k, v in inputs.items()}, targets[idx], replayed.get(key)
+            )
             losses[idx] = r.losses
             if outputs is None:
                 outputs = np.empty((n, *r.outputs.shape[1:]), r.outputs.dtype)

@@ -62,7 +62,9 @@ class AfterUpdate:
             self.hooks.on_input_drift(time.time())
             log.info("input drift detected", extra={"pipeline": self.name})
         if self.replay is not None:
-            self.replay.add(fb.inputs, fb.targets)
+            self.replay.add(
+                fb.inputs, fb.targets, fb.keys if getattr(self, "keyed", False) else None
+            )
         self._compete(fb, res.losses)
 
     def drift_detected(self) -> None:
