@@ -322,7 +322,8 @@ def main() -> int:
     for w, mode, sparse, r in inproc:
         lines.append(
             f"| {w} | {mode} | {_emb(sparse) if w > 1 else '-'} | "
-            f"{r['bytes_per_sync']:,.0f} | {r['ms_per_sync']:.2f} | {r['sync_rounds']} | "
+            + (f"{r['bytes_per_sync']:,.0f} | {r['ms_per_sync']:.2f} | " if w > 1 else "- | - | ")
+            + f"{r['sync_rounds']} | "
             f"{r['events_s']:,.0f} | {r['events_s'] / base['events_s']:.2f}× | "
             f"{r['log_loss']:.4f} | {r['log_loss'] / base['log_loss']:.3f}× |"
         )
