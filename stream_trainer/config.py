@@ -231,6 +231,10 @@ class SyncSettings(_Frozen):
     """
 
     mode: Literal["allreduce", "average"] = "allreduce"
+    # embeddings (sparse_embeddings) sync as rows: the rows a step touched (allreduce)
+    # or changed since the last averaging (average), not whole tables; false sends
+    # every row, densified (`make bench-replicas` measures both)
+    sparse: bool = True
     every_steps: int = Field(50, ge=1)
     every_ms: float = Field(1000.0, gt=0)
     # compare a fingerprint of the weights across replicas every this many sync rounds
@@ -287,12 +291,6 @@ class PipelineSettings(_Frozen):
             raise ValueError(
                 "partitioning by_key needs events with a key per model (ticks: symbol, "
                 "sensors: sensor_id, or a custom featurizer that sets keys)"
-            )
-        if "challenger" in self.drift.actions or self.replay.capacity:
-            raise ValueError(
-                "with partitioning by_key, the drift action 'challenger' and the replay "
-                "buffer are not available; set drift.actions to reset_model, "
-                "reset_optimizer and/or boost_lr, and replay.capacity to 0"
             )
         return self
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -178,6 +179,7 @@ class Replicas:
         self.heartbeat = heartbeat
         self.on_stall = on_stall
         self.on_sync = on_sync
+        self.sent_bytes: dict[str, int] = {}  # payload put into collectives, by kind
         # new groups do not inherit init_process_group's timeout (gloo's default is 30 min)
         timeout = timedelta(seconds=stall_timeout_s)
         self.group = dist.new_group(backend="gloo", timeout=timeout)
@@ -227,6 +229,7 @@ class Replicas:
     def exchange(self, msg: Any) -> list[Any]:
         """Every rank's ``msg``, in rank order."""
         out: list[Any] = [None] * self.world.size
+        self.sent_bytes["round"] = self.sent_bytes.get("round", 0) + len(pickle.dumps(msg))
 
         def gather() -> list[Any]:
             dist.all_gather_object(out, msg, group=self.group)
@@ -240,39 +243,134 @@ class Replicas:
         self._run("broadcast", lambda: dist.broadcast_object_list(box, src=0, group=self.group))
         return box[0]
 
-    def reduce_grads(self, n: int, flat: torch.Tensor) -> int:
-        """Sum ``flat`` (this rank's gradient times its ``n`` examples) over the ranks in
-        place and divide by the total examples; returns that total."""
+    def _sent(self, kind: str, tensors: Sequence[torch.Tensor]) -> None:
+        """Count the bytes this rank puts into a collective (its payload: a ring
+        all-reduce sends about twice that over the wire, a ring all-gather its share
+        ``size - 1`` times)."""
+        self.sent_bytes[kind] = self.sent_bytes.get(kind, 0) + sum(
+            t.numel() * t.element_size() for t in tensors
+        )
+
+    def _gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(t) for _ in range(self.world.size)]
+        dist.all_gather(out, t, group=self.tensor_group)
+        return out
+
+    def reduce_grads(
+        self, n: int, flat: torch.Tensor, rows: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Sum the gradients of the ranks and divide by their examples.
+
+        ``flat``: this rank's dense gradient times its ``n`` examples, left as the mean
+        in place. ``rows``: per embedding table, the (row ids, gradient rows times
+        ``n``) this rank touched; returned as every rank's rows (in rank order, a row
+        touched by two ranks twice: the optimizer's coalesce sums them) over the total.
+        With no rows, one all-reduce of ``flat``; with rows, three all-gathers (the
+        sizes, the ids, the dense gradient and rows in one buffer) whose size is the
+        rows touched, not the tables. Returns (total examples, rows)."""
+        if not rows:
+            return self._reduce_dense(n, flat), []
+        return self._run("gradients", lambda: self._reduce_sparse(n, flat, list(rows)))
+
+    def _reduce_dense(self, n: int, flat: torch.Tensor) -> int:
         count = torch.tensor([float(n)], dtype=flat.dtype, device=flat.device)
         both = torch.cat([count, flat])
 
         def reduce() -> None:
             dist.all_reduce(both, op=dist.ReduceOp.SUM, group=self.tensor_group)
 
+        self._sent("gradients", [both])
         self._run("gradients", reduce)
         total = int(round(float(both[0])))
         if total:
             flat.copy_(both[1:] / total)
         return total
 
-    def average(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Replace each tensor by its mean over the ranks (one flat all-reduce per dtype)."""
-        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for t in tensors:
-            by_dtype.setdefault(t.dtype, []).append(t)
+    def _reduce_sparse(
+        self, n: int, flat: torch.Tensor, rows: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        dev = flat.device
+        counts = [int(ids.numel()) for ids, _ in rows]
+        widths = [_width(v) for _, v in rows]
+        meta = torch.tensor([n, *counts], dtype=torch.long, device=dev)
+        metas = torch.stack(self._gather(meta)).tolist()
+        total = sum(m[0] for m in metas)
+        self._sent("gradients", [meta])
+        if total == 0:
+            return 0, []
+        n_ids = [sum(m[1:]) for m in metas]
+        n_vals = [flat.numel() + sum(k * w for k, w in zip(m[1:], widths, strict=True))
+                  for m in metas]  # fmt: skip
+        ids = torch.zeros(max(n_ids), dtype=torch.long, device=dev)
+        ids[: n_ids[self.rank]] = torch.cat([i for i, _ in rows])
+        vals = torch.zeros(max(n_vals), dtype=flat.dtype, device=dev)
+        vals[: n_vals[self.rank]] = torch.cat([flat, *(v.reshape(-1) for _, v in rows)])
+        self._sent("gradients", [ids, vals])
+        all_ids, all_vals = self._gather(ids), self._gather(vals)
+        d = flat.numel()
+        flat.copy_(torch.stack([v[:d] for v in all_vals]).sum(0) / total)
+        out: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in rows]
+        for m, r_ids, r_vals in zip(metas, all_ids, all_vals, strict=True):
+            i, j = 0, d
+            for s, (k, w) in enumerate(zip(m[1:], widths, strict=True)):
+                out[s][0].append(r_ids[i : i + k])
+                out[s][1].append(r_vals[j : j + k * w].view(k, *rows[s][1].shape[1:]))
+                i, j = i + k, j + k * w
+        return total, [(torch.cat(i), torch.cat(v) / total) for i, v in out]
+
+    def average(
+        self,
+        tensors: Sequence[torch.Tensor],
+        tables: Sequence[Sequence[torch.Tensor]] = (),
+        touched: Sequence[torch.Tensor] = (),
+    ) -> None:
+        """Replace each tensor by its mean over the ranks (one flat all-reduce per dtype).
+
+        ``tables``: per embedding table, the table and its optimizer state shaped like
+        it; ``touched``: the rows this rank changed in each since the last averaging.
+        Only the rows any rank changed are averaged (the others are equal everywhere
+        already): their ids are all-gathered, then they join the one all-reduce."""
 
         def reduce() -> None:
-            for ts in by_dtype.values():
-                flat = torch.cat([t.detach().reshape(-1) for t in ts])
+            union = self._union(touched) if tables else []
+            by_dtype: dict[torch.dtype, list[tuple[torch.Tensor, Callable[[torch.Tensor], Any]]]]
+            by_dtype = {}
+            for t in tensors:
+                by_dtype.setdefault(t.dtype, []).append((t.detach(), _copy_into(t)))
+            for group, ids in zip(tables, union, strict=True):
+                for t in group:
+                    by_dtype.setdefault(t.dtype, []).append((t.detach()[ids], _rows_into(t, ids)))
+            for parts in by_dtype.values():
+                flat = torch.cat([t.reshape(-1) for t, _ in parts])
+                self._sent("average", [flat])
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.tensor_group)
                 flat /= self.world.size
                 i = 0
                 with torch.no_grad():
-                    for t in ts:
-                        t.copy_(flat[i : i + t.numel()].view_as(t))
+                    for t, put in parts:
+                        put(flat[i : i + t.numel()].view_as(t))
                         i += t.numel()
 
         self._run("average", reduce)
+
+    def _union(self, touched: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The rows any rank changed, per table (sorted, the same on every rank)."""
+        dev = touched[0].device if touched else self.device
+        meta = torch.tensor([t.numel() for t in touched], dtype=torch.long, device=dev)
+        metas = torch.stack(self._gather(meta)).tolist()
+        longest = max(sum(m) for m in metas)
+        ids = torch.zeros(longest, dtype=torch.long, device=dev)
+        if touched:
+            ids[: int(meta.sum())] = torch.cat(list(touched))
+        self._sent("average", [meta, ids])
+        gathered = self._gather(ids)
+        out: list[list[torch.Tensor]] = [[] for _ in touched]
+        for m, got in zip(metas, gathered, strict=True):
+            i = 0
+            for s, k in enumerate(m):
+                out[s].append(got[i : i + k])
+                i += k
+        return [torch.unique(torch.cat(parts)) for parts in out]
 
     def broadcast_tensors(self, tensors: Sequence[torch.Tensor]) -> None:
         def send() -> None:
@@ -281,6 +379,22 @@ class Replicas:
                     dist.broadcast(t.data, src=0, group=self.tensor_group)
 
         self._run("broadcast", send)
+
+
+def _width(t: torch.Tensor) -> int:
+    """Elements per row of a (rows, ...) tensor, also when it has no rows."""
+    w = 1
+    for d in t.shape[1:]:
+        w *= int(d)
+    return w
+
+
+def _copy_into(t: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    return lambda mean: t.copy_(mean)
+
+
+def _rows_into(t: torch.Tensor, ids: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    return lambda mean: t.index_copy_(0, ids, mean)
 
 
 def shutdown() -> None:

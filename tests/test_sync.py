@@ -29,13 +29,27 @@ def _batches(feat, rank: int, steps: int):
     return [feat.featurize(events[i : i + 64]) for i in range(0, len(events), 64)]
 
 
-def _worker(rank: int, port: int, out: dict, mode: str) -> None:
+def _average(rep: Replicas, learner: Learner) -> None:
+    """What ReplicatedPipeline._average does: optimizer state too when the ranks' match."""
+    sig = learner.optimizer_signature()
+    with_opt = all(tuple(v) == sig for v in rep.exchange(sig))
+    if learner.sparse_sync:
+        whole, tables = learner.sync_parts(with_opt)
+        rep.average(whole, tables, learner.take_touched())
+    else:
+        rep.average(learner.sync_tensors(with_opt))
+
+
+def _worker(rank: int, port: int, out: dict, mode: str, sparse: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         world = World(rank=rank, size=2)
         rep = Replicas(world, "p", torch.device("cpu"), stall_timeout_s=30)
         learner, feat = _learner(seed=rank)  # different initial weights on purpose
+        learner.sparse_sync = sparse
+        if mode == "average" and sparse:
+            learner.track_rows()
         rep.broadcast_tensors(learner.sync_tensors(with_optimizer=False))
         prints = []
         for k, fb in enumerate(_batches(feat, rank, 6)):
@@ -47,32 +61,70 @@ def _worker(rank: int, port: int, out: dict, mode: str) -> None:
             else:
                 learner.step(fb.inputs, fb.targets)
                 if k % 3 == 2:
-                    sig = learner.optimizer_signature()
-                    views = rep.exchange(sig)
-                    rep.average(learner.sync_tensors(all(tuple(v) == sig for v in views)))
+                    _average(rep, learner)
                 else:
                     prints.append(None)
                     continue
-            prints.append(fingerprint(learner.sync_tensors(False)))
-        out[rank] = (prints, learner.updates)
+            prints.append(fingerprint(learner.sync_tensors(True)))
+        out[rank] = (prints, learner.updates, rep.sent_bytes)
     finally:
         dist.destroy_process_group()
 
 
-def _run(mode: str) -> dict:
+def _run(worker, *args) -> dict:
     from stream_trainer.local.broker import free_port
 
     out = mp.Manager().dict()
-    mp.start_processes(_worker, args=(free_port(), out, mode), nprocs=2, start_method="spawn")
+    mp.start_processes(worker, args=(free_port(), out, *args), nprocs=2, start_method="spawn")
     return dict(out)
 
 
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
 @pytest.mark.parametrize("mode", ["allreduce", "average"])
-def test_two_ranks_hold_identical_weights_after_each_sync(mode):
-    out = _run(mode)
-    (p0, u0), (p1, u1) = out[0], out[1]
+def test_two_ranks_hold_identical_weights_after_each_sync(mode, sparse):
+    """Weights and optimizer state (the sparse tables' Adagrad sums too) are bitwise
+    equal on both ranks after every sync, with rows or with whole tables."""
+    out = _run(_worker, mode, sparse)
+    (p0, u0, _), (p1, u1, _) = out[0], out[1]
     assert p0 == p1 and any(p is not None for p in p0)
     assert u0 == u1 == 6
+
+
+def _twins_worker(rank: int, port: int, out: dict) -> None:
+    """Each rank steps two copies of one learner on its batches: one syncing rows, one
+    syncing densified tables; their weights and optimizer state are compared."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        rep = Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=30)
+        rows, feat = _learner(seed=0)
+        whole = copy.deepcopy(rows)
+        whole.sparse_sync = False
+        for k, fb in enumerate(_batches(feat, rank, 4)):
+            for learner in (rows, whole):
+                if rank == 1 and k == 1:
+                    learner.idle_step(rep.reduce_grads)
+                else:
+                    learner.step(fb.inputs, fb.targets, reduce=rep.reduce_grads)
+        out[rank] = (
+            [t.clone() for t in rows.sync_tensors(True)],
+            [t.clone() for t in whole.sync_tensors(True)],
+            rows.updates,
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_sparse_round_makes_the_dense_round_s_update():
+    out = _run(_twins_worker)
+    for rank in (0, 1):
+        sparse, dense, updates = out[rank]
+        assert updates == 4 and len(sparse) == len(dense)
+        for a, b in zip(sparse, dense, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # and the ranks agree (bitwise: the same rows in the same order on both)
+    for a, b in zip(out[0][0], out[1][0], strict=True):
+        assert torch.equal(a, b)
 
 
 def test_allreduce_step_equals_one_step_on_both_batches():
@@ -84,21 +136,25 @@ def test_allreduce_step_equals_one_step_on_both_batches():
     b_inputs = {k: v[:40] for k, v in b.inputs.items()}  # uneven: 64 and 40 examples
     grads = {}
 
-    def reduce(n: int, flat: torch.Tensor) -> int:  # records each rank's contribution
-        grads.setdefault("parts", []).append((n, flat.clone()))
-        return 0  # (no update on these throwaway copies)
+    def reduce(n: int, flat: torch.Tensor, rows):  # records each rank's contribution
+        grads.setdefault("parts", []).append((n, flat.clone(), rows))
+        return 0, []  # (no update on these throwaway copies)
 
     # rank views, computed one after the other with the same starting weights
     r0 = copy.deepcopy(learner)
     r0.step(a.inputs, a.targets, reduce=reduce)
     r1 = copy.deepcopy(learner)
     r1.step(b_inputs, b.targets[:40], reduce=reduce)
-    (n0, g0), (n1, g1) = grads["parts"]
+    (n0, g0, rows0), (n1, g1, rows1) = grads["parts"]
     total = (g0 + g1) / (n0 + n1)
+    assert rows0 and len(rows0) == len(rows1)  # the tables sync as rows
 
-    def combined(n: int, flat: torch.Tensor) -> int:
+    def combined(n: int, flat: torch.Tensor, rows):
         flat.copy_(total)
-        return n0 + n1
+        return n0 + n1, [
+            (torch.cat([i0, i1]), torch.cat([v0, v1]) / (n0 + n1))
+            for (i0, v0), (i1, v1) in zip(rows0, rows1, strict=True)
+        ]
 
     learner.step(a.inputs, a.targets, reduce=combined)
     both = {k: np.concatenate([a.inputs[k], b_inputs[k]]) for k in a.inputs}

@@ -10,7 +10,7 @@ dropped. A new drift while a race runs restarts it with a new challenger.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,8 @@ class ChallengerRace:
         self._challenger: deque[tuple[int, float]] = deque()
         self.promotions = 0
         self.drops = 0
+        self.pooled = False  # replicas: decisions from every replica's losses, in rounds
+        self._local: tuple[int, float, float] = (0, 0.0, 0.0)
 
     @property
     def active(self) -> bool:
@@ -50,9 +52,10 @@ class ChallengerRace:
         self.seen = 0
         self._champion.clear()
         self._challenger.clear()
+        self._local = (0, 0.0, 0.0)
 
-    def _push(self, q: deque[tuple[int, float]], losses: np.ndarray) -> None:
-        q.append((int(losses.size), float(losses.sum())))
+    def _push(self, q: deque[tuple[int, float]], n: int, loss_sum: float) -> None:
+        q.append((int(n), float(loss_sum)))
         while sum(n for n, _ in q) - q[0][0] >= self.window:
             q.popleft()
 
@@ -62,32 +65,79 @@ class ChallengerRace:
         return sum(s for _, s in q) / n if n else float("nan")
 
     def step(
-        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray, champion_losses: np.ndarray
+        self,
+        inputs: Mapping[str, np.ndarray],
+        targets: np.ndarray,
+        champion_losses: np.ndarray,
+        *,
+        keys: Any = None,
+        reduce: Any = None,
     ) -> tuple[str, Learner | None] | None:
         """Train the challenger on the batch the champion just learned from.
 
         Returns ``("promoted", learner)`` when the challenger wins (it becomes the
         champion), ``("dropped", None)`` when it runs out of patience, else None.
+        ``keys``: each row's key (``by_key`` models). ``reduce``: replicas in
+        ``allreduce`` mode sync its gradients like the champion's.
+
+        Replicas (``pooled``): the losses are only collected here; every round pools
+        all replicas' (:meth:`take_local`, :meth:`pool`), rank 0 decides
+        (:meth:`verdict`) and every replica applies it (:meth:`settle`).
         """
         if self.challenger is None:
             return None
-        res = self.challenger.step(inputs, targets)
+        kw: dict[str, Any] = {}
+        if keys is not None:
+            kw["keys"] = keys
+        if reduce is not None:
+            kw["reduce"] = reduce
+        res = self.challenger.step(inputs, targets, **kw)
         if res.skipped:  # a refused batch counts for neither
             return None
-        self._push(self._champion, champion_losses)
-        self._push(self._challenger, res.losses)
-        self.seen += int(res.losses.size)
+        n = int(res.losses.size)
+        if self.pooled:
+            self._local = (self._local[0] + n, self._local[1] + float(champion_losses.sum()),
+                           self._local[2] + float(res.losses.sum()))  # fmt: skip
+            return None
+        self.pool([(n, float(champion_losses.sum()), float(res.losses.sum()))])
+        return self.settle(self.verdict())
+
+    def take_local(self) -> tuple[int, float, float]:
+        """Replicas: (examples, champion's and challenger's loss sums) since the last call."""
+        out, self._local = self._local, (0, 0.0, 0.0)
+        return out
+
+    def pool(self, parts: Sequence[tuple[int, float, float]]) -> None:
+        """Add (examples, champion loss sum, challenger loss sum) parts to the windows
+        (replicas: every replica's, in rank order, so the windows match everywhere)."""
+        if self.challenger is None:
+            return
+        for n, champ, chall in parts:
+            if n:
+                self._push(self._champion, n, champ)
+                self._push(self._challenger, n, chall)
+                self.seen += int(n)
+
+    def verdict(self) -> str | None:
+        """PROMOTED, DROPPED or None (the race goes on), from the windows."""
+        if self.challenger is None:
+            return None
         if self.seen >= self.window:
             champ, chall = self._mean(self._champion), self._mean(self._challenger)
             if chall < champ * (1.0 - self.margin):
-                winner, self.challenger = self.challenger, None
-                self.promotions += 1
-                return PROMOTED, winner
-        if self.seen >= self.patience:
-            self.challenger = None
-            self.drops += 1
-            return DROPPED, None
-        return None
+                return PROMOTED
+        return DROPPED if self.seen >= self.patience else None
+
+    def settle(self, verdict: str | None) -> tuple[str, Learner | None] | None:
+        """End the race as ``verdict`` says: (PROMOTED, the winner) or (DROPPED, None)."""
+        if verdict is None or self.challenger is None:
+            return None
+        winner, self.challenger = self.challenger, None
+        if verdict == PROMOTED:
+            self.promotions += 1
+            return PROMOTED, winner
+        self.drops += 1
+        return DROPPED, None
 
     def state_dict(self) -> dict[str, Any]:
         def pairs(q: deque[tuple[int, float]]) -> torch.Tensor:

@@ -72,12 +72,17 @@ class AdaptationPolicy:
             self.race.start()
 
     def compete(
-        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray, losses: np.ndarray
+        self,
+        inputs: Mapping[str, np.ndarray],
+        targets: np.ndarray,
+        losses: np.ndarray,
+        **kw: Any,
     ) -> tuple[str, Any] | None:
-        """Let a running challenger learn from the champion's batch; see ChallengerRace."""
+        """Let a running challenger learn from the champion's batch; see ChallengerRace
+        (``kw``: its ``keys`` and ``reduce``)."""
         if self.race is None:
             return None
-        return self.race.step(inputs, targets, losses)
+        return self.race.step(inputs, targets, losses, **kw)
 
     def after_update(self, learner: Adaptable) -> None:
         if self.boost_left <= 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,13 +33,29 @@ import torch
 
 from stream_trainer.checkpoint.store import fsync_dir, write_atomically
 from stream_trainer.learner.prequential import Learner, StepResult
+from stream_trainer.learner.replay import KEY
 
 log = logging.getLogger(__name__)
 
 
-def _file_name(key: str, version: int) -> str:
+def _file_name(key: str, version: int, prefix: str = "") -> str:
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return f"model-{digest}-{version:08d}.pt"
+    return f"{prefix}model-{digest}-{version:08d}.pt"
+
+
+def _by_key(replay: Any) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Replayed rows (with their keys in the replay buffer's KEY column), per key."""
+    if replay is None:
+        return {}
+    inputs, targets = replay
+    keys = inputs.get(KEY)
+    if keys is None:
+        raise ValueError("replayed rows for by_key models need their keys")
+    out = {}
+    for key in set(keys.tolist()):
+        sel = np.nonzero(keys == key)[0]
+        out[key] = ({k: v[sel] for k, v in inputs.items() if k != KEY}, targets[sel])
+    return out
 
 
 class KeyedLearner:
@@ -52,8 +69,12 @@ class KeyedLearner:
         *,
         lr: float,
         keep: int = 3,
+        prefix: str = "",
     ) -> None:
         self.factory = factory
+        # its files' names start with this: a challenger's (see spawn) never overwrite
+        # the champion's, in the one models directory
+        self.prefix = prefix
         self.base_lr = lr
         self.dir = directory
         self.max_models = max_models
@@ -129,9 +150,12 @@ class KeyedLearner:
         outputs: np.ndarray | None = None
         skipped: list[str] = []
         norms, clipped = [], False
+        replayed = _by_key(replay)
         for key, idx_list in rows.items():
             idx = np.asarray(idx_list)
-            r = self.model(key).step({k: v[idx] for k, v in inputs.items()}, targets[idx])
+            r = self.model(key).step(
+                {k: v[idx] for k, v in inputs.items()}, targets[idx], replayed.get(key)
+            )
             losses[idx] = r.losses
             model_losses[idx] = r.losses if r.model_losses is None else r.model_losses
             if outputs is None:
@@ -168,8 +192,13 @@ class KeyedLearner:
         self.saved_updates.clear()
         self.dirty.clear()
 
-    def spawn(self) -> Learner:
-        raise ValueError("the challenger drift action is not available with by_key models")
+    def spawn(self) -> KeyedLearner:
+        """A challenger: a fresh model for every key (from its first event in the race),
+        its files beside this one's under a prefix of its own."""
+        return KeyedLearner(
+            self.factory, self.dir, self.max_models, lr=self.base_lr, keep=self.keep,
+            prefix=f"c{uuid.uuid4().hex[:8]}-",
+        )  # fmt: skip
 
     # ---- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -179,7 +208,7 @@ class KeyedLearner:
         self.version += 1
         for key in sorted(self.dirty):
             learner = self.resident[key]
-            name = _file_name(key, self.version)
+            name = _file_name(key, self.version, self.prefix)
             write_atomically(learner.state_dict(), self.dir / name)
             if key in self.files:
                 self.superseded.append((self.files[key], self.saves))
@@ -195,6 +224,7 @@ class KeyedLearner:
             "version": self.version,
             "total_updates": self.updates,
             "lr_multiplier": self.lr_multiplier,
+            "prefix": self.prefix,
         }
 
     def saved(self) -> None:
@@ -217,4 +247,5 @@ class KeyedLearner:
         self.saved_updates = dict(zip(keys, state["updates"].tolist(), strict=True))
         self.version = int(state["version"])
         self.updates = int(state["total_updates"])
+        self.prefix = str(state.get("prefix", ""))
         self.set_lr_multiplier(float(state["lr_multiplier"]))

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+KEY = "__key__"  # the input column that holds each stored row's key (by_key models)
+
 
 class ReplayBuffer:
     def __init__(self, capacity: int, fraction: float = 0.25, seed: int = 0) -> None:
@@ -24,6 +26,9 @@ class ReplayBuffer:
         self.seen = 0
         self.inputs: dict[str, np.ndarray] = {}
         self.targets: np.ndarray | None = None
+        # by_key models: each row's key, stored as an index into key_names (KEY column)
+        self.key_names: list[str] = []
+        self._key_index: dict[str, int] = {}
 
     def _rng(self, salt: int) -> np.random.Generator:
         """Randomness keyed by the stream position: a restored buffer draws the same."""
@@ -46,10 +51,18 @@ class ReplayBuffer:
         )
         return same and self.targets.shape[1:] == targets.shape[1:]
 
-    def add(self, inputs: Mapping[str, np.ndarray], targets: np.ndarray) -> None:
+    def add(self, inputs: Mapping[str, np.ndarray], targets: np.ndarray, keys: Any = None) -> None:
+        """``keys``: each row's key (``by_key`` models), replayed to the same key's model."""
         n = int(targets.shape[0])
         if n == 0:
             return
+        if keys is not None:
+            index = self._key_index
+            for k in keys:
+                if k not in index:
+                    index[k] = len(self.key_names)
+                    self.key_names.append(k)
+            inputs = {**inputs, KEY: np.fromiter((index[k] for k in keys), np.int64, n)}
         if self.targets is None or not self._fits(inputs, targets):
             self._alloc(inputs, targets)  # first batch, or the featurizer's shapes changed
             self.seen = 0
@@ -72,7 +85,10 @@ class ReplayBuffer:
         if k == 0 or self.targets is None:
             return None
         idx = self._rng(1).integers(0, size, k)
-        return {name: arr[idx] for name, arr in self.inputs.items()}, self.targets[idx]
+        out = {name: arr[idx] for name, arr in self.inputs.items()}
+        if KEY in out:  # back to the key names
+            out[KEY] = np.asarray(self.key_names, dtype=object)[out[KEY]]
+        return out, self.targets[idx]
 
     def state_dict(self) -> dict[str, Any]:
         size = len(self)
@@ -84,11 +100,14 @@ class ReplayBuffer:
                 if self.targets is not None
                 else torch.zeros(0)
             ),
+            "key_names": list(self.key_names),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.seen = int(state["seen"])
         self.inputs, self.targets = {}, None
+        self.key_names = list(state.get("key_names", []))
+        self._key_index = {k: i for i, k in enumerate(self.key_names)}
         size = len(self)
         if size == 0:
             return

@@ -64,7 +64,9 @@ class AfterUpdate:
             self.hooks.on_input_drift(time.time())
             log.info("input drift detected", extra={"pipeline": self.name})
         if self.replay is not None:
-            self.replay.add(fb.inputs, fb.targets)
+            self.replay.add(
+                fb.inputs, fb.targets, fb.keys if getattr(self, "keyed", False) else None
+            )
         self._compete(fb, res.losses)
 
     def drift_detected(self) -> None:
@@ -73,7 +75,11 @@ class AfterUpdate:
 
     def _compete(self, fb: Any, losses: np.ndarray) -> None:
         """A running challenger learns from the same batch; promote or drop it."""
-        outcome = self.policy.compete(fb.inputs, fb.targets, losses)
+        keys = fb.keys if getattr(self, "keyed", False) else None
+        self._settled(self.policy.compete(fb.inputs, fb.targets, losses, keys=keys))
+
+    def _settled(self, outcome: tuple[str, Any] | None) -> None:
+        """A race ended: the winner (if any) becomes the champion."""
         if outcome is None:
             return
         verdict, winner = outcome

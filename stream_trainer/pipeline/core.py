@@ -230,7 +230,7 @@ class Pipeline(AfterUpdate):
         t0 = time.perf_counter()
         replayed = self.replay.sample(n) if self.replay is not None else None
         if self.keyed:
-            res = self.learner.step(fb.inputs, fb.targets, keys=fb.keys)
+            res = self.learner.step(fb.inputs, fb.targets, replayed, keys=fb.keys)
         else:
             res = self.learner.step(fb.inputs, fb.targets, replayed, reduce=reduce)
         dt = time.perf_counter() - t0

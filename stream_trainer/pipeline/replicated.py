@@ -1,10 +1,17 @@
 """One replica of a shared model under torchrun: the per-batch step of
 :class:`~stream_trainer.pipeline.core.Pipeline`, in rounds with the other replicas.
 
-Every loop iteration is a round (:meth:`ReplicatedPipeline.step`): each replica says
-whether it has a batch, wants to stop, to checkpoint (rank 0), to act on a drift or to
-average; all then do the same. ``allreduce``: every replica steps together, gradients
-all-reduced. ``average``: each steps alone and the weights are averaged now and then.
+A round (:meth:`ReplicatedPipeline.step`) happens when there is work: a replica joins
+one when it has a batch due, when it has nothing pending (so it never holds up a busy
+one), or when it has something to say (stop, checkpoint, drift, average); a replica
+filling a batch polls on, and joins when the batch is due (``batch.max_latency_ms`` at
+most). In a round each replica says how many batches it holds and what it wants; all
+then do the same. ``allreduce``: as many synced steps as the busiest replica has
+batches (a replica without one contributes nothing), gradients all-reduced — the
+embeddings as the rows the step touched. ``average``: each steps alone and the
+weights are averaged now and then — the embeddings' rows that changed since. A
+running challenger is synced like the champion; rank 0 decides its race from every
+replica's losses and every replica applies the verdict in the next round.
 A checkpoint is a round too: rank 0 writes the shared model with every partition's
 next offset and the union of all replicas' ledgers; then each replica commits its own
 partitions' offsets.
@@ -17,7 +24,7 @@ import time
 from typing import Any
 
 from stream_trainer.distributed import Replicas, fingerprint
-from stream_trainer.errors import ConfigError
+from stream_trainer.drift.challenger import ChallengerRace
 from stream_trainer.pipeline.commit import commit_offsets, make_durable
 from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.pipeline.ledger import OffsetLedger
@@ -25,32 +32,49 @@ from stream_trainer.pipeline.ports import TP, Record
 
 log = logging.getLogger(__name__)
 
+# the most synced steps one round starts (a replica with a deep backlog takes them
+# back to back; flags, checkpoints and stops wait no longer than these)
+MAX_STEPS_PER_ROUND = 16
+
 
 class ReplicatedPipeline(Pipeline):
     replicated = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        spec = self.spec
-        # (embeddings keep their layout and optimizer, so that checkpoints move between
-        # one process and replicas; allreduce densifies their gradients)
-        if "challenger" in spec.drift.actions or spec.replay.capacity:
-            raise ConfigError(
-                f"pipeline {spec.name}: with replicas (torchrun), the drift action "
-                "'challenger' and the replay buffer are not supported yet; set "
-                "drift.actions to reset_model, reset_optimizer and/or boost_lr, "
-                "and replay.capacity to 0"
-            )
+        self.allreduce = self.spec.sync.mode == "allreduce"
         self.replicas: Replicas | None = None
         self.drift_pending = False  # a detection to act on in the next round
+        self.verdict: str | None = None  # rank 0: the race's outcome, for the next round
         self._rounds = self._local_steps = 0
         self._last_avg = self.clock()
+        self._quiet = False  # the last round: nobody had work
+        self._reduce: Any = None  # the current train()'s, for the challenger
+        self._raced = False
+        self._sync_setup(self.learner)
+        if self.race is not None:
+            self.race.pooled = True
+
+    @property
+    def race(self) -> ChallengerRace | None:
+        return self.policy.race
+
+    def _sync_setup(self, learner: Any) -> None:
+        learner.sparse_sync = self.spec.sync.sparse
+        if not self.allreduce and learner.sparse_sync:
+            learner.track_rows()
+
+    def _learners(self) -> list[Any]:
+        """What the replicas keep equal: the champion, and a racing challenger."""
+        race = self.race
+        return [self.learner] + ([race.challenger] if race and race.challenger else [])
 
     def attach(self, replicas: Replicas) -> None:
         """Join the replicas: start from rank 0's weights (equal anyway after a restore
         from the shared checkpoint; a fresh model is seeded the same, but make sure)."""
         self.replicas = replicas
-        replicas.broadcast_tensors(self.learner.sync_tensors(with_optimizer=False))
+        for learner in self._learners():
+            replicas.broadcast_tensors(learner.sync_tensors(with_optimizer=False))
 
     @property
     def _rep(self) -> Replicas:
@@ -79,33 +103,53 @@ class ReplicatedPipeline(Pipeline):
         )  # fmt: skip
 
     # ---- the loop ----------------------------------------------------------------------
+    def poll_timeout(self, idle_s: float) -> float:
+        """While every replica is quiet, poll up to a batch's latency between rounds
+        (rather than spinning rounds); else as a single process does."""
+        if self._quiet and not len(self.batcher):
+            return max(idle_s, self.spec.batch.max_latency_ms / 1000)
+        return super().poll_timeout(idle_s)
+
+    def _batches_due(self) -> int:
+        """Batches this replica can train now: the full ones, or one that is due."""
+        full = len(self.batcher) // self.batcher.max_size
+        return min(MAX_STEPS_PER_ROUND, full or int(self.batcher.ready()))
+
     def step(self, records: list[Record], stopping: bool) -> bool:
-        """Handle the poll, then one round with the others; False once any replica stops."""
+        """Handle the poll; a round with the others when there is work (see the module
+        docstring); False once any replica stops."""
         sync = self.spec.sync
-        allreduce = sync.mode == "allreduce"
         self.handle(records)
-        batch = None
-        if allreduce:
-            batch = self.batcher.take() if self.batcher.ready() else None
-        else:
+        if not self.allreduce:
             self._local_steps += self.pump()
         now = self.clock()
+        checkpoint = self._rep.rank == 0 and self._checkpoint_time(now)
+        average = not self.allreduce and (
+            self._local_steps >= sync.every_steps or (now - self._last_avg) * 1000 >= sync.every_ms
+        )
+        batches = self._batches_due() if self.allreduce else 0
+        # a replica with work in hand (a batch filling, due within max_latency_ms; or
+        # average mode's local steps) polls on; an idle one joins at once
+        idle = not records and not len(self.batcher)
+        if not (batches or stopping or checkpoint or average or self.drift_pending
+                or self.verdict or idle):  # fmt: skip
+            return True
         self._rounds += 1
         check = sync.check_every and self._rounds % sync.check_every == 0
         views = self._round(
-            batch=batch is not None,
+            batches=batches,
             stop=stopping,
-            checkpoint=self._rep.rank == 0 and self._checkpoint_time(now),
+            checkpoint=checkpoint,
             drift=self.drift_pending,
-            average=not allreduce
-            and (self._local_steps >= sync.every_steps
-                 or (now - self._last_avg) * 1000 >= sync.every_ms),
+            average=average,
+            race=self.race.take_local() if self.race and self.race.active else None,
+            verdict=self.verdict,
             # allreduce: the weights are equal after every round; average: only right
             # after an averaging (checked there)
-            fp=fingerprint(self.learner.sync_tensors(False)) if check and allreduce else None,
+            fp=self._fingerprint() if check and self.allreduce else None,
         )  # fmt: skip
         self._check(views)
-        self._act(views, batch)
+        self._act(views)
         stopping_all = any(v["stop"] for v in views)
         if stopping_all or any(v["checkpoint"] for v in views):
             self.checkpoint_replicated()
@@ -116,15 +160,58 @@ class ReplicatedPipeline(Pipeline):
             return False
         return True
 
-    def _act(self, views: list[dict[str, Any]], batch: list[Any] | None) -> None:
-        if any(v["batch"] for v in views):
-            self.train(batch or [], reduce=self._rep.reduce_grads)
+    def _fingerprint(self) -> tuple[float, ...]:
+        return tuple(x for ln in self._learners() for x in fingerprint(ln.sync_tensors(False)))
+
+    def _act(self, views: list[dict[str, Any]]) -> None:
+        self._race_round(views)
+        steps = max(v.get("batches", 0) for v in views)
+        self._quiet = not steps and not any(v.get("average") for v in views)
+        for _ in range(steps):  # every replica the same number of synced steps
+            batch = self.batcher.take() if self.batcher.ready() else []
+            self.train(batch, reduce=self._rep.reduce_grads)
         if any(v["drift"] for v in views):
             self.drift_pending = False
             self.policy.on_drift(self.learner)
+            if self.race is not None and self.race.challenger is not None:
+                self._sync_setup(self.race.challenger)  # the same fresh weights everywhere
+                self._rep.broadcast_tensors(self.race.challenger.sync_tensors(False))
         if any(v["average"] for v in views):
             self._average()
             self._local_steps, self._last_avg = 0, self.clock()
+
+    def _race_round(self, views: list[dict[str, Any]]) -> None:
+        """Pool every replica's race losses (the same numbers, in rank order, on every
+        replica); apply the verdict rank 0 announced; rank 0 judges for the next round."""
+        race = self.race
+        if race is None:
+            return
+        verdict, self.verdict = views[0].get("verdict"), None
+        if verdict is not None and race.active:
+            promoted = race.challenger
+            self._settled(race.settle(verdict))
+            if promoted is not None and self.learner is promoted and not self.allreduce:
+                self._average()  # average mode: the new champion equal everywhere now
+        if race.active:
+            race.pool([v["race"] for v in views if v.get("race")])
+            if self._rep.rank == 0:
+                self.verdict = race.verdict()
+
+    def _compete(self, fb: Any, losses: Any) -> None:
+        """The challenger learns from the champion's batch (replicas in allreduce mode:
+        a synced step); the race is decided in the rounds (:meth:`_race_round`)."""
+        if self.race is not None and self.race.active:
+            self.race.step(fb.inputs, fb.targets, losses, reduce=self._reduce)
+            self._raced = True
+
+    def train(self, items: list[Any], reduce: Any = None) -> None:
+        """Core's ``train``; with a racing challenger in allreduce mode, the challenger
+        takes its synced step too when the champion's batch was empty or refused."""
+        self._reduce, self._raced = reduce, False
+        super().train(items, reduce)
+        race = self.race
+        if reduce is not None and race is not None and race.active and not self._raced:
+            race.challenger.idle_step(reduce)  # type: ignore[union-attr]
 
     def checkpoint_due(self, now: float) -> bool:
         """Never between rounds: a checkpoint is a collective, so rank 0 asks for one
@@ -163,17 +250,22 @@ class ReplicatedPipeline(Pipeline):
 
     def _average(self) -> None:
         rep = self._rep
-        sig = self.learner.optimizer_signature()
-        views = rep.exchange(sig)
-        with_opt = all(tuple(v) == tuple(sig) for v in views)
-        rep.average(self.learner.sync_tensors(with_optimizer=with_opt))
+        for learner in self._learners():
+            sig = learner.optimizer_signature()
+            views = rep.exchange(sig)
+            with_opt = all(tuple(v) == tuple(sig) for v in views)
+            if learner.sparse_sync:  # the rows any replica changed, the rest whole
+                whole, tables = learner.sync_parts(with_opt)
+                rep.average(whole, tables, learner.take_touched())
+            else:
+                rep.average(learner.sync_tensors(with_optimizer=with_opt))
         if self.spec.sync.check_every:
-            self._check(rep.exchange({"fp": fingerprint(self.learner.sync_tensors(False))}))
+            self._check(rep.exchange({"fp": self._fingerprint()}))
 
     def _train_out(self) -> None:
         """Before a checkpoint: every replica trains what it holds (``allreduce``: in
         lockstep) or averages (``average``)."""
-        if self.spec.sync.mode != "allreduce":
+        if not self.allreduce:
             self.flush()
             self._average()
             return
