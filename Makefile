@@ -4,6 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Parallel workers (pytest-xdist): most of the suite waits on a broker, consumer groups
+# and subprocesses, so 4 workers on 2 cores; each worker starts its own broker. Serial
+# groups: tests/conftest.py. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 4
 
 .PHONY: setup tools run test test-slow soak bench bench-ab bench-gpu bench-replicas lint fmt clean
 
@@ -34,7 +38,7 @@ run: setup
 	$(BIN)/stream-trainer demo
 
 test: setup tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=10 $(PYTEST_ARGS)
 
 test-slow: setup tools
 	$(BIN)/python -m pytest -m slow -s $(PYTEST_ARGS)

@@ -1,11 +1,28 @@
-"""deploy/ agrees with the code: ports, probe paths, config keys, metric names, promtool."""
+"""deploy/ agrees with the code (ports, probe paths, config keys, metric names, promtool)
+and passes the field's own validators (kubernetes-validate and the Prometheus Operator's
+CRD schemas, hadolint, the Compose specification's schema), which fail on broken copies."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 
+import pytest
 import yaml
-from deploy_support import DEPLOY, alert_rules, dashboard, metric_names, promtool
+from deploy_support import (
+    DEPLOY,
+    KUBERNETES_VERSION,
+    alert_rules,
+    broken_copy,
+    compose_findings,
+    dashboard,
+    dockerfile_findings,
+    k8s_documents,
+    k8s_findings,
+    kustomize_resources,
+    metric_names,
+    promtool,
+)
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -253,3 +270,77 @@ def test_promtool_accepts_the_config_and_the_rules(tmp_path):
     for cfg_path in (tmp_path / "prometheus.yml", DEPLOY / "prometheus" / "prometheus.local.yml"):
         r = subprocess.run([tool, "check", "config", str(cfg_path)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+K8S_RESOURCES = [
+    *kustomize_resources(DEPLOY / "k8s"),
+    *kustomize_resources(DEPLOY / "k8s" / "replicas"),
+]
+
+
+@pytest.mark.parametrize("path", K8S_RESOURCES, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_k8s_manifests_validate_for_the_stated_kubernetes_version(path):
+    """Every resource ``kubectl apply -k`` sends, against that release's schemas, strict."""
+    assert k8s_documents(path)
+    assert k8s_findings(path) == []
+
+
+def test_the_k8s_validators_fail_on_broken_manifests(tmp_path):
+    """Each kind of mistake a cluster would refuse is a finding: a wrong type, a misspelt
+    field, an API version the release no longer serves, a malformed CRD field."""
+    (dep, pvc) = k8s_documents(DEPLOY / "k8s" / "deployment.yaml")
+    (pm,) = k8s_documents(DEPLOY / "k8s" / "podmonitor.yaml")
+    (rule,) = k8s_documents(DEPLOY / "k8s" / "prometheusrule.yaml")
+
+    def container(d):
+        return d["spec"]["template"]["spec"]["containers"][0]
+
+    broken = {
+        "containerPort": broken_copy(
+            dep, lambda d: container(d)["ports"][0].update(containerPort="9108")
+        ),
+        "livenesProbe": broken_copy(
+            dep, lambda d: container(d).update(livenesProbe=container(d).pop("livenessProbe"))
+        ),
+        "extensions/v1beta1": broken_copy(dep, lambda d: d.update(apiVersion="extensions/v1beta1")),
+        "podMetricEndpoints": broken_copy(
+            pm, lambda d: d["spec"].update(podMetricEndpoints=d["spec"].pop("podMetricsEndpoints"))
+        ),
+        "'15 seconds' does not match": broken_copy(
+            pm, lambda d: d["spec"]["podMetricsEndpoints"][0].update(interval="15 seconds")
+        ),
+        "'expr' is a required property": broken_copy(
+            rule, lambda d: d["spec"]["groups"][0]["rules"][0].pop("expr")
+        ),
+    }
+    for needle, doc in broken.items():
+        path = tmp_path / "broken.yaml"
+        path.write_text(yaml.safe_dump_all([pvc, doc]))  # one good document beside it
+        findings = k8s_findings(path)
+        assert len(findings) == 1 and needle in findings[0], (needle, findings)
+
+
+def test_deploy_readme_names_the_kubernetes_version_the_tests_validate():
+    assert f"Kubernetes {KUBERNETES_VERSION}" in (DEPLOY / "README.md").read_text()
+
+
+def test_dockerfile_has_no_hadolint_warnings_and_a_broken_one_has(tmp_path):
+    assert dockerfile_findings(DEPLOY / "Dockerfile") == []
+    text = (DEPLOY / "Dockerfile").read_text()
+    broken = re.sub(r"^FROM python:3\.11-slim$", "FROM python:latest", text, flags=re.M)
+    broken = re.sub(r"^CMD \[.*\]$", "CMD stream-trainer run", broken, flags=re.M)
+    assert broken.count("\n") == text.count("\n") and broken != text
+    (tmp_path / "Dockerfile").write_text(broken)
+    findings = " ".join(dockerfile_findings(tmp_path / "Dockerfile"))
+    assert "DL3007" in findings and "DL3025" in findings, findings  # :latest; shell-form CMD
+
+
+def test_compose_file_matches_the_compose_specification_and_a_broken_one_does_not(tmp_path):
+    assert compose_findings(DEPLOY / "docker-compose.yml") == []
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    compose["services"]["stream-trainer"]["port"] = compose["services"]["stream-trainer"].pop(
+        "ports"
+    )
+    (tmp_path / "docker-compose.yml").write_text(yaml.safe_dump(compose))
+    (finding,) = compose_findings(tmp_path / "docker-compose.yml")
+    assert "port" in finding and "stream-trainer" in finding, finding

@@ -78,6 +78,30 @@ def prometheus(tmp_path):
         p.wait(10)
 
 
+def enough_history(base: str) -> bool:
+    """Every pipeline's smoothed loss has 8 points, 3 of them distinct, over the last
+    minute, and every series the dashboard and the alert rules use exists."""
+    try:
+        end = time.time()
+        loss = prom_get(
+            base,
+            "/api/v1/query_range",
+            query='stream_trainer_loss{window="smoothed"}',
+            start=end - 60,
+            end=end,
+            step=1,
+        )
+        names = prom_get(base, "/api/v1/query", query='{__name__=~"stream_trainer_.+"}')
+    except (OSError, AssertionError):
+        return False
+    values = {s["metric"]["pipeline"]: s["values"] for s in loss["result"]}
+    return (
+        set(values) == set(KINDS)
+        and all(len(v) >= 8 and len({x for _, x in v}) >= 3 for v in values.values())
+        and metric_names() <= {s["metric"]["__name__"] for s in names["result"]}
+    )
+
+
 def test_prometheus_scrapes_loss_over_time_and_every_dashboard_metric(
     broker, topic, workdir, metrics_port, prometheus, tmp_path
 ):
@@ -108,7 +132,10 @@ def test_prometheus_scrapes_loss_over_time_and_every_dashboard_metric(
             d.wait_assigned(k, 2)
         for p in producers:
             p.start()
-        time.sleep(15)
+        # until Prometheus holds what the assertions below need (was a fixed 15 s sleep)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not enough_history(base):
+            time.sleep(1)
         scrape = urllib.request.urlopen(f"http://{d.address}/metrics", timeout=5).read()
         # promtool on a real scrape of the running daemon
         r = subprocess.run([promtool(), "check", "metrics"], input=scrape, capture_output=True)
