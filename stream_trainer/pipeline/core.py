@@ -100,6 +100,7 @@ class Pipeline(AfterUpdate):
         self.failed: str | None = None
         self.restored = False
         self.regroup = False
+        self.publisher: Any = None  # serving's Publisher, when the service serves this pipeline
 
     @property
     def next_offsets(self) -> dict[TP, int]:
@@ -225,6 +226,8 @@ class Pipeline(AfterUpdate):
             log.warning("update skipped", extra={"pipeline": self.name, "reason": res.skipped})
         else:
             self.learned(fb, res, extra)
+            if self.publisher is not None:  # serving: a copy of the weights, now and then
+                self.publisher.updated(self.learner)
         now_ms = time.time() * 1000.0
         ages = [max(0.0, (now_ms - items[j].record.timestamp_ms) / 1000.0) for j in fb.index]
         self.hooks.on_batch(
