@@ -31,6 +31,7 @@ from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.pipeline.replicated import ReplicatedPipeline
 from stream_trainer.pipeline.runner import Runner
 from stream_trainer.pipeline.sharded import ShardedPipeline
+from stream_trainer.serving.setup import Serving
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Service:
         self.replicated: list[ReplicatedPipeline] = []  # in config order on every rank
         self.pipelines: list[Runner] = [self._runner(spec) for spec in settings.pipelines]
         self.security, self.tls = client_security(settings.kafka)  # reads secrets: fail early
+        self.serving = Serving(settings, self.pipelines, self.registry)  # /predict, requests
         self.broker_ok_at = -1e18
         self.threads: list[threading.Thread] = []
         self.server: MetricsServer | None = None
@@ -177,6 +179,20 @@ class Service:
             p.failed = f"{type(err).__name__}: {err}"
             log.exception("pipeline crashed", extra={"pipeline": p.name})
 
+    def _serving_ports(self, spec: PipelineSettings) -> tuple[KafkaSource, KafkaSink]:
+        """A consumer (a group of its own) and a producer for a pipeline's requests topic."""
+        k, name = self.settings.kafka, spec.name
+        assert spec.requests_topic is not None
+        sink = KafkaSink(
+            k.bootstrap_servers, client_id=f"stream-trainer-{name}-serving", **self.security
+        )
+        source = KafkaSource(
+            k, [spec.requests_topic], f"{k.group_prefix}.{name}.serving",
+            resume_from=lambda tps: {}, client_id=f"stream-trainer-{name}-serving",
+            security=self.security,
+        )  # fmt: skip
+        return source, sink
+
     def ensure_topics(self) -> None:
         """Create missing input, dead-letter and output topics (fails early if unreachable)."""
         wanted: dict[str, int] = {}
@@ -186,6 +202,13 @@ class Service:
             wanted[p.spec.dlq_topic] = 1
             if p.output:
                 wanted[p.output] = self.settings.kafka.default_partitions
+            for t in (
+                p.spec.requests_topic,
+                p.spec.serving_output,
+                p.spec.labels and p.spec.labels.topic,
+            ):
+                if t:
+                    wanted[t] = self.settings.kafka.default_partitions
         created = create_topics(self.settings.kafka.bootstrap_servers, wanted, **self.security)
         if created:
             log.info("created topics", extra={"topics": ",".join(created)})
@@ -195,6 +218,7 @@ class Service:
         with ExitStack() as stack:
             for p in self.pipelines:
                 p.restore()
+            self.serving.publish_restored()
             self._join_replicas()
             check_reachable(self.settings.kafka.bootstrap_servers)
             self.broker_ok_at = time.monotonic()
@@ -208,6 +232,8 @@ class Service:
                 self._metrics_address(), self.registry, self.healthy, self.ready
             ).start()
             stack.callback(self.server.stop)
+            self.serving.start(self.stop, self._serving_ports)
+            stack.callback(self.serving.stop)
             log.info(
                 "serving metrics",
                 extra={
