@@ -32,6 +32,8 @@ class Serving:
         self.scorers: dict[str, Scorer] = {}
         self.pipelines: dict[str, Any] = {}
         for p in pipelines:
+            if getattr(p, "joiner", None) is not None:  # delayed labels: their counters
+                p.joiner.hooks = self.metrics.joiner_hooks(p.name)
             wanted = p.spec.requests_topic is not None or (
                 s.address is not None and serveable(p.spec, p.featurizer)
             )
