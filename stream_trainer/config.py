@@ -282,6 +282,11 @@ class PipelineSettings(_Frozen):
         return self
 
     @property
+    def input_topics(self) -> tuple[str, ...]:
+        """What the pipeline's consumer reads: its topics, and the labels topic."""
+        return self.topics + ((self.labels.topic,) if self.labels is not None else ())
+
+    @property
     def serving_output(self) -> str | None:
         """Where scored requests go (None: no Kafka serving)."""
         if self.requests_topic is None:

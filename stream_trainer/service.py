@@ -156,7 +156,7 @@ class Service:
                 stack.callback(sink.close)
                 source = KafkaSource(
                     k,
-                    p.spec.topics,
+                    p.spec.input_topics,
                     f"{k.group_prefix}.{p.name}",
                     resume_from=p.resume_offsets,
                     on_revoke=p.on_revoke,
