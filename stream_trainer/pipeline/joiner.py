@@ -7,8 +7,11 @@ it into an example: trained with the label, and scored (loss, quality, drift) wi
 prediction made at impression time, so no later weights leak into the score. The click
 featurizer is stateless, so the impression's event is its features at impression time.
 
-Time is event time: the newest ``ts`` seen on the slower of the two topics (a consumer
-catching up reads one ahead of the other; the slower one says how far both are). An
+Time is event time: the newest ``ts`` of the slowest partition read (a consumer
+catching up reads some partitions ahead of others; the slowest says how far all are,
+as a Flink watermark does), and none before the labels topic has been read at all (a
+labels topic far behind must not expire impressions whose labels it holds; a labels
+topic that stays empty leaves ``max_pending`` to bound the memory). An
 impression older than ``window_s`` is resolved by ``on_expiry`` (a negative example,
 or dropped); so is the oldest when more than ``max_pending`` wait. Labels that join
 nothing are counted by reason: ``early`` (held until their impression comes, within the window),
@@ -102,7 +105,7 @@ class Joiner:
         self.early: OrderedDict[str, tuple[int, float]] = OrderedDict()  # id -> (label, ts)
         # ids resolved lately (True: labelled, False: expired): duplicates and late labels
         self.done: OrderedDict[str, bool] = OrderedDict()
-        self.newest = {"impression": -math.inf, "label": -math.inf}  # ts seen per topic
+        self.newest: dict[str, float] = {}  # "topic:partition" -> the newest ts seen there
         self.counts = dict.fromkeys(OUTCOMES + UNMATCHED + ("evicted",), 0)
 
     # ---- one poll ----------------------------------------------------------------------
@@ -153,7 +156,7 @@ class Joiner:
                 p._reject(rec, Rejected(reasons.DUPLICATE, f"request_id {rid} seen before"))
                 continue
             p.offsets.applied((rec.topic, rec.partition), rec.offset, rec.offset + 1)
-            self.newest["impression"] = max(self.newest["impression"], ev["ts"])
+            self._saw(rec, ev["ts"])
             w = Waiting(ev, float(pred), rec.topic, rec.partition, rec.offset, rec.key)
             early = self.early.pop(rid, None)
             if early is not None:
@@ -174,7 +177,7 @@ class Joiner:
             return
         p.offsets.applied((rec.topic, rec.partition), rec.offset, rec.offset + 1)
         rid, label, ts = lab["request_id"], lab["label"], lab["ts"]
-        self.newest["label"] = max(self.newest["label"], ts)
+        self._saw(rec, ts)
         w = self.pending.pop(rid, None)
         if w is not None:
             if ts - w.event["ts"] > self.window:
@@ -211,11 +214,17 @@ class Joiner:
         else:
             self._done(rid, False, "dropped")
 
+    def _saw(self, rec: Record, ts: float) -> None:
+        key = f"{rec.topic}:{rec.partition}"
+        if ts > self.newest.get(key, -math.inf):
+            self.newest[key] = ts
+
     @property
     def watermark(self) -> float:
-        """Event time: the slower topic's newest ts (the impressions' before any label)."""
-        imp, lab = self.newest["impression"], self.newest["label"]
-        return imp if lab == -math.inf else min(imp, lab)
+        """Event time: the slowest partition's newest ts (-inf before any label)."""
+        if not any(k.rpartition(":")[0] == self.topic for k in self.newest):
+            return -math.inf
+        return min(self.newest.values())
 
     def _expire(self, p: Pipeline, ready: list[Any]) -> None:
         cutoff = self.watermark - self.window
@@ -279,7 +288,7 @@ class Joiner:
             "early": torch.tensor(list(self.early.values()), dtype=torch.float64).reshape(-1, 2),
             "done_ids": list(self.done),
             "done_labelled": torch.tensor(list(self.done.values()), dtype=torch.bool),
-            "newest": [self.newest["impression"], self.newest["label"]],
+            "newest": dict(self.newest),
             "counts": dict(self.counts),
         }
 
@@ -295,7 +304,7 @@ class Joiner:
         early = zip(s["early_ids"], s["early"].tolist(), strict=True)
         self.early = OrderedDict((rid, (int(lab), float(ts))) for rid, (lab, ts) in early)
         self.done = OrderedDict(zip(s["done_ids"], s["done_labelled"].tolist(), strict=True))
-        self.newest = dict(zip(("impression", "label"), map(float, s["newest"]), strict=True))
+        self.newest = {k: float(v) for k, v in s["newest"].items()}
         self.counts.update({k: int(v) for k, v in s["counts"].items() if k in self.counts})
 
 
