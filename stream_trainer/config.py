@@ -242,6 +242,35 @@ class SyncSettings(_Frozen):
     check_every: int = Field(100, ge=0)
 
 
+class ServingSettings(_Frozen):
+    """``POST /predict`` on its own address (None: no HTTP serving). The optional bearer
+    token comes from STREAM_TRAINER_SERVING_TOKEN or ``token_file``, never this file."""
+
+    address: str | None = None
+    token_file: Path | None = None
+    max_body_bytes: int = Field(1 << 20, ge=64)
+    max_events: int = Field(4096, ge=1)  # events per request
+    # the trainer publishes its weights to serving at most this often (at a step's end)
+    publish_every_s: float = Field(0.5, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        return v if v is None else MetricsSettings._host_port(v)
+
+
+class LabelSettings(_Frozen):
+    """Delayed labels: ``topics`` carry impressions (events without a label, with a
+    ``request_id``); ``labels.topic`` carries ``{"request_id", "label", "ts"}``. An
+    impression waits ``window_s`` (event time) for its label, then becomes a negative
+    or is dropped."""
+
+    topic: str
+    window_s: float = Field(900.0, gt=0)
+    on_expiry: Literal["negative", "drop"] = "negative"
+    max_pending: int = Field(1_000_000, ge=1)
+
+
 class PipelineSettings(_Frozen):
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,62}$")
     kind: str  # a domain of stream_trainer.domains (checked by _known_kind)
@@ -262,6 +291,11 @@ class PipelineSettings(_Frozen):
     max_models: int = Field(10_000, ge=1)
     max_event_bytes: int = Field(1 << 20, ge=64)
     dedup_window: int = Field(100_000, ge=0)  # refuse exact repeats of recent events; 0 = off
+    # serving over Kafka: events on requests_topic are scored (never learned from) into
+    # predictions_topic (default "<requests_topic>.predictions"), with the request's key
+    requests_topic: str | None = None
+    predictions_topic: str | None = None
+    labels: LabelSettings | None = None  # delayed labels (see LabelSettings)
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -294,6 +328,31 @@ class PipelineSettings(_Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _labels_fit(self) -> PipelineSettings:
+        if self.labels is None:
+            return self
+        if self.kind != "clicks" or self.partitioning != "shared":
+            raise ValueError(
+                "labels (delayed labels) needs kind clicks and partitioning shared: an "
+                "impression is scored and later learned from on its own"
+            )
+        if self.labels.topic in self.topics:
+            raise ValueError("labels.topic must not be one of topics (those carry impressions)")
+        return self
+
+    @property
+    def input_topics(self) -> tuple[str, ...]:
+        """What the pipeline's consumer reads: its topics, and the labels topic."""
+        return self.topics + ((self.labels.topic,) if self.labels is not None else ())
+
+    @property
+    def serving_output(self) -> str | None:
+        """Where scored requests go (None: no Kafka serving)."""
+        if self.requests_topic is None:
+            return None
+        return self.predictions_topic or f"{self.requests_topic}.predictions"
+
     @property
     def dlq_topic(self) -> str:
         return self.dead_letter_topic or f"{self.topics[0]}.dlq"
@@ -324,6 +383,7 @@ class Settings(_Frozen):
     checkpoint: CheckpointSettings = CheckpointSettings()
     history: HistorySettings = HistorySettings()
     source: SourceSettings = SourceSettings()
+    serving: ServingSettings = ServingSettings()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(1, ge=1, le=256)
     # GPU fast path (no effect on the CPU): capture each pipeline's forward + backward as

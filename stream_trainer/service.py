@@ -33,6 +33,7 @@ from stream_trainer.pipeline.offsets import fmt_offsets
 from stream_trainer.pipeline.replicated import ReplicatedPipeline
 from stream_trainer.pipeline.runner import Runner
 from stream_trainer.pipeline.sharded import ShardedPipeline
+from stream_trainer.serving.setup import Serving
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class Service:
         self.security, self.tls = client_security(settings.kafka)  # reads secrets: fail early
         if ignore_checkpoint_offsets:
             self._check_ignore_offsets()
+        self.serving = Serving(settings, self.pipelines, self.registry)  # /predict, requests
         self.broker_ok_at = -1e18
         self.threads: list[threading.Thread] = []
         self.server: MetricsServer | None = None
@@ -193,7 +195,7 @@ class Service:
                 stack.callback(sink.close)
                 source = KafkaSource(
                     k,
-                    p.spec.topics,
+                    p.spec.input_topics,
                     f"{k.group_prefix}.{p.name}",
                     resume_from=p.resume_offsets,
                     on_revoke=p.on_revoke,
@@ -235,10 +237,24 @@ class Service:
     def _ingest_workers(self, p: Runner) -> int:
         """Ingest worker processes for ``p``: plain pipelines only (a by_key pipeline's
         shards and replicas keep fetching in their own process)."""
-        if type(p) is not Pipeline:
+        if type(p) is not Pipeline or p.spec.labels is not None:  # the joiner reads raw
             return 0
         plain = sum(type(q) is Pipeline for q in self.pipelines)
         return worker_count(self.settings.ingest.workers, plain)
+
+    def _serving_ports(self, spec: PipelineSettings) -> tuple[KafkaSource, KafkaSink]:
+        """A consumer (a group of its own) and a producer for a pipeline's requests topic."""
+        k, name = self.settings.kafka, spec.name
+        assert spec.requests_topic is not None
+        sink = KafkaSink(
+            k.bootstrap_servers, client_id=f"stream-trainer-{name}-serving", **self.security
+        )
+        source = KafkaSource(
+            k, [spec.requests_topic], f"{k.group_prefix}.{name}.serving",
+            resume_from=lambda tps: {}, client_id=f"stream-trainer-{name}-serving",
+            security=self.security,
+        )  # fmt: skip
+        return source, sink
 
     def ensure_topics(self) -> None:
         """Create missing input, dead-letter and output topics (fails early if unreachable)."""
@@ -249,6 +265,13 @@ class Service:
             wanted[p.spec.dlq_topic] = 1
             if p.output:
                 wanted[p.output] = self.settings.kafka.default_partitions
+            for t in (
+                p.spec.requests_topic,
+                p.spec.serving_output,
+                p.spec.labels and p.spec.labels.topic,
+            ):
+                if t:
+                    wanted[t] = self.settings.kafka.default_partitions
         created = create_topics(self.settings.kafka.bootstrap_servers, wanted, **self.security)
         if created:
             log.info("created topics", extra={"topics": ",".join(created)})
@@ -258,6 +281,7 @@ class Service:
         with ExitStack() as stack:
             for p in self.pipelines:
                 self._restore(p)
+            self.serving.publish_restored()
             self._join_replicas()
             check_reachable(self.settings.kafka.bootstrap_servers)
             self.broker_ok_at = time.monotonic()
@@ -271,6 +295,8 @@ class Service:
                 self._metrics_address(), self.registry, self.healthy, self.ready
             ).start()
             stack.callback(self.server.stop)
+            self.serving.start(self.stop, self._serving_ports)
+            stack.callback(self.serving.stop)
             log.info(
                 "serving metrics",
                 extra={

@@ -38,6 +38,7 @@ KEYS = frozenset(
         "counters",
     }
 )
+OPTIONAL_KEYS = frozenset({"joiner"})  # a pipeline with delayed labels: its pending state
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
 
 
@@ -133,6 +134,6 @@ def _check_keys(doc: Any) -> None:
         raise ValueError("checkpoint is not a dict")
     if doc.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"format_version {doc.get('format_version')!r} != {FORMAT_VERSION}")
-    missing, unknown = KEYS - doc.keys(), doc.keys() - KEYS
+    missing, unknown = KEYS - doc.keys(), doc.keys() - KEYS - OPTIONAL_KEYS
     if missing or unknown:
         raise ValueError(f"checkpoint keys: missing {sorted(missing)}, unknown {sorted(unknown)}")

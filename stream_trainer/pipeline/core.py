@@ -34,6 +34,7 @@ from stream_trainer.pipeline.after import AfterUpdate
 from stream_trainer.pipeline.batcher import MicroBatcher
 from stream_trainer.pipeline.commit import commit_offsets, make_durable
 from stream_trainer.pipeline.hooks import NullHooks, PipelineHooks
+from stream_trainer.pipeline.joiner import Joiner
 from stream_trainer.pipeline.loop import IDLE_POLL_S, report_lag, run_loop
 from stream_trainer.pipeline.offsets import Offsets
 from stream_trainer.pipeline.outputs import prediction_records
@@ -101,6 +102,9 @@ class Pipeline(AfterUpdate):
         self.failed: str | None = None
         self.restored = False
         self.regroup = False
+        self.publisher: Any = None  # serving's Publisher, when the service serves this pipeline
+        # delayed labels: impressions wait in the joiner for their label (joiner.py)
+        self.joiner = Joiner(spec.labels, spec.max_event_bytes) if spec.labels else None
 
     @property
     def next_offsets(self) -> dict[TP, int]:
@@ -142,6 +146,9 @@ class Pipeline(AfterUpdate):
         self.counters["consumed"] += len(records)
         self.hooks.on_consumed(len(records))
         self.reject_watch.consumed(len(records))
+        if self.joiner is not None:  # impressions and labels: the joiner applies offsets
+            self.joiner.handle(self, records)
+            return
         polled_next = self.offsets.polled_next
         decoded = getattr(records, "decoded", None)  # an ingest worker decoded them
         if decoded is None:
@@ -234,6 +241,8 @@ class Pipeline(AfterUpdate):
         else:
             res = self.learner.step(fb.inputs, fb.targets, replayed, reduce=reduce)
         dt = time.perf_counter() - t0
+        if self.joiner is not None:  # scored with the predictions made at impression time
+            self.joiner.rescore(items, fb, res)
         self.counters["trained"] += n
         annotate = getattr(self.featurizer, "annotate", None)
         extra = annotate(res.outputs, fb.targets) if annotate is not None else {}
@@ -242,6 +251,8 @@ class Pipeline(AfterUpdate):
             log.warning("update skipped", extra={"pipeline": self.name, "reason": res.skipped})
         else:
             self.learned(fb, res, extra)
+            if self.publisher is not None:  # serving: a copy of the weights, now and then
+                self.publisher.updated(self.learner)
         now_ms = time.time() * 1000.0
         ages = [max(0.0, (now_ms - items[j].record.timestamp_ms) / 1000.0) for j in fb.index]
         self.hooks.on_batch(
@@ -279,7 +290,8 @@ class Pipeline(AfterUpdate):
         if seeded:
             self.counters["seeded"] += seeded
             self.hooks.on_seeded(seeded)
-        self.offsets.applied_records(it.record for it in items)
+        if self.joiner is None:  # (the joiner applied them when it consumed the records)
+            self.offsets.applied_records(it.record for it in items)
         return fb
 
     def _emit(self, records: list[tuple[str | None, dict[str, Any]]]) -> None:

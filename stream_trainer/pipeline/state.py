@@ -34,6 +34,7 @@ def document(p: Pipeline) -> dict[str, Any]:
         **p.offsets.state(),
         "dedup": p.dedup.state_dict(),
         "counters": {**p.counters, "smoothed_loss": p.smoothed_loss},
+        **({"joiner": p.joiner.state_dict()} if p.joiner is not None else {}),
     }
 
 
@@ -51,6 +52,8 @@ def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
         if doc["dedup"]:
             p.dedup.load_state_dict(doc["dedup"])
         p.offsets.load(doc)
+        if p.joiner is not None and doc.get("joiner"):
+            p.joiner.load_state_dict(doc["joiner"])
     except (KeyError, ValueError, RuntimeError) as err:
         raise StreamTrainerError(
             f"pipeline {p.name}: checkpoint in {p.store.dir} does not match the "

@@ -1,0 +1,312 @@
+"""Delayed labels: impressions wait here for their label, then become examples.
+
+An impression (an event without a label, with a ``request_id``, on the pipeline's
+``topics``) is scored when it arrives, with the weights of that moment, and kept with
+that prediction. Its label (``{"request_id", "label", "ts"}`` on ``labels.topic``) turns
+it into an example: trained with the label, and scored (loss, quality, drift) with the
+prediction made at impression time, so no later weights leak into the score. The click
+featurizer is stateless, so the impression's event is its features at impression time.
+
+Time is event time: the newest ``ts`` of the slowest partition read (a consumer
+catching up reads some partitions ahead of others; the slowest says how far all are,
+as a Flink watermark does), and none before the labels topic has been read at all (a
+labels topic far behind must not expire impressions whose labels it holds; a labels
+topic that stays empty leaves ``max_pending`` to bound the memory). An
+impression older than ``window_s`` is resolved by ``on_expiry`` (a negative example,
+or dropped); so is the oldest when more than ``max_pending`` wait. Labels that join
+nothing are counted by reason: ``early`` (held until their impression comes, within the window),
+``orphaned`` (an early label whose impression never came), ``duplicate`` (a second
+label), ``late`` (after the window), ``bad`` (not a label).
+
+Offsets: every record is applied when it is consumed (an impression enters the
+pending state, a label joins, is held or is counted), and the pending state is part of
+the checkpoint; so a restart resumes both topics where the pending state was saved,
+and every impression ends exactly once: labelled, negative or dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from stream_trainer.config import LabelSettings
+from stream_trainer.events import Rejected, reasons
+from stream_trainer.events.decode import _Reject, _ts, clicks_schema, decoder
+from stream_trainer.pipeline.ports import Record
+
+if TYPE_CHECKING:
+    from stream_trainer.pipeline.core import Pipeline
+
+EPS = 1e-7
+OUTCOMES = ("labelled", "negative", "dropped")
+UNMATCHED = ("early", "duplicate", "late", "orphaned", "bad")
+
+
+class JoinerHooks:
+    def resolved(self, outcome: str, n: int = 1) -> None: ...
+
+    def unmatched(self, reason: str) -> None: ...
+
+    def delay(self, seconds: float) -> None: ...
+
+    def pending(self, n: int) -> None: ...
+
+
+@dataclass(slots=True)
+class Waiting:
+    """A pending impression: its event, the prediction made when it arrived, where from."""
+
+    event: dict[str, Any]
+    prediction: float
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+
+
+def _impression_check(doc: dict[str, Any]) -> dict[str, Any]:
+    """A click event whose label is optional, with a request id (kept as a string)."""
+    rid = doc.get("request_id")
+    if isinstance(rid, bool) or not isinstance(rid, str | int) or not str(rid):
+        raise _Reject(reasons.MISSING_FIELD, "request_id (a string or integer)")
+    labelled = "label" in doc
+    ev = clicks_schema()(doc if labelled else {**doc, "label": 0})
+    ev["request_id"] = str(rid)
+    if not labelled:
+        del ev["label"]
+    return ev
+
+
+def _label_check(doc: dict[str, Any]) -> dict[str, Any]:
+    rid = doc.get("request_id")
+    if isinstance(rid, bool) or not isinstance(rid, str | int) or not str(rid):
+        raise _Reject(reasons.MISSING_FIELD, "request_id (a string or integer)")
+    label = doc.get("label")
+    if label not in (0, 1) or isinstance(label, float) and label not in (0.0, 1.0):
+        raise _Reject(reasons.WRONG_TYPE, "label must be 0 or 1")
+    return {"request_id": str(rid), "label": int(label), "ts": _ts(doc)}
+
+
+class Joiner:
+    def __init__(self, settings: LabelSettings, max_event_bytes: int = 1 << 20) -> None:
+        self.topic, self.window = settings.topic, settings.window_s
+        self.negative = settings.on_expiry == "negative"
+        self.max_pending = settings.max_pending
+        self.hooks: JoinerHooks = JoinerHooks()
+        self.decode_impression = decoder(_impression_check, max_bytes=max_event_bytes)
+        self.decode_label = decoder(_label_check, max_bytes=max_event_bytes)
+        self.pending: OrderedDict[str, Waiting] = OrderedDict()  # oldest first
+        self.early: OrderedDict[str, tuple[int, float]] = OrderedDict()  # id -> (label, ts)
+        # ids resolved lately (True: labelled, False: expired): duplicates and late labels
+        self.done: OrderedDict[str, bool] = OrderedDict()
+        self.newest: dict[str, float] = {}  # "topic:partition" -> the newest ts seen there
+        self.counts = dict.fromkeys(OUTCOMES + UNMATCHED + ("evicted",), 0)
+
+    # ---- one poll ----------------------------------------------------------------------
+    def handle(self, p: Pipeline, records: list[Record]) -> None:
+        """Impressions into the pending state (scored now), labels joined; the examples
+        that result go to the pipeline's batcher."""
+        ready: list[Any] = []
+        impressions: list[tuple[Record, dict[str, Any]]] = []
+        for rec in records:
+            tp = (rec.topic, rec.partition)
+            expected = p.offsets.polled_next.get(tp)
+            if expected is not None and rec.offset < expected:  # the log went back
+                self._flush_impressions(p, impressions, ready)
+                p.batcher.extend(ready)
+                ready = []
+                p._log_went_back(tp, expected, rec.offset)
+            p.offsets.polled_next[tp] = rec.offset + 1
+            if rec.topic == self.topic:
+                self._flush_impressions(p, impressions, ready)
+                self._label(p, rec, ready)
+                continue
+            ev = self.decode_impression(rec.value)
+            if isinstance(ev, Rejected):
+                p._reject(rec, ev)  # counted, dead-lettered, its offset applied
+                continue
+            if "label" in ev:  # labelled inline: an example now (scored prequentially)
+                p.offsets.applied((rec.topic, rec.partition), rec.offset, rec.offset + 1)
+                ready.append(self._item(p, rec.topic, rec.partition, rec.offset, rec.key, ev, None))
+                continue
+            impressions.append((rec, ev))
+        self._flush_impressions(p, impressions, ready)
+        self._expire(p, ready)
+        self.hooks.pending(len(self.pending))
+        if ready:
+            p.batcher.extend(ready)
+
+    def _flush_impressions(
+        self, p: Pipeline, impressions: list[tuple[Record, dict[str, Any]]], ready: list[Any]
+    ) -> None:
+        """Score a run of impressions in one forward, with the weights of now."""
+        if not impressions:
+            return
+        fb = p.featurizer.featurize([{**ev, "label": 0} for _, ev in impressions])
+        preds = p.learner.predict(fb.inputs).reshape(-1)
+        for (rec, ev), pred in zip(impressions, preds.tolist(), strict=True):
+            rid = ev["request_id"]
+            if rid in self.pending or rid in self.done:  # an impression repeated
+                p._reject(rec, Rejected(reasons.DUPLICATE, f"request_id {rid} seen before"))
+                continue
+            p.offsets.applied((rec.topic, rec.partition), rec.offset, rec.offset + 1)
+            self._saw(rec, ev["ts"])
+            w = Waiting(ev, float(pred), rec.topic, rec.partition, rec.offset, rec.key)
+            early = self.early.pop(rid, None)
+            if early is not None:
+                self._join(p, rid, w, *early, ready)
+                continue
+            self.pending[rid] = w
+            if len(self.pending) > self.max_pending:
+                old_id, old = self.pending.popitem(last=False)
+                self.counts["evicted"] += 1
+                self._expired(p, old_id, old, ready)
+        impressions.clear()
+
+    def _label(self, p: Pipeline, rec: Record, ready: list[Any]) -> None:
+        lab = self.decode_label(rec.value)
+        if isinstance(lab, Rejected):
+            self._unmatched("bad")
+            p._reject(rec, lab)  # counted, dead-lettered, its offset applied
+            return
+        p.offsets.applied((rec.topic, rec.partition), rec.offset, rec.offset + 1)
+        rid, label, ts = lab["request_id"], lab["label"], lab["ts"]
+        self._saw(rec, ts)
+        w = self.pending.pop(rid, None)
+        if w is not None:
+            if ts - w.event["ts"] > self.window:
+                self._unmatched("late")
+                self._expired(p, rid, w, ready)
+            else:
+                self._join(p, rid, w, label, ts, ready)
+            return
+        if rid in self.done:
+            self._unmatched("duplicate" if self.done[rid] else "late")
+        elif rid in self.early:
+            self._unmatched("duplicate")
+        else:
+            self.early[rid] = (label, ts)
+            self._unmatched("early")
+            if len(self.early) > self.max_pending:
+                self.early.popitem(last=False)
+                self._unmatched("orphaned")
+
+    # ---- outcomes ----------------------------------------------------------------------
+    def _join(
+        self, p: Pipeline, rid: str, w: Waiting, label: int, ts: float, ready: list[Any]
+    ) -> None:
+        self.hooks.delay(max(0.0, ts - w.event["ts"]))
+        self._done(rid, True, "labelled")
+        ready.append(self._item(p, w.topic, w.partition, w.offset, w.key,
+                                {**w.event, "label": label}, w.prediction))  # fmt: skip
+
+    def _expired(self, p: Pipeline, rid: str, w: Waiting, ready: list[Any]) -> None:
+        if self.negative:
+            self._done(rid, False, "negative")
+            ready.append(self._item(p, w.topic, w.partition, w.offset, w.key,
+                                    {**w.event, "label": 0}, w.prediction))  # fmt: skip
+        else:
+            self._done(rid, False, "dropped")
+
+    def _saw(self, rec: Record, ts: float) -> None:
+        key = f"{rec.topic}:{rec.partition}"
+        if ts > self.newest.get(key, -math.inf):
+            self.newest[key] = ts
+
+    @property
+    def watermark(self) -> float:
+        """Event time: the slowest partition's newest ts (-inf before any label)."""
+        if not any(k.rpartition(":")[0] == self.topic for k in self.newest):
+            return -math.inf
+        return min(self.newest.values())
+
+    def _expire(self, p: Pipeline, ready: list[Any]) -> None:
+        cutoff = self.watermark - self.window
+        while self.pending:
+            rid, w = next(iter(self.pending.items()))
+            if w.event["ts"] >= cutoff:
+                break
+            del self.pending[rid]
+            self._expired(p, rid, w, ready)
+        while self.early:
+            rid, (_, ts) = next(iter(self.early.items()))
+            if ts >= cutoff:
+                break
+            del self.early[rid]
+            self._unmatched("orphaned")
+
+    def _done(self, rid: str, labelled: bool, outcome: str) -> None:
+        self.counts[outcome] += 1
+        self.hooks.resolved(outcome)
+        self.done[rid] = labelled
+        if len(self.done) > 2 * self.max_pending:  # older ids' labels count as early/orphaned
+            self.done.popitem(last=False)
+
+    def _unmatched(self, reason: str) -> None:
+        self.counts[reason] += 1
+        self.hooks.unmatched(reason)
+
+    @staticmethod
+    def _item(p: Pipeline, topic: str, part: int, offset: int, key: bytes | None,
+              event: dict[str, Any], prediction: float | None) -> Any:  # fmt: skip
+        from stream_trainer.pipeline.core import Item
+
+        event["_served"] = prediction
+        rec = Record(topic, part, offset, int(time.time() * 1000), key, None)
+        return Item(rec, event)
+
+    # ---- scoring with the impression-time prediction -----------------------------------
+    @staticmethod
+    def rescore(items: list[Any], fb: Any, res: Any) -> None:
+        """Replace the step's prequential outputs and losses by those of the predictions
+        made at impression time (where there is one)."""
+        for j, idx in enumerate(fb.index.tolist()):
+            p = items[idx].event.get("_served")
+            if p is None:
+                continue
+            y = float(fb.targets[j])
+            q = min(max(p, EPS), 1.0 - EPS)
+            res.outputs[j] = p
+            res.losses[j] = -(y * math.log(q) + (1.0 - y) * math.log(1.0 - q))
+
+    # ---- checkpoint --------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        ws = list(self.pending.values())
+        return {
+            "pending_ids": list(self.pending),
+            "pending_events": [json.dumps({k: v for k, v in w.event.items()}) for w in ws],
+            "pending_predictions": torch.tensor([w.prediction for w in ws], dtype=torch.float64),
+            "pending_where": [[w.topic, w.partition, w.offset] for w in ws],
+            "pending_keys": [_text(w.key) for w in ws],
+            "early_ids": list(self.early),
+            "early": torch.tensor(list(self.early.values()), dtype=torch.float64).reshape(-1, 2),
+            "done_ids": list(self.done),
+            "done_labelled": torch.tensor(list(self.done.values()), dtype=torch.bool),
+            "newest": dict(self.newest),
+            "counts": dict(self.counts),
+        }
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        preds = s["pending_predictions"].tolist()
+        self.pending = OrderedDict()
+        for i, rid in enumerate(s["pending_ids"]):
+            (topic, part, off), key = s["pending_where"][i], s["pending_keys"][i]
+            self.pending[rid] = Waiting(
+                json.loads(s["pending_events"][i]), preds[i], topic, int(part), int(off),
+                key.encode("utf-8", "surrogateescape") if key is not None else None,
+            )  # fmt: skip
+        early = zip(s["early_ids"], s["early"].tolist(), strict=True)
+        self.early = OrderedDict((rid, (int(lab), float(ts))) for rid, (lab, ts) in early)
+        self.done = OrderedDict(zip(s["done_ids"], s["done_labelled"].tolist(), strict=True))
+        self.newest = {k: float(v) for k, v in s["newest"].items()}
+        self.counts.update({k: int(v) for k, v in s["counts"].items() if k in self.counts})
+
+
+def _text(key: bytes | None) -> str | None:
+    return None if key is None else key.decode("utf-8", "surrogateescape")

@@ -1,0 +1,115 @@
+"""Score events with a pipeline's published weights, without touching the pipeline.
+
+The scorer has its own featurizer instance (same settings as the pipeline's), so a
+request never adds to the pipeline's featurizer state, its duplicate window or its
+model; it reads only the copy of the weights the trainer published (``snapshot.py``).
+A featurizer with per-key state (ticks, sensors: a window of past readings per key)
+cannot score one event on its own, so serving is offered for stateless featurizers:
+clicks, and custom ones whose class sets ``stateless = True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from stream_trainer import domains
+from stream_trainer.config import PipelineSettings
+from stream_trainer.errors import ConfigError
+from stream_trainer.events import Rejected, reasons
+from stream_trainer.events.decode import _Reject  # the schema checks' own refusal
+from stream_trainer.models.registry import build_featurizer
+from stream_trainer.serving.snapshot import Publisher
+
+NOT_READY = "model_not_ready"  # no weights published yet (the trainer has not stepped)
+
+
+def serveable(spec: PipelineSettings, featurizer: Any) -> bool:
+    return bool(getattr(featurizer, "stateless", spec.kind == "clicks"))
+
+
+@dataclass
+class Scored:
+    """One score per event (None where refused), the reasons, the weights' version."""
+
+    scores: list[float | list[float] | None]
+    errors: list[tuple[int, Rejected]] = field(default_factory=list)
+    version: int = -1
+
+
+class Scorer:
+    def __init__(self, spec: PipelineSettings, publisher: Publisher) -> None:
+        self.name, self.publisher = spec.name, publisher
+        self.featurizer = build_featurizer(spec.kind, spec.featurizer)
+        if not serveable(spec, self.featurizer):
+            raise ConfigError(
+                f"pipeline {spec.name}: serving needs a stateless featurizer (clicks, or a "
+                "custom featurizer class with stateless = True); this one keeps state per "
+                "key, so one event cannot be scored on its own"
+            )
+        d = domains.get(spec.kind)
+        self.check = d.schema(d.decoder_channels(self.featurizer))
+        self.needs_label = spec.kind == "clicks"  # the schema wants one: any 0/1 will do
+
+    def validate(self, doc: Any) -> dict[str, Any] | Rejected:
+        """A request's event as the pipeline would decode it (a label is not needed)."""
+        if not isinstance(doc, dict):
+            return Rejected(reasons.NOT_OBJECT, f"got {type(doc).__name__}")
+        if self.needs_label:
+            doc = {**doc, "label": 0}
+        try:
+            return self.check(doc)
+        except _Reject as rej:
+            return rej.rejected
+        except RecursionError:
+            return Rejected(reasons.TOO_DEEP, "nesting too deep")
+
+    def score(self, docs: Sequence[Any]) -> Scored:
+        """Validate, featurize and score ``docs`` (parsed JSON values) in one forward."""
+        events: list[dict[str, Any]] = []
+        where: list[int] = []
+        out = Scored([None] * len(docs))
+        for i, doc in enumerate(docs):
+            ev = self.validate(doc)
+            if isinstance(ev, Rejected):
+                out.errors.append((i, ev))
+            else:
+                events.append(ev)
+                where.append(i)
+        if not events:
+            return out
+        try:
+            fb = self.featurizer.featurize(events)
+        except Exception as err:  # a user featurizer may fail on odd events
+            why = Rejected(reasons.FEATURIZER_ERROR, repr(err)[:200])
+            out.errors.extend((i, why) for i in where)
+            return out
+        with self.publisher.use() as served:
+            if served is None:
+                out.errors.extend(
+                    (i, Rejected(NOT_READY, "no weights published yet")) for i in where
+                )
+                return out
+            preds = self._forward(served.module, served.task, fb.inputs)
+            out.version = served.version
+        preds, _ = fb.raw_units(preds)
+        for j, pos in enumerate(fb.index):
+            v = preds[j]
+            out.scores[where[int(pos)]] = float(v) if np.ndim(v) == 0 else v.tolist()
+        return out
+
+    @staticmethod
+    def _forward(
+        module: torch.nn.Module, task: str, inputs: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
+        device = next(module.parameters()).device
+        x = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            y = module(**x)
+            if task == "binary":
+                y = torch.sigmoid(y)
+        return y.float().cpu().numpy()

@@ -1,0 +1,108 @@
+"""Serving for a daemon's pipelines, built from the settings: a publisher per served
+pipeline (hooked into its trainer), ``POST /predict`` and the requests-topic threads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.metrics.serving import ServingMetrics
+from stream_trainer.pipeline.ports import Sink, Source
+from stream_trainer.serving.http import PredictServer, read_token
+from stream_trainer.serving.requests import serve_requests
+from stream_trainer.serving.scorer import Scorer, serveable
+from stream_trainer.serving.snapshot import Publisher
+
+log = logging.getLogger(__name__)
+
+
+class Serving:
+    def __init__(
+        self, settings: Settings, pipelines: Sequence[Any], registry: CollectorRegistry
+    ) -> None:
+        s = settings.serving
+        self.settings = settings
+        self.metrics = ServingMetrics(registry)
+        self.token = read_token(s.token_file)  # a missing file: an error before anything starts
+        self.scorers: dict[str, Scorer] = {}
+        self.pipelines: dict[str, Any] = {}
+        for p in pipelines:
+            if getattr(p, "joiner", None) is not None:  # delayed labels: their counters
+                p.joiner.hooks = self.metrics.joiner_hooks(p.name)
+            wanted = p.spec.requests_topic is not None or (
+                s.address is not None and serveable(p.spec, p.featurizer)
+            )
+            if not wanted or not hasattr(p, "publisher"):
+                continue
+            p.publisher = Publisher(s.publish_every_s, on_publish=self.metrics.publish_hook(p.name))
+            self.scorers[p.name] = Scorer(p.spec, p.publisher)
+            self.pipelines[p.name] = p
+        self.server: PredictServer | None = None
+        self.threads: list[threading.Thread] = []
+
+    def publish_restored(self) -> None:
+        """Serve the restored weights before the first step."""
+        for p in self.pipelines.values():
+            if p.restored:
+                p.publisher.publish(p.learner)
+
+    def start(
+        self,
+        stop: threading.Event,
+        ports: Callable[[PipelineSettings], tuple[Source, Sink]],
+    ) -> None:
+        s = self.settings.serving
+        if s.address is not None and self.scorers:
+            self.server = PredictServer(
+                s.address,
+                self.scorers,
+                token=self.token,
+                max_body_bytes=s.max_body_bytes,
+                max_events=s.max_events,
+                on_request=self.metrics.on_request,
+            ).start()
+            log.info(
+                "serving predictions",
+                extra={"url": f"http://{self.server.address}/predict",
+                       "pipelines": ",".join(self.scorers), "token": self.token is not None},
+            )  # fmt: skip
+        for name, p in self.pipelines.items():
+            topic = p.spec.serving_output
+            if topic is None:
+                continue
+            source, sink = ports(p.spec)
+            scored = self.metrics.scored.labels(name, "kafka")
+            t = threading.Thread(
+                target=self._requests, args=(name, source, sink, topic, stop, scored.inc),
+                name=f"requests-{name}", daemon=True,
+            )  # fmt: skip
+            self.threads.append(t)
+            t.start()
+
+    def _requests(
+        self,
+        name: str,
+        source: Source,
+        sink: Sink,
+        topic: str,
+        stop: threading.Event,
+        on_scored: Any,
+    ) -> None:
+        try:
+            serve_requests(self.scorers[name], source, sink, topic, stop, on_scored=on_scored)
+        except Exception:  # a bug: logged; training goes on
+            log.exception("serving requests stopped", extra={"pipeline": name})
+        finally:
+            source.close()
+            sink.close()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        for t in self.threads:
+            t.join(5.0)

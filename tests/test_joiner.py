@@ -1,0 +1,115 @@
+"""Delayed labels through the pipeline (fakes, no broker): every impression ends once,
+scored with its impression-time prediction, across an abort and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fakes import ListSink, ListSource, run_until
+from test_pipeline import settings
+
+from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.producers import make_generator
+from stream_trainer.producers.delayed import IMPRESSION, delayed_labels
+
+
+def streams(n, seed=1, max_delay_s=30.0):
+    imps, labs = [], []
+    for kind, doc in delayed_labels(
+        make_generator("clicks", seed=seed, count=n), seed=seed, max_delay_s=max_delay_s
+    ):
+        (imps if kind == IMPRESSION else labs).append(json.dumps(doc).encode())
+    return imps, labs
+
+
+def joined(tmp_path, **labels):
+    s = settings(tmp_path, output_topic="out", labels={"topic": "l", "window_s": 60, **labels})
+    return s, Pipeline(s, s.pipelines[0])
+
+
+def ends(p):
+    c = p.joiner.counts
+    return c["labelled"] + c["negative"] + c["dropped"] + len(p.joiner.pending)
+
+
+def test_every_impression_ends_once_and_is_scored_at_impression_time(tmp_path):
+    imps, labs = streams(3000)
+    s, p = joined(tmp_path)
+    sink = ListSink()
+    run_until(p, ListSource({("t", 0): imps, ("l", 0): labs}, {}), sink)
+    c = p.joiner.counts
+    assert ends(p) == len(imps) and c["labelled"] == len(labs)  # delays < window: all join
+    assert c["negative"] > c["labelled"] > 0 and c["dropped"] == 0
+    assert p.counters["trained"] == c["labelled"] + c["negative"]
+    assert p.next_offsets == {("t", 0): len(imps), ("l", 0): len(labs)}
+    ledger = p.offsets.ledger.state_dict()
+    assert ledger  # one range per partition, each offset once
+    # a labelled example's output is its prediction at impression time (no leakage)
+    _, p2 = joined(tmp_path / "b")
+    p2.joiner.handle(p2, [_rec("t", i, v) for i, v in enumerate(imps[:50])])
+    at_impression = {rid: w.prediction for rid, w in p2.joiner.pending.items()}
+    p2.learner.model.mlp[2].bias.data += 5.0  # later weights: very different predictions
+    clicked = [
+        json.loads(v)["request_id"] for v in labs if json.loads(v)["request_id"] in at_impression
+    ]
+    label_recs = [_rec("l", i, json.dumps({"request_id": r, "label": 1, "ts": 1.8e9 - 1}).encode())
+                  for i, r in enumerate(clicked)]  # fmt: skip
+    p2.sink = ListSink()
+    p2.joiner.window = 1e12
+    p2.joiner.handle(p2, label_recs)
+    p2.flush()
+    got = [d["prediction"] for _, d in p2.sink.outputs]
+    assert got == pytest.approx([at_impression[r] for r in clicked], rel=1e-6)
+
+
+def _rec(topic, offset, value):
+    from stream_trainer.pipeline.ports import Record
+
+    return Record(topic, 0, offset, 0, None, value)
+
+
+def test_odd_labels_are_counted_by_reason(tmp_path):
+    _, p = joined(tmp_path, on_expiry="drop", max_pending=3)
+    p.sink = ListSink()
+    imp = {"ts": 1000.0, "user_id": "u", "item_id": "i"}
+    lab = {"label": 1, "ts": 1001.0}
+    recs = [
+        _rec("l", 0, json.dumps({**lab, "request_id": "early"}).encode()),
+        *[_rec("t", i, json.dumps({**imp, "request_id": f"r{i}"}).encode()) for i in range(5)],
+        _rec("t", 5, json.dumps({**imp, "request_id": "early"}).encode()),
+        _rec("t", 6, json.dumps(imp).encode()),  # no request_id: rejected
+        _rec("t", 7, json.dumps({**imp, "request_id": "r4"}).encode()),  # a repeat
+        _rec("l", 1, json.dumps({**lab, "request_id": "r4"}).encode()),
+        _rec("l", 2, json.dumps({**lab, "request_id": "r4"}).encode()),  # twice
+        _rec("l", 3, json.dumps({**lab, "request_id": "r0"}).encode()),  # evicted: late
+        _rec("l", 4, b'{"request_id": "r3", "label": 2, "ts": 1001}'),  # bad
+        _rec("l", 5, json.dumps({**lab, "request_id": "r3", "ts": 5000.0}).encode()),  # late
+        _rec("l", 6, json.dumps({**lab, "request_id": "ghost"}).encode()),
+        _rec("t", 8, json.dumps({**imp, "ts": 9000.0, "request_id": "last"}).encode()),
+    ]
+    p.joiner.handle(p, recs)
+    c = p.joiner.counts
+    assert c["early"] == 2 and c["orphaned"] == 1  # "ghost" never came
+    assert (c["duplicate"], c["late"], c["bad"], c["evicted"]) == (1, 2, 1, 2)
+    assert c["labelled"] == 2 and c["dropped"] == 4  # early + r4; r0, r1 evicted, r2, r3
+    assert list(p.joiner.pending) == ["last"]
+    assert p.counters["rejected"] == 3  # no request_id, repeated impression, bad label
+    assert p.next_offsets == {("t", 0): 9, ("l", 0): 7}
+
+
+def test_abort_and_resume_ends_every_impression_exactly_once(tmp_path):
+    imps, labs = streams(4000, seed=2)
+    data = {("t", 0): imps, ("l", 0): labs}
+    s, first = joined(tmp_path)
+    run_until(first, ListSource(data, {}, batch=100), ListSink(), stop_after_polls=15)
+    saved = first.store.load_latest()
+    assert 0 < saved["offsets"]["t:0"] < len(imps)
+    second = Pipeline(s, s.pipelines[0])
+    assert second.restore()
+    assert len(second.joiner.pending) == len(first.joiner.pending) > 0
+    run_until(second, ListSource(data, second.resume_offsets()), ListSink())
+    assert ends(second) == len(imps) and second.joiner.counts["labelled"] == len(labs)
+    assert second.counters["trained"] == sum(
+        second.joiner.counts[k] for k in ("labelled", "negative")
+    )

@@ -1,0 +1,206 @@
+"""Serving: the published copy of the weights, the scorer, POST /predict. No broker."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from fakes import ListSink, ListSource, run_until
+from prometheus_client import CollectorRegistry
+from test_pipeline import click_stream, settings
+
+from stream_trainer.config import parse_settings
+from stream_trainer.errors import ConfigError
+from stream_trainer.metrics.serving import ServingMetrics
+from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.serving import Publisher, Scorer
+from stream_trainer.serving.http import PredictServer, read_token
+
+EVENT = {"ts": 1.7e9, "user_id": "u1", "item_id": "i2", "context": {"device": "ios"}}
+
+
+def trained_pipeline(tmp_path, n=600):
+    s = settings(tmp_path, output_topic=None)
+    p = Pipeline(s, s.pipelines[0])
+    p.publisher = Publisher(every_s=0.0)
+    run_until(p, ListSource({("t", 0): click_stream(n, 1)}, {}), ListSink())
+    return p
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_scores_match_the_model_and_mutate_nothing(tmp_path):
+    p = trained_pipeline(tmp_path)
+    scorer = Scorer(p.spec, p.publisher)
+    before, dedup = weights(p.learner.model), list(p.dedup._order)
+    res = scorer.score([EVENT, {**EVENT, "user_id": "u9"}, {"ts": 1.7e9}])
+    assert res.version == p.learner.updates > 0
+    assert res.scores[2] is None and res.errors[0][0] == 2
+    assert res.errors[0][1].reason == "missing_field"
+    fb = p.featurizer.featurize([{**EVENT, "label": 0}])
+    want = float(p.learner.predict(fb.inputs)[0])
+    assert res.scores[0] == pytest.approx(want, rel=1e-5)
+    after = weights(p.learner.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the trainer's model
+    assert list(p.dedup._order) == dedup
+    assert scorer.featurizer is not p.featurizer
+
+
+def test_a_copy_in_use_is_never_rewritten(tmp_path):
+    p = trained_pipeline(tmp_path, 200)
+    pub = p.publisher
+    with pub.use() as held:
+        snap = weights(held.module)
+        for _ in range(6):  # more publications than copies: the held one stays as it was
+            p.learner.model.mlp[0].bias.data += 1.0
+            p.learner.updates += 1
+            pub.publish(p.learner)
+        assert all(torch.equal(snap[k], v) for k, v in held.module.state_dict().items())
+        assert pub.current is not held
+    assert pub.current.version == p.learner.updates
+
+
+def test_publication_age_and_period():
+    now = [0.0]
+    seen = []
+    pub = Publisher(every_s=1.0, clock=lambda: now[0], on_publish=lambda v, a: seen.append((v, a)))
+
+    class L:
+        model, updates, task = torch.nn.Linear(2, 1), 0, "binary"
+
+    learner = L()
+    for t in (0.0, 0.3, 0.6, 0.9, 1.2, 1.5, 2.4):
+        now[0] = t
+        learner.updates += 1
+        pub.updated(learner)
+    # published at 0.0 (first), 1.2 (oldest unpublished update from 0.3), 2.4 (from 1.5)
+    assert [v for v, _ in seen] == [1, 5, 7]
+    assert [round(a, 3) for _, a in seen] == [0.0, 0.9, 0.9]
+
+
+def test_stateful_featurizers_are_not_served(tmp_path):
+    s = parse_settings(
+        {"device": "cpu", "pipelines": [{"name": "t", "kind": "ticks", "topics": ["x"]}]}
+    )
+    with pytest.raises(ConfigError, match="stateless featurizer"):
+        Scorer(s.pipelines[0], Publisher())
+
+
+def post(address, path, body, headers=None, raw=None):
+    host, port = address.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    data = raw if raw is not None else json.dumps(body).encode()
+    c.request("POST", path, data, {"Content-Type": "application/json", **(headers or {})})
+    r = c.getresponse()
+    out = r.status, json.loads(r.read())
+    c.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    p = trained_pipeline(tmp_path_factory.mktemp("serve"), 300)
+    reg = CollectorRegistry()
+    m = ServingMetrics(reg)
+    srv = PredictServer(
+        "127.0.0.1:0", {"p": Scorer(p.spec, p.publisher)}, token="s3cret",
+        max_body_bytes=4096, max_events=100, on_request=m.on_request,
+    ).start()  # fmt: skip
+    yield p, srv, reg
+    srv.stop()
+
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+def test_predict_one_and_a_batch(server):
+    p, srv, reg = server
+    status, doc = post(srv.address, "/predict", EVENT, AUTH)
+    assert status == 200 and 0.0 < doc["score"] < 1.0
+    assert doc["model_version"] == p.learner.updates
+    status, doc = post(srv.address, "/predict/p", [EVENT, {"user_id": 3}], AUTH)
+    assert status == 200 and doc["scores"][0] is not None and doc["scores"][1] is None
+    assert doc["errors"][0]["index"] == 1 and doc["errors"][0]["error"] == "missing_field"
+    ok = {"pipeline": "p", "outcome": "ok"}
+    assert reg.get_sample_value("stream_trainer_predict_requests_total", ok) == 2
+    scored = {"pipeline": "p", "path": "http"}
+    assert reg.get_sample_value("stream_trainer_predict_events_total", scored) == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "raw", "status", "error"),
+    [
+        ({}, None, 401, "unauthorized"),
+        ({"Authorization": "Bearer wrong"}, None, 401, "unauthorized"),
+        (AUTH, b"{not json", 400, "not_json"),
+        (AUTH, b"[" * 5000, 413, "too_large"),
+        (AUTH, json.dumps([EVENT] * 101).encode()[:4000], 400, "not_json"),
+        (AUTH, b'{"ts": NaN, "user_id": 1, "item_id": 2}', 400, "not_json"),
+        (AUTH, json.dumps({"ts": 1.7e9, "user_id": 1}).encode(), 422, "missing_field"),
+        (AUTH, json.dumps([{}] * 101).encode(), 413, "too_many_events"),
+    ],
+)
+def test_bad_requests_get_a_reason(server, headers, raw, status, error):
+    p, srv, reg = server
+    before = weights(p.learner.model)
+    sample = ("stream_trainer_predict_requests_total", {"pipeline": "p", "outcome": error})
+    counted = reg.get_sample_value(*sample) or 0
+    got, doc = post(srv.address, "/predict", None, headers, raw=raw)
+    assert (got, doc["error"]) == (status, error)
+    assert reg.get_sample_value(*sample) == counted + 1
+    assert all(torch.equal(before[k], v) for k, v in p.learner.model.state_dict().items())
+
+
+def test_unknown_path_and_not_ready(tmp_path):
+    s = settings(tmp_path)
+    p = Pipeline(s, s.pipelines[0])
+    srv = PredictServer("127.0.0.1:0", {"p": Scorer(p.spec, Publisher())}).start()
+    try:
+        assert post(srv.address, "/predict/nope", EVENT)[0] == 404
+        status, doc = post(srv.address, "/predict", EVENT)
+        assert (status, doc["error"]) == (503, "model_not_ready")
+    finally:
+        srv.stop()
+
+
+def test_token_from_env_or_file(tmp_path):
+    f = tmp_path / "token"
+    f.write_text("from-file\n")
+    assert read_token(f, {}) == "from-file"
+    assert read_token(f, {"STREAM_TRAINER_SERVING_TOKEN": "env"}) == "env"
+    assert read_token(None, {}) is None
+    with pytest.raises(ConfigError, match="token_file"):
+        read_token(tmp_path / "missing", {})
+
+
+def test_serving_while_training_never_sees_torn_weights(tmp_path):
+    """Requests in a loop while the trainer steps and publishes: every answer is a valid
+    score from a published version, and versions only go up."""
+    s = settings(tmp_path, output_topic=None)
+    p = Pipeline(s, s.pipelines[0])
+    p.publisher = Publisher(every_s=0.01)
+    scorer = Scorer(p.spec, p.publisher)
+    done = threading.Event()
+    versions = []
+
+    def ask():
+        while not done.is_set():
+            res = scorer.score([EVENT] * 16)
+            if res.version >= 0:
+                assert np.allclose(res.scores, res.scores[0]) and 0 < res.scores[0] < 1
+                versions.append(res.version)
+            time.sleep(0.001)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    run_until(p, ListSource({("t", 0): click_stream(3000, 2)}, {}), ListSink())
+    done.set()
+    t.join()
+    assert versions and versions == sorted(versions) and versions[-1] > versions[0]
