@@ -95,6 +95,9 @@ def test_a_partition_whose_log_went_back_forgets_its_duplicate_window(tmp_path):
     back.load_state_dict(torch.load(tmp_path / "d.pt", weights_only=True))
     assert back.forget(("t", 0)) == 1  # the partition's own digests only, across a restore
     assert not back.seen(b"a", ("t", 0)) and back.seen(b"b", ("t", 0))
-    old = {"window": 10, "digests": d.state_dict()["digests"]}  # before partitions were kept
-    back.load_state_dict(old)
+    old = {"hash": "xxh3_64", "window": 10, "digests": d.state_dict()["digests"]}
+    back.load_state_dict(old)  # before partitions were kept: any reset forgets them
     assert back.seen(b"b") and back.forget(("t", 5)) == 2 and not back.seen(b"b")
+    older = {"window": 10, "digests": d.state_dict()["digests"]}  # blake2b digests
+    back.load_state_dict(older)  # never match the xxh3 digests of now: the window restarts
+    assert not back.seen(b"b") and len(back.state_dict()["digests"]) == 1

@@ -97,7 +97,11 @@ def test_demo_in_a_terminal_refreshes_one_table_in_place(tmp_path):
     subprocess.run(
         ["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "30", shell],
         check=True,
-        env={**os.environ, "TERM": "xterm-256color"},
+        # the pane's own size: a COLUMNS/LINES inherited from the test runner would win
+        env={
+            **{k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")},
+            "TERM": "xterm-256color",
+        },  # fmt: skip
     )
 
     def capture(history: bool = False) -> str:

@@ -19,7 +19,7 @@ weights.
 >>> probs = np.array([[0.9, 0.5]] * 4)
 >>> mixed, losses = m.step(probs, np.ones(4))
 >>> [round(float(p), 3) for p in mixed]
-[0.7, 0.757, 0.806, 0.841]
+[0.52, 0.535, 0.558, 0.594]
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from stream_trainer.errors import ConfigError
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.decode import _Reject  # the schema checks' own refusal
 from stream_trainer.models.registry import build_featurizer
-from stream_trainer.serving.snapshot import Publisher
+from stream_trainer.serving.snapshot import Publisher, ServedModel
 
 NOT_READY = "model_not_ready"  # no weights published yet (the trainer has not stepped)
 
@@ -94,7 +94,7 @@ class Scorer:
                     (i, Rejected(NOT_READY, "no weights published yet")) for i in where
                 )
                 return out
-            preds = self._forward(served.module, served.task, fb.inputs)
+            preds = self._forward(served, fb.inputs)
             out.version = served.version
         preds, _ = fb.raw_units(preds)
         for j, pos in enumerate(fb.index):
@@ -103,13 +103,24 @@ class Scorer:
         return out
 
     @staticmethod
-    def _forward(
-        module: torch.nn.Module, task: str, inputs: Mapping[str, np.ndarray]
-    ) -> np.ndarray:
+    def _forward(served: ServedModel, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """What the trainer's ``Learner.predict`` gives for these inputs with the
+        published weights: the model on top of its running baseline, mixed with the
+        trivial experts (where the head has them)."""
+        module, rows = served.module, next(iter(inputs.values())).shape[0]
+        offsets = experts = None
+        if served.baseline is not None:
+            offsets, experts = served.baseline.predict(inputs, None, rows)
         device = next(module.parameters()).device
         x = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
         with torch.inference_mode():
             y = module(**x)
-            if task == "binary":
+            if offsets is not None:
+                y = y + torch.from_numpy(offsets.astype(np.float32)).to(device).to(y.dtype)
+            if served.task == "binary":
                 y = torch.sigmoid(y)
-        return y.float().cpu().numpy()
+        own = y.float().cpu().numpy()
+        if served.mixture is None or experts is None:
+            return own
+        both = np.concatenate([own.reshape(rows, 1, *experts.shape[2:]), experts], 1)
+        return served.mixture.predict(both).astype(own.dtype)

@@ -37,6 +37,8 @@ class ServedModel:
     """One published copy of the weights: read-only while any request holds it."""
 
     module: nn.Module
+    baseline: Any = None  # the learner's running baseline and mixture, as published
+    mixture: Any = None  # (what is scored and emitted: the mixture of the model and them)
     version: int = -1
     task: str = "binary"
     published_at: float = field(default=0.0)  # the publisher's clock
@@ -103,6 +105,8 @@ class Publisher:
             src = learner.model.state_dict()
             for k, dst in spare.module.state_dict().items():
                 dst.copy_(src[k])
+        spare.baseline = copy.deepcopy(getattr(learner, "baseline", None))
+        spare.mixture = copy.deepcopy(getattr(learner, "mixture", None))
         spare.version, spare.task, spare.published_at = int(learner.updates), learner.task, now
         with self._lock:
             self.current = spare
