@@ -3,53 +3,28 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from stream_trainer.errors import StreamTrainerError
+from stream_trainer.httpd import BackgroundServer
 
 log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, str]]
 
 
-class MetricsServer:
+class MetricsServer(BackgroundServer):
     """Serves a registry plus liveness/readiness checks on ``host:port`` in a daemon thread."""
 
     def __init__(
         self, address: str, registry: CollectorRegistry, healthy: Check, ready: Check
     ) -> None:
-        host, _, port = address.rpartition(":")
         self.registry, self.healthy, self.ready = registry, healthy, ready
-        handler = self._handler()
-        try:
-            self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
-        except OSError as err:
-            raise StreamTrainerError(
-                f"cannot serve metrics on {address}: {err.strerror}; choose another "
-                "address with metrics.address or --metrics-address"
-            ) from None
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="metrics-http", daemon=True
+        super().__init__(
+            address, self._handler(), "metrics", "metrics.address or --metrics-address"
         )
-
-    @property
-    def address(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"{host}:{port}"
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self.httpd.shutdown()
-        self.httpd.server_close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -13,14 +13,14 @@ import hmac
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from stream_trainer.errors import ConfigError, StreamTrainerError
+from stream_trainer.errors import ConfigError
+from stream_trainer.httpd import BackgroundServer
 from stream_trainer.serving.scorer import NOT_READY, Scorer
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class _Refused(Exception):
         self.status, self.reason, self.detail = status, reason, detail
 
 
-class PredictServer:
+class PredictServer(BackgroundServer):
     """``POST /predict`` (the only served pipeline) and ``POST /predict/<pipeline>``."""
 
     def __init__(
@@ -67,32 +67,7 @@ class PredictServer:
         self.scorers, self.token = dict(scorers), token
         self.max_body_bytes, self.max_events = max_body_bytes, max_events
         self.on_request = on_request or (lambda *a: None)
-        host, _, port = address.rpartition(":")
-        try:
-            self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), self._handler())
-        except OSError as err:
-            raise StreamTrainerError(
-                f"cannot serve /predict on {address}: {err.strerror}; choose another "
-                "address with serving.address"
-            ) from None
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="predict-http", daemon=True
-        )
-
-    @property
-    def address(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"{host}:{port}"
-
-    def start(self) -> PredictServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(address, self._handler(), "/predict", "serving.address")
 
     # ---- one request -------------------------------------------------------------------
     def _scorer(self, path: str) -> tuple[str, Scorer]:

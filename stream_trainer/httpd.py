@@ -1,0 +1,45 @@
+"""One HTTP server on ``host:port`` in a daemon thread: what the metrics endpoints and
+``/predict`` share (binding, the one clear error when the address is taken, stop)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
+
+from stream_trainer.errors import StreamTrainerError
+
+
+class BackgroundServer:
+    """``what``/``setting`` name the endpoint and the setting that moves it, for the
+    error when ``address`` cannot be bound."""
+
+    def __init__(
+        self, address: str, handler: type[BaseHTTPRequestHandler], what: str, setting: str
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        try:
+            self.httpd = ThreadingHTTPServer((host.strip("[]"), int(port)), handler)
+        except OSError as err:
+            raise StreamTrainerError(
+                f"cannot serve {what} on {address}: {err.strerror}; choose another "
+                f"address with {setting}"
+            ) from None
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name=f"{what.strip('/')}-http", daemon=True
+        )
+
+    @property
+    def address(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"{host}:{port}"
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.httpd.shutdown()
+        self.httpd.server_close()
