@@ -44,6 +44,8 @@ from stream_trainer.pipeline.runner import ready
 
 log = logging.getLogger(__name__)
 
+BACKLOG_BATCHES = 4  # behind by more than this many large batches: train large ones
+
 
 @dataclass(slots=True)
 class Item:
@@ -366,8 +368,16 @@ class Pipeline(AfterUpdate):
         """Quality, lag, and a warning when most recent events were rejected."""
         self.hooks.on_quality(self.quality.values())
         if self.source is not None:
-            report_lag(self.source, self.hooks, self.name)
+            self._fit_batches(report_lag(self.source, self.hooks, self.name))
         self.warn_rejects(now)
+
+    def _fit_batches(self, lag: int) -> None:
+        """Behind by more than a few large batches: train large ones until caught up
+        (throughput); otherwise ``batch.max_size`` (more, fresher updates per event)."""
+        b = self.spec.batch
+        if b.backlog_max_size > b.max_size:
+            behind = lag > BACKLOG_BATCHES * b.backlog_max_size
+            self.batcher.max_size = b.backlog_max_size if behind else b.max_size
 
     def warn_rejects(self, now: float) -> None:
         warning = self.reject_watch.check(now)

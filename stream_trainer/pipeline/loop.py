@@ -93,14 +93,17 @@ def run_loop(
     steps.finish()
 
 
-def report_lag(source: Source, hooks: PipelineHooks, name: str) -> None:
+def report_lag(source: Source, hooks: PipelineHooks, name: str) -> int:
     """Consumer lag per owned partition; a partition whose log ends before our position
-    was replaced (a broker that lost its data): read its new log."""
+    was replaced (a broker that lost its data): read its new log. Returns the total lag."""
+    total = 0
     for (t, p), (pos, hw) in source.watermarks().items():
         hooks.on_lag(t, p, max(0, hw - pos))
+        total += max(0, hw - pos)
         if pos > hw:
             log.warning(
                 "partition log ends before our position; reading its new log",
                 extra={"pipeline": name, "partition": f"{t}:{p}"},
             )
             source.rewind((t, p))
+    return total
