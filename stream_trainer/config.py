@@ -169,7 +169,7 @@ class BatchSettings(_Frozen):
     # bigger batches, buy the throughput.
     max_size: int = Field(256, ge=1, le=65536)
     max_latency_ms: float = Field(20.0, ge=0)
-    # under a backlog (consumer lag above 4 such batches) batches grow to this size until
+    # under a backlog (consumer lag above one such batch) batches grow to this size until
     # the pipeline has caught up: a step's fixed cost then spreads over 4x the events
     backlog_max_size: int = Field(1024, ge=1, le=65536)
 

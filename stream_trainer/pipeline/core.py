@@ -44,7 +44,7 @@ from stream_trainer.pipeline.runner import ready
 
 log = logging.getLogger(__name__)
 
-BACKLOG_BATCHES = 4  # behind by more than this many large batches: train large ones
+BACKLOG_BATCHES = 1  # behind by more than one large batch: train large ones
 
 
 @dataclass(slots=True)
