@@ -169,9 +169,11 @@ class BatchSettings(_Frozen):
     # bigger batches, buy the throughput.
     max_size: int = Field(256, ge=1, le=65536)
     max_latency_ms: float = Field(20.0, ge=0)
-    # under a backlog (consumer lag above one such batch) batches grow to this size until
-    # the pipeline has caught up: a step's fixed cost then spreads over 4x the events
+    # under a backlog (consumer lag above backlog_lag events) batches grow to this size
+    # until the pipeline has caught up: a step's fixed cost then spreads over 4x the
+    # events. Only a long backlog: on a short one, more updates per event learn more.
     backlog_max_size: int = Field(1024, ge=1, le=65536)
+    backlog_lag: int = Field(50_000, ge=0)
 
 
 class OptimizerSettings(_Frozen):

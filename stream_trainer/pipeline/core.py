@@ -44,8 +44,6 @@ from stream_trainer.pipeline.runner import ready
 
 log = logging.getLogger(__name__)
 
-BACKLOG_BATCHES = 1  # behind by more than one large batch: train large ones
-
 
 @dataclass(slots=True)
 class Item:
@@ -372,11 +370,11 @@ class Pipeline(AfterUpdate):
         self.warn_rejects(now)
 
     def _fit_batches(self, lag: int) -> None:
-        """Behind by more than a few large batches: train large ones until caught up
-        (throughput); otherwise ``batch.max_size`` (more, fresher updates per event)."""
+        """Behind by more than ``batch.backlog_lag`` events: train large batches until
+        caught up (throughput); otherwise ``batch.max_size`` (more updates per event)."""
         b = self.spec.batch
         if b.backlog_max_size > b.max_size:
-            behind = lag > BACKLOG_BATCHES * b.backlog_max_size
+            behind = lag > b.backlog_lag
             self.batcher.max_size = b.backlog_max_size if behind else b.max_size
 
     def warn_rejects(self, now: float) -> None:
