@@ -165,7 +165,7 @@ class BatchSettings(_Frozen):
     # once (light traffic: small, fresh batches); under a backlog polls come back full
     # and batches fill up to max_size. max_latency_ms bounds the wait of the oldest
     # pending event in between. 256, not more: larger batches learn worse per event
-    # (ticks' MSE +3.6 % at 1024, clicks' log loss +0.4 %); the ingest workers, not
+    # (scripts/batch_quality.py: ticks +3.5 % at 1024, clicks +0.3 %); the ingest workers, not
     # bigger batches, buy the throughput.
     max_size: int = Field(256, ge=1, le=65536)
     max_latency_ms: float = Field(20.0, ge=0)

@@ -3,11 +3,29 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
 from stream_trainer.errors import StreamTrainerError
+
+log = logging.getLogger(__name__)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """What both endpoints' handlers share: one way to answer, and request lines only
+    at debug level (logs are quiet by default)."""
+
+    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt: str, *args: object) -> None:
+        log.debug("http " + fmt, *args)
 
 
 class BackgroundServer:

@@ -78,19 +78,17 @@ def prometheus(tmp_path):
         p.wait(10)
 
 
+def last_minute_of_smoothed_loss(base: str) -> dict:
+    end = time.time()
+    query = 'stream_trainer_loss{window="smoothed"}'
+    return prom_get(base, "/api/v1/query_range", query=query, start=end - 60, end=end, step=1)
+
+
 def enough_history(base: str) -> bool:
     """Every pipeline's smoothed loss has 8 points, 3 of them distinct, over the last
     minute, and every series the dashboard and the alert rules use exists."""
     try:
-        end = time.time()
-        loss = prom_get(
-            base,
-            "/api/v1/query_range",
-            query='stream_trainer_loss{window="smoothed"}',
-            start=end - 60,
-            end=end,
-            step=1,
-        )
+        loss = last_minute_of_smoothed_loss(base)
         names = prom_get(base, "/api/v1/query", query='{__name__=~"stream_trainer_.+"}')
     except (OSError, AssertionError):
         return False
@@ -140,15 +138,7 @@ def test_prometheus_scrapes_loss_over_time_and_every_dashboard_metric(
         # promtool on a real scrape of the running daemon
         r = subprocess.run([promtool(), "check", "metrics"], input=scrape, capture_output=True)
         assert r.returncode == 0, r.stdout + r.stderr
-        end = time.time()
-        loss = prom_get(
-            base,
-            "/api/v1/query_range",
-            query='stream_trainer_loss{window="smoothed"}',
-            start=end - 60,
-            end=end,
-            step=1,
-        )
+        loss = last_minute_of_smoothed_loss(base)
         per_pipeline = {s["metric"]["pipeline"]: s["values"] for s in loss["result"]}
         assert set(per_pipeline) == set(KINDS)
         for name, values in per_pipeline.items():

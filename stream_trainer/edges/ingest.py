@@ -22,10 +22,9 @@ from the trainer's next offset. Per-key featurizer state stays in the trainer (i
 checkpointed with the model there); the workers are stateless and restartable: one that
 dies is started again from the trainer's positions.
 
-The hand-off is one msgpack message per fetched poll over a pipe (~0.2 µs an event each
-side, measured in ``scripts/pipeline_cpu.py --workers``): a shared-memory ring would
-save little here, since the payload (raw values, decoded events) is small next to the
-Python work it moves off the trainer.
+The hand-off is one msgpack message per fetched poll over a pipe, not a shared-memory
+ring: the payload (raw values, decoded events) is small next to the Python work it
+moves off the trainer. ``make bench``'s ingest-worker rows measure the whole effect.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ import msgspec
 
 from stream_trainer.config import KafkaSettings
 from stream_trainer.errors import BrokerError
+from stream_trainer.log import current as log_current
 from stream_trainer.pipeline.ports import TP, Record
 
 log = logging.getLogger(__name__)
@@ -237,13 +237,6 @@ class _Worker:
             self.process.join(5)
 
 
-def log_setup() -> tuple[str, str]:
-    """The trainer's log level and format, for its workers."""
-    from stream_trainer.log import current
-
-    return current()
-
-
 def auto_workers(pipelines: int, cores: int | None = None) -> int:
     """``ingest.workers: auto``: the cores left beside one trainer per pipeline, at least
     one worker each (fetch and decode overlap training even on two cores), at most 8.
@@ -279,7 +272,7 @@ class IngestSource:
         self.name = name
         self.epoch = 0
         self._decode = msgspec.msgpack.Decoder(Polled).decode
-        self._args = (kafka, group_id, client_id, dict(security), decoder_spec, log_setup())
+        self._args = (kafka, group_id, client_id, dict(security), decoder_spec, log_current())
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload(["stream_trainer.edges.ingest"])
         self.workers = [self._start(i) for i in range(workers)]
@@ -409,9 +402,9 @@ class IngestSource:
         self._highwater.pop(tp, None)
 
     def close(self) -> None:
+        """Stop the workers (whoever made the group member closes it)."""
         for w in self.workers:
             w.stop()
-        self.group.close()
 
 
 def worker_count(setting: int | str, pipelines: int) -> int:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from stream_trainer import httpd
 from stream_trainer.httpd import BackgroundServer
-
-log = logging.getLogger(__name__)
 
 Check = Callable[[], tuple[bool, str]]
 
@@ -29,7 +27,7 @@ class MetricsServer(BackgroundServer):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(httpd.Handler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -47,15 +45,5 @@ class MetricsServer(BackgroundServer):
                         b"not found: try /metrics, /healthz or /readyz\n",
                         "text/plain; charset=utf-8",
                     )
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, fmt: str, *args: object) -> None:
-                log.debug("http " + fmt, *args)
 
         return Handler

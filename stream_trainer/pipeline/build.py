@@ -36,13 +36,17 @@ def decoder_spec(spec: PipelineSettings, featurizer: Any) -> tuple[str, tuple[st
     return spec.kind, tuple(channels), spec.max_event_bytes
 
 
+Decode = Callable[[Sequence[bytes | None]], list[Any]]
+
+
 def featurizer_and_decoder(
     spec: PipelineSettings,
-) -> tuple[Any, Callable[[Sequence[bytes | None]], list[Any]]]:
-    """The featurizer, and the decoder of a whole poll's values (events/fast.py)."""
+) -> tuple[Any, Decode, tuple[str, tuple[str, ...], int]]:
+    """The featurizer, the decoder of a whole poll's values (events/fast.py), and what an
+    ingest worker needs to build the same decoder (kind, channels, max bytes)."""
     featurizer = build_featurizer(spec.kind, spec.featurizer)
-    channels = domains.get(spec.kind).decoder_channels(featurizer)
-    return featurizer, batch_decoder(spec.kind, channels=channels, max_bytes=spec.max_event_bytes)
+    kind, channels, max_bytes = what = decoder_spec(spec, featurizer)
+    return featurizer, batch_decoder(kind, channels=channels, max_bytes=max_bytes), what
 
 
 def learner_factory(

@@ -70,8 +70,8 @@ class Pipeline(AfterUpdate):
         self.settings, self.spec, self.name = settings, spec, spec.name
         self.hooks: PipelineHooks = hooks or NullHooks()
         self.clock = clock
-        self.featurizer, self.decode = build.featurizer_and_decoder(spec)
-        self.decoder_spec = build.decoder_spec(spec, self.featurizer)  # for ingest workers
+        # decoder_spec: for ingest workers, which build the same decoder in their process
+        self.featurizer, self.decode, self.decoder_spec = build.featurizer_and_decoder(spec)
         torch.manual_seed(settings.seed)
         root, name = settings.checkpoint.dir, spec.name
         if shard is not None:
@@ -152,8 +152,8 @@ class Pipeline(AfterUpdate):
         polled_next = self.offsets.polled_next
         decoded = getattr(records, "decoded", None)  # an ingest worker decoded them
         if decoded is None:
-            decoded = self.decode([r.value for r in records])
-            seen, keys = self.dedup.seen, [r.value for r in records]
+            keys = [r.value for r in records]
+            seen, decoded = self.dedup.seen, self.decode(keys)
         else:
             seen, keys = self.dedup.seen_digest, records.digests  # type: ignore[attr-defined]
         accepted: list[Item] = []

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from stream_trainer import httpd
 from stream_trainer.errors import ConfigError
 from stream_trainer.httpd import BackgroundServer
 from stream_trainer.serving.scorer import NOT_READY, Scorer
@@ -139,7 +140,7 @@ class PredictServer(BackgroundServer):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(httpd.Handler):
             protocol_version = "HTTP/1.1"  # keep-alive: one connection for many requests
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
@@ -164,16 +165,6 @@ class PredictServer(BackgroundServer):
             def do_GET(self) -> None:  # noqa: N802
                 doc = {"error": "method", "detail": "POST a JSON event or list to /predict"}
                 self._send(405, json.dumps(doc).encode())
-
-            def _send(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, fmt: str, *args: object) -> None:
-                log.debug("http " + fmt, *args)
 
         return Handler
 
