@@ -282,6 +282,9 @@ class PipelineSettings(_Frozen):
     topics: tuple[str, ...] = Field(min_length=1)
     dead_letter_topic: str | None = None
     output_topic: str | None = None
+    # which trained events get an output record: all, or only those the featurizer
+    # flags (sensors' anomalies); unset: the kind's default (sensors: flagged)
+    outputs: Literal["all", "flagged"] | None = None
     featurizer: str | dict[str, Any] = Field(default_factory=dict)
     model: str | dict[str, Any] = Field(default_factory=dict)
     batch: BatchSettings = BatchSettings()
@@ -319,6 +322,15 @@ class PipelineSettings(_Frozen):
             raise ValueError(
                 f"kind {self.kind!r} needs model: 'pkg.module:factory' and "
                 "featurizer: 'pkg.module:Class' import paths"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _outputs_flag(self) -> PipelineSettings:
+        if self.outputs == "flagged" and domains.get(self.kind).flag is None:
+            raise ValueError(
+                f"outputs: flagged needs a kind whose featurizer flags events (sensors' "
+                f"anomalies); kind {self.kind!r} flags none: use outputs: all"
             )
         return self
 

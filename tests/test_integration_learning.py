@@ -53,6 +53,7 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
             "kind": kind,
             "topics": [topics[kind]],
             "output_topic": f"{topics[kind]}.out",
+            "outputs": "all",  # every trained event's record (sensors: not only anomalies)
         }
         for kind in streams
     ]
@@ -149,7 +150,8 @@ def test_three_pipelines_learn_better_than_baselines(broker, topic, workdir, met
 
 
 def test_anomaly_scores_flag_injected_spikes(broker, topic, workdir, metrics_port):
-    """The sensors pipeline publishes scores to its default output topic; spikes score high."""
+    """The sensors pipeline publishes scores to its default output topic (every score, with
+    ``outputs: all``); spikes score high."""
     bs = broker.bootstrap
     events = list(make_generator("sensors", seed=5, count=6000, anomaly_rate=0.0))
     spiked = set(range(3000, 6000, 250))
@@ -158,8 +160,9 @@ def test_anomaly_scores_flag_injected_spikes(broker, topic, workdir, metrics_por
     create_topics(bs, {topic: 1})
     produce(bs, topic, events, key_field="sensor_id")
     cfg = base_config(
-        bs, workdir / "ckpt", [{"name": "sensors", "kind": "sensors", "topics": [topic]}]
-    )
+        bs, workdir / "ckpt",
+        [{"name": "sensors", "kind": "sensors", "topics": [topic], "outputs": "all"}],
+    )  # fmt: skip
     daemon = Daemon(cfg, workdir, metrics_port).start()
     try:
         daemon.wait_for(

@@ -10,6 +10,7 @@ import torch
 from fakes import ListSink, ListSource, run_until
 
 from stream_trainer.config import parse_settings
+from stream_trainer.errors import ConfigError
 from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.pipeline.hooks import PipelineHooks
 from stream_trainer.producers import make_generator
@@ -271,3 +272,39 @@ def test_a_pipeline_that_rejects_most_events_says_so_with_the_reason(tmp_path, c
     caplog.clear()
     p.every_second(now=101.0)  # nothing new consumed: no second warning
     assert not [r for r in caplog.records if "most recent events rejected" in r.getMessage()]
+
+
+@pytest.mark.parametrize("outputs", [None, "all"])
+def test_sensors_publish_their_anomalies_unless_asked_for_every_score(tmp_path, outputs):
+    """By default a sensors pipeline's output topic carries the readings it flags (its
+    name says anomalies); ``outputs: all`` publishes every trained reading's score."""
+    events = list(make_generator("sensors", seed=5, count=3000, anomaly_rate=0.0))
+    for i in range(1500, 3000, 150):
+        events[i]["values"]["temp"] += 40.0  # spikes
+    extra = {} if outputs is None else {"outputs": outputs}
+    s = settings(tmp_path, kind="sensors", output_topic=None, **extra)
+    p = Pipeline(s, s.pipelines[0])
+    hooks = p.hooks = _Anomalies()
+    src, sink = ListSource({("t", 0): [json.dumps(e).encode() for e in events]}, {}), ListSink()
+    run_until(p, src, sink)
+    trained = p.counters["trained"]
+    assert trained == 3000 - 2 * 20
+    assert {t for t, _ in sink.outputs} == {"t.anomalies"}
+    flagged = [d for _, d in sink.outputs if d["anomaly"]]
+    assert len(flagged) == hooks.anomalies >= 10  # the metric counts them either way
+    if outputs is None:
+        assert len(sink.outputs) == len(flagged)
+    else:
+        assert len(sink.outputs) == trained
+
+
+class _Anomalies(PipelineHooks):
+    anomalies = 0
+
+    def on_anomalies(self, n: int) -> None:
+        self.anomalies += n
+
+
+def test_outputs_flagged_needs_a_kind_that_flags(tmp_path):
+    with pytest.raises(ConfigError, match="outputs: flagged needs a kind whose featurizer flags"):
+        settings(tmp_path, outputs="flagged")

@@ -1,5 +1,6 @@
 """Sensors: forecast each sensor's next reading; the surprising ones are anomalies,
-published to ``<first topic>.anomalies`` unless the pipeline names an output topic."""
+published to ``<first topic>.anomalies`` unless the pipeline names an output topic
+(every reading's score with ``outputs: all``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ DOMAIN = Domain(
     key_field="sensor_id",
     quality="regression",
     output_suffix="anomalies",
+    outputs="flagged",  # <topic>.anomalies carries the anomalies (outputs: all, every score)
+    flag="anomaly",
     channels_from_featurizer=True,
     evaluation=Evaluation(
         task="regression",

@@ -88,6 +88,14 @@ class KeyedSlots:
                     self.arrays[name] = grown
         return row
 
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """The row of each key (new keys get one; the arrays may grow: read
+        ``arrays`` after this)."""
+        slot, get = self.slot, self.get
+        return np.fromiter(
+            (slot.get(k) if k in slot else get(k) for k in keys), np.int64, len(keys)
+        )
+
     def state_dict(self) -> dict[str, Any]:
         n = len(self.slot)
         keys = sorted(self.slot, key=self.slot.__getitem__)
@@ -111,10 +119,33 @@ class KeyedSlots:
             self.arrays[name][: len(keys)] = arr
 
 
+def occurrence_rounds(rows: np.ndarray) -> list[np.ndarray]:
+    """Positions of a batch's state rows in rounds: round ``r`` holds every row's
+    ``r``-th occurrence, in batch order. Within a round the rows are distinct, so its
+    state updates apply at once (numpy over the round), and the rounds in order give
+    exactly what event after event gives. A batch of many keys takes few rounds.
+
+    >>> [r.tolist() for r in occurrence_rounds(np.array([5, 3, 5, 5, 3, 9]))]
+    [[0, 1, 5], [2, 4], [3]]
+    """
+    n = len(rows)
+    if n == 0:
+        return []
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # each row's first
+    starts = np.repeat(first, np.diff(np.r_[first, n]))
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - starts
+    by_rank = np.argsort(rank, kind="stable")
+    return np.split(by_rank, np.cumsum(np.bincount(rank))[:-1])
+
+
 class RunningMoments:
     """Per-row exponentially weighted mean/variance; exact averages for the first 1/alpha.
 
-    Operates in place on ``mean``, ``var`` and ``count`` rows of a :class:`KeyedSlots`.
+    Operates in place on ``mean``, ``var`` and ``count`` rows of a :class:`KeyedSlots`:
+    one row, or several distinct rows at once (``x`` then has a row per state row).
 
     >>> slots = KeyedSlots(mean=((1,), 0.0), var=((1,), 0.0), count=((), 0.0))
     >>> m = RunningMoments(alpha=0.01)
@@ -128,14 +159,17 @@ class RunningMoments:
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
 
-    def update(self, slots: KeyedSlots, row: int, x: np.ndarray, center: bool = True) -> None:
+    def update(
+        self, slots: KeyedSlots, rows: int | np.ndarray, x: np.ndarray, center: bool = True
+    ) -> None:
         a = slots.arrays
-        a["count"][row] += 1
-        w = max(self.alpha, 1.0 / a["count"][row])
-        mean = a["mean"][row]
+        count = a["count"][rows] + 1
+        a["count"][rows] = count
+        w = np.expand_dims(np.maximum(self.alpha, 1.0 / count), -1)
         if center:
+            mean = a["mean"][rows]
             delta = x - mean
-            mean += w * delta
-            a["var"][row] = (1 - w) * (a["var"][row] + w * delta * delta)
+            a["mean"][rows] = mean + w * delta
+            a["var"][rows] = (1 - w) * (a["var"][rows] + w * delta * delta)
         else:  # zero-mean assumption (returns): var is the mean square
-            a["var"][row] = (1 - w) * a["var"][row] + w * x * x
+            a["var"][rows] = (1 - w) * a["var"][rows] + w * x * x

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from stream_trainer.features.base import FeatureBatch, KeyedSlots, RunningMoments, stable_hash
+from stream_trainer.features.base import (
+    FeatureBatch,
+    KeyedSlots,
+    RunningMoments,
+    occurrence_rounds,
+    stable_hash,
+)
 
 CLIP = 10.0
 WARMUP = 2
@@ -45,60 +51,60 @@ class SensorFeaturizer:
         self.slots = KeyedSlots(
             readings=((window, c), math.nan), mean=((c,), 0.0), var=((c,), 0.0), count=((), 0.0)
         )
+        self._buckets: dict[str, int] = {}  # sensor -> its embedding bucket
 
     def featurize(self, events: Sequence[Mapping[str, Any]]) -> FeatureBatch:
         """Per event: read the key's state, then update it (in order: two readings of a
-        key in one batch see each other). Normalising and clipping happen once, on the
-        whole batch, after the loop."""
-        c, w = len(self.channels), self.window
-        rows: list[int] = []
-        raw_wins: list[np.ndarray] = []
-        raw_x: list[np.ndarray] = []
-        means: list[np.ndarray] = []
-        variances: list[np.ndarray] = []
-        ids: list[int] = []
-        keys: list[str] = []
-        for i, ev in enumerate(events):
-            sid = ev["sensor_id"]
-            s = self.slots.get(sid)
-            a = self.slots.arrays
-            x = np.array([ev["values"][ch] for ch in self.channels], np.float64)
-            if a["count"][s] >= WARMUP:
-                mean, var = a["mean"][s].copy(), a["var"][s].copy()
-                rows.append(i)
-                raw_wins.append(a["readings"][s].copy())
-                raw_x.append(x)
-                means.append(mean)
-                variances.append(var)
-                ids.append(stable_hash(sid, self.sensor_buckets))
-                keys.append(sid)
+        key in one batch see each other), every sensor at once: numpy over the batch's
+        occurrence rounds. Normalising and clipping happen once, on the whole batch."""
+        c, w, n_ev = len(self.channels), self.window, len(events)
+        sids = [ev["sensor_id"] for ev in events]
+        values = np.array(
+            [[ev["values"][ch] for ch in self.channels] for ev in events], np.float64
+        ).reshape(n_ev, c)
+        slot = self.slots.rows(sids)
+        a = self.slots.arrays
+        emit = np.zeros(n_ev, bool)
+        raw_win, means, variances = np.empty((n_ev, w, c)), np.empty((n_ev, c)), np.empty((n_ev, c))
+        for idx in occurrence_rounds(slot):
+            s, x = slot[idx], values[idx]
+            fit = a["count"][s] >= WARMUP  # a sensor's first readings only seed it
+            if fit.any():
+                i, sf = idx[fit], s[fit]
+                mean, var = a["mean"][sf], a["var"][sf]
+                emit[i] = True
+                raw_win[i], means[i], variances[i] = a["readings"][sf], mean, var
                 k = self.robust_k * np.sqrt(var)  # the state learns a spike clipped
-                x = np.minimum(np.maximum(x, mean - k), mean + k)
-            a["readings"][s, :-1] = a["readings"][s, 1:]
-            a["readings"][s, -1] = x
+                x = x.copy()
+                x[fit] = np.minimum(np.maximum(x[fit], mean - k), mean + k)
+            a["readings"][s] = np.concatenate([a["readings"][s, 1:], x[:, None, :]], axis=1)
             self.moments.update(self.slots, s, x)
+        rows = np.flatnonzero(emit)
         n = len(rows)
-        if n:
-            mean = np.stack(means)
-            std = np.sqrt(np.stack(variances)) + 1e-9
-            win = np.stack(raw_wins)
-            win = np.where(np.isnan(win), mean[:, None, :], win)
-            windows = np.clip((win - mean[:, None, :]) / std[:, None, :], -CLIP, CLIP)
-            targets = np.clip((np.stack(raw_x) - mean) / std, -CLIP, CLIP)
-        else:
-            mean = std = targets = np.zeros((0, c))
-            windows = np.zeros((0, w, c))
+        mean = means[rows]
+        std = np.sqrt(variances[rows]) + 1e-9
+        win = raw_win[rows]
+        win = np.where(np.isnan(win), mean[:, None, :], win)
+        windows = np.clip((win - mean[:, None, :]) / std[:, None, :], -CLIP, CLIP)
+        targets = np.clip((values[rows] - mean) / std, -CLIP, CLIP)
+        keys = [sids[i] for i in rows.tolist()]
         return FeatureBatch(
             inputs={
                 "window": windows.astype(np.float32).reshape(n, w, c),
-                "sensor": np.asarray(ids, np.int64),
+                "sensor": np.fromiter((self._bucket(k) for k in keys), np.int64, n),
             },
             targets=targets.astype(np.float32).reshape(n, c),
-            index=np.asarray(rows, np.int64),
+            index=rows.astype(np.int64),
             scale=std.astype(np.float32).reshape(n, c),
             shift=mean.astype(np.float32).reshape(n, c),
             keys=keys,
         )
+
+    def _bucket(self, sensor: str) -> int:
+        b = self._buckets.get(sensor)
+        if b is None:
+            b = self._buckets[sensor] = stable_hash(sensor, self.sensor_buckets)
+        return b
 
     def annotate(self, out: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         """Anomaly score: RMS forecast error across channels, in running-std units."""

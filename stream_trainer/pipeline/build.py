@@ -19,6 +19,12 @@ from stream_trainer.learner.keyed import KeyedLearner
 from stream_trainer.models.registry import build_featurizer, build_model
 
 
+def output_flag(p: PipelineSettings) -> str | None:
+    """The featurizer column that selects the output records (None: every record)."""
+    d = domains.get(p.kind)
+    return d.flag if (p.outputs or d.outputs) == "flagged" and d.flag else None
+
+
 def output_topic(p: PipelineSettings) -> str | None:
     if p.output_topic:
         return p.output_topic

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from stream_trainer.checkpoint import CheckpointStore
@@ -85,6 +86,7 @@ class Pipeline(AfterUpdate):
         b = spec.batch
         self.batcher: MicroBatcher[Item] = MicroBatcher(b.max_size, b.max_latency_ms / 1000, clock)
         self.output = build.output_topic(spec)
+        self.output_flag = build.output_flag(spec)  # e.g. "anomaly": only those records
         self.quality = Quality(profile_for(spec.kind, self.featurizer.task))
         r = spec.replay
         self.replay = ReplayBuffer(r.capacity, r.fraction, settings.seed) if r.capacity else None
@@ -266,12 +268,17 @@ class Pipeline(AfterUpdate):
             skipped=res.skipped,
             clipped=res.clipped,
         )
+        flags = extra.get("anomaly")
+        if flags is not None and (anomalies := int(np.count_nonzero(flags))):
+            self.hooks.on_anomalies(anomalies)
         if self.output is not None and self.sink is not None:
+            only = extra.get(self.output_flag) if self.output_flag else None
             records = prediction_records(
                 [it.record for it in items], [it.event for it in items], fb,
-                res.outputs, res.losses, extra, self.learner.updates,
+                res.outputs, res.losses, extra, self.learner.updates, only,
             )  # fmt: skip
-            self._emit(records)
+            for key, doc in records:
+                self.sink.output(self.output, key, doc)
 
     def _featurize(self, items: list[Item]) -> Any:
         """The batch's features (None when the featurizer failed: dead letters, never
@@ -293,14 +300,6 @@ class Pipeline(AfterUpdate):
         if self.joiner is None:  # (the joiner applied them when it consumed the records)
             self.offsets.applied_records(it.record for it in items)
         return fb
-
-    def _emit(self, records: list[tuple[str | None, dict[str, Any]]]) -> None:
-        anomalies = sum(1 for _, doc in records if doc.get("anomaly"))
-        if anomalies:
-            self.hooks.on_anomalies(anomalies)
-        assert self.sink is not None and self.output is not None
-        for key, doc in records:
-            self.sink.output(self.output, key, doc)
 
     # ---- checkpoints -------------------------------------------------------------------
     def checkpoint(self, *, commit: bool = True) -> bool:

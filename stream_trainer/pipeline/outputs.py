@@ -20,12 +20,16 @@ def prediction_records(
     losses: np.ndarray,
     extra: Mapping[str, np.ndarray],
     model_version: int,
+    only: np.ndarray | None = None,
 ) -> list[tuple[str | None, dict[str, Any]]]:
-    """(key, document) for each example of ``fb``; ``outputs`` are in model units;
-    ``extra`` holds per-example columns the featurizer adds (anomaly scores)."""
+    """(key, document) for each example of ``fb`` (with ``only``, a boolean column: for
+    those where it is true); ``outputs`` are in model units; ``extra`` holds
+    per-example columns the featurizer adds (anomaly scores)."""
     pred, target = fb.raw_units(outputs)
     out = []
-    for j, idx in enumerate(fb.index.tolist()):
+    index = fb.index.tolist()
+    for j in range(len(index)) if only is None else np.flatnonzero(only).tolist():
+        idx = index[j]
         rec = records[idx]
         key = fb.keys[j] if fb.keys else None
         doc: dict[str, Any] = {
