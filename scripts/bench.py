@@ -352,7 +352,12 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
         time.sleep(0.05)
     producer = None
     produce_start = time.perf_counter()
-    cpu_start = time.process_time(), proc_cpu_s(a.broker_pid)
+    workers = getattr(p.source, "workers", [])  # ingest worker processes: CPU and RSS too
+    cpu_start = (
+        time.process_time(),
+        proc_cpu_s(a.broker_pid),
+        sum(proc_cpu_s(w.process.pid) for w in workers),
+    )
     if a.rate:  # the stream's events, pre-encoded: the producer only paces and sends
         producer = subprocess.Popen(
             [
@@ -381,6 +386,7 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - produce_start
     cpu = {
         "daemon": (time.process_time() - cpu_start[0]) / wall,
+        "workers": (sum(proc_cpu_s(w.process.pid) for w in workers) - cpu_start[2]) / wall,
         "broker": (proc_cpu_s(a.broker_pid) - cpu_start[1]) / wall,
     }
     produce_seconds = None
@@ -390,7 +396,6 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
         produce_seconds = time.perf_counter() - produce_start
         cpu["producer"] = (usage.ru_utime + usage.ru_stime) / produce_seconds
     rss, peak = rss_mb()
-    workers = getattr(p.source, "workers", [])  # ingest worker processes: their RSS too
     for w in workers:
         w_rss, w_peak = rss_mb(w.process.pid)
         rss, peak = rss + w_rss, peak + w_peak
@@ -620,13 +625,13 @@ def render(r: dict[str, Any], argv: Sequence[str]) -> str:
         "## Event-to-update latency at fixed produce rates",
         "",
         "| produce rate (target) | achieved | p50 ms | p99 ms | max ms | events measured "
-        "| CPU cores: daemon / producer / broker |",
+        "| CPU cores: trainer / ingest workers / producer / broker |",
         "|---|---|---|---|---|---|---|",
     ]
     for rate, runs in sorted(r["latency"].items(), key=lambda kv: int(kv[0])):
         cpu = " / ".join(
             f"{med([x['cpu'].get(k, 0.0) for x in runs]):.2f}"
-            for k in ("daemon", "producer", "broker")
+            for k in ("daemon", "workers", "producer", "broker")
         )
         lines.append(
             f"| {int(rate):,}/s | {med([x['produce_rate'] for x in runs]):,.0f}/s | "
@@ -639,7 +644,9 @@ def render(r: dict[str, Any], argv: Sequence[str]) -> str:
         "Latency: from the record's producer timestamp (set at `send`, before the producer's "
         "2 ms linger) to the end of the optimizer step that learned from it; the first "
         f"{r['warmup']:.0f} s of each run are left out (connections, first fetch). The "
-        "producer (`stream-trainer produce`), the broker and the daemon share the machine.",
+        "producer (`stream-trainer produce`), the broker and the daemon (its trainer and "
+        "ingest worker processes) share the machine: where their CPU adds up to the "
+        "machine's cores, events queue and the latency is the queue's.",
         "",
         "## Where the daemon's time goes (clicks)",
         "",

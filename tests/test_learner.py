@@ -201,3 +201,35 @@ def test_cuda_graph_step_matches_the_eager_step():
     assert graphed.step(inputs, bad).skipped == SKIP_NON_FINITE_LOSS
     assert all(torch.equal(w[k], v) for k, v in graphed.model.state_dict().items())
     assert graphed.step(inputs, y).skipped is None  # and learns on after a refusal
+
+
+def test_row_adagrad_is_torch_adagrad_on_sparse_rows():
+    """The in-place row step gives torch's Adagrad's numbers, bit for bit, and its state."""
+    from stream_trainer.learner.optim import ADAGRAD_INITIAL, RowAdagrad
+
+    torch.manual_seed(0)
+    tables = [torch.nn.Embedding(500, 8, sparse=True), torch.nn.Embedding(300, 1, sparse=True)]
+    twins = [torch.nn.Embedding(500, 8, sparse=True), torch.nn.Embedding(300, 1, sparse=True)]
+    for a, b in zip(tables, twins, strict=True):
+        b.load_state_dict(a.state_dict())
+    ours = RowAdagrad([t.weight for t in tables], lr=0.1, initial_accumulator_value=ADAGRAD_INITIAL)
+    ref = torch.optim.Adagrad(
+        [t.weight for t in twins], lr=0.1, initial_accumulator_value=ADAGRAD_INITIAL
+    )
+    for step in range(30):
+        ids = torch.randint(0, 300, (64,))  # repeated ids: uncoalesced gradients
+        for mods, opt in ((tables, ours), (twins, ref)):
+            opt.zero_grad()
+            loss = sum((m(ids) * (1 + step % 3)).pow(2).sum() for m in mods)
+            loss.backward()
+            if step % 2:  # both coalesced (as after clipping) and raw gradients
+                for m in mods:
+                    m.weight.grad = m.weight.grad.coalesce()
+            opt.step()
+    for a, b in zip(tables, twins, strict=True):
+        assert torch.equal(a.weight, b.weight)
+        assert torch.equal(ours.state[a.weight]["sum"], ref.state[b.weight]["sum"])
+        assert torch.equal(ours.state[a.weight]["step"], ref.state[b.weight]["step"])
+    fresh = RowAdagrad([t.weight for t in tables], lr=0.1)
+    fresh.load_state_dict(ref.state_dict())  # checkpoints of either load into the other
+    assert fresh.state_dict()["state"].keys() == ref.state_dict()["state"].keys()

@@ -71,6 +71,7 @@ def pipeline_settings(kind: str, stream: Stream, config: str | None = None) -> S
             p["featurizer"] = {"channels": list(channels(kind, stream.raw))}
         doc = {"pipelines": [p]}
     doc["pipelines"][0]["output_topic"] = "evaluate.out"
+    doc["pipelines"][0]["outputs"] = "all"  # every example's record is scored
     doc["device"] = "cpu"
     return parse_settings(doc, "evaluate")
 
