@@ -170,8 +170,9 @@ class BatchSettings(_Frozen):
     max_size: int = Field(256, ge=1, le=65536)
     max_latency_ms: float = Field(20.0, ge=0)
     # under a backlog (consumer lag above backlog_lag events) batches grow to this size
-    # until the pipeline has caught up: a step's fixed cost then spreads over 4x the
-    # events. Only a long backlog: on a short one, more updates per event learn more.
+    # until the pipeline has caught up (the lag down to four of them): a step's fixed
+    # cost then spreads over 4x the events. Only a long backlog: on a short one, more
+    # updates per event learn more.
     backlog_max_size: int = Field(1024, ge=1, le=65536)
     backlog_lag: int = Field(50_000, ge=0)
 

@@ -308,3 +308,15 @@ class _Anomalies(PipelineHooks):
 def test_outputs_flagged_needs_a_kind_that_flags(tmp_path):
     with pytest.raises(ConfigError, match="outputs: flagged needs a kind whose featurizer flags"):
         settings(tmp_path, outputs="flagged")
+
+
+def test_batches_grow_under_a_long_backlog_until_caught_up(tmp_path):
+    """Large batches from a lag above ``backlog_lag`` until the lag is down to a few of
+    them; a lag that never reached ``backlog_lag`` keeps the small batches."""
+    s = settings(tmp_path, batch={"max_size": 256, "backlog_max_size": 1024})
+    p = Pipeline(s, s.pipelines[0])
+    sizes = []
+    for lag in (0, 30_000, 60_000, 30_000, 5_000, 4_096, 30_000):
+        p._fit_batches(lag)
+        sizes.append(p.batcher.max_size)
+    assert sizes == [256, 256, 1024, 1024, 1024, 256, 256]

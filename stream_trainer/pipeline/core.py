@@ -45,6 +45,9 @@ from stream_trainer.pipeline.runner import ready
 
 log = logging.getLogger(__name__)
 
+# a backlog is over once the lag is down to this many large batches
+CAUGHT_UP_BATCHES = 4
+
 
 @dataclass(slots=True)
 class Item:
@@ -370,11 +373,15 @@ class Pipeline(AfterUpdate):
 
     def _fit_batches(self, lag: int) -> None:
         """Behind by more than ``batch.backlog_lag`` events: train large batches until
-        caught up (throughput); otherwise ``batch.max_size`` (more updates per event)."""
+        caught up, that is until the lag is down to a few of them (throughput);
+        otherwise ``batch.max_size`` (more updates per event)."""
         b = self.spec.batch
-        if b.backlog_max_size > b.max_size:
-            behind = lag > b.backlog_lag
-            self.batcher.max_size = b.backlog_max_size if behind else b.max_size
+        if b.backlog_max_size <= b.max_size:
+            return
+        if lag > b.backlog_lag:
+            self.batcher.max_size = b.backlog_max_size
+        elif lag <= CAUGHT_UP_BATCHES * b.backlog_max_size:
+            self.batcher.max_size = b.max_size
 
     def warn_rejects(self, now: float) -> None:
         warning = self.reject_watch.check(now)
