@@ -169,10 +169,11 @@ class BatchSettings(_Frozen):
     # bigger batches, buy the throughput.
     max_size: int = Field(256, ge=1, le=65536)
     max_latency_ms: float = Field(20.0, ge=0)
-    # under a backlog (consumer lag above backlog_lag events) batches grow to this size
-    # until the pipeline has caught up (the lag down to four of them): a step's fixed
-    # cost then spreads over 4x the events. Only a long backlog: on a short one, more
-    # updates per event learn more.
+    # under a long backlog (consumer lag above backlog_lag events) batches grow to this
+    # size, and towards it when training falls behind (the lag grows two seconds in a
+    # row), until the pipeline has caught up (Pipeline._fit_batches): a step's fixed
+    # cost then spreads over 4x the events. Not on a short backlog that shrinks: there
+    # more updates per event learn more.
     backlog_max_size: int = Field(1024, ge=1, le=65536)
     backlog_lag: int = Field(50_000, ge=0)
 

@@ -310,13 +310,28 @@ def test_outputs_flagged_needs_a_kind_that_flags(tmp_path):
         settings(tmp_path, outputs="flagged")
 
 
-def test_batches_grow_under_a_long_backlog_until_caught_up(tmp_path):
-    """Large batches from a lag above ``backlog_lag`` until the lag is down to a few of
-    them; a lag that never reached ``backlog_lag`` keeps the small batches."""
+def test_batches_grow_under_a_long_backlog_or_a_growing_lag_until_caught_up(tmp_path):
+    """Large batches from a lag above ``backlog_lag`` until the lag is down to a few
+    small batches; a growing lag doubles them; a short backlog that shrinks keeps the
+    small batches."""
     s = settings(tmp_path, batch={"max_size": 256, "backlog_max_size": 1024})
     p = Pipeline(s, s.pipelines[0])
-    sizes = []
-    for lag in (0, 30_000, 60_000, 30_000, 5_000, 4_096, 30_000):
-        p._fit_batches(lag)
-        sizes.append(p.batcher.max_size)
-    assert sizes == [256, 256, 1024, 1024, 1024, 256, 256]
+
+    def sizes(lags):  # each scenario from a pipeline that just started
+        p._last_lag, p._growing, p.batcher.max_size, out = None, 0, 256, []
+        for lag in lags:
+            p._fit_batches(lag)
+            out.append(p.batcher.max_size)
+        return out
+
+    # a long backlog: large until caught up (4 x 256)
+    assert sizes([0, 60_000, 30_000, 5_000, 1_024, 900]) == [256, 1024, 1024, 1024, 256, 256]
+    # a short backlog, shrinking every second: small throughout
+    assert sizes([20_000, 12_000, 5_000, 800]) == [256, 256, 256, 256]
+    # a burst (one jump) keeps them small too
+    assert sizes([900, 20_000, 12_000, 3_000]) == [256, 256, 256, 256]
+    # falling behind a fast stream (growing two seconds in a row): 512, 1024, there
+    # until caught up
+    assert sizes([500, 2_000, 3_000, 5_000, 4_000, 9_000, 3_000, 500]) == [
+        256, 256, 512, 1024, 1024, 1024, 1024, 256,
+    ]  # fmt: skip

@@ -45,7 +45,7 @@ from stream_trainer.pipeline.runner import ready
 
 log = logging.getLogger(__name__)
 
-# a backlog is over once the lag is down to this many large batches
+# caught up: the consumer lag is down to this many batches of batch.max_size
 CAUGHT_UP_BATCHES = 4
 
 
@@ -88,6 +88,8 @@ class Pipeline(AfterUpdate):
         self.policy = build.policy(spec, spawn=lambda: self.learner.spawn())
         b = spec.batch
         self.batcher: MicroBatcher[Item] = MicroBatcher(b.max_size, b.max_latency_ms / 1000, clock)
+        self._last_lag: int | None = None  # the consumer lag a second ago (_fit_batches)
+        self._growing = 0  # and for how many seconds in a row it has grown
         self.output = build.output_topic(spec)
         self.output_flag = build.output_flag(spec)  # e.g. "anomaly": only those records
         self.quality = Quality(profile_for(spec.kind, self.featurizer.task))
@@ -372,16 +374,31 @@ class Pipeline(AfterUpdate):
         self.warn_rejects(now)
 
     def _fit_batches(self, lag: int) -> None:
-        """Behind by more than ``batch.backlog_lag`` events: train large batches until
-        caught up, that is until the lag is down to a few of them (throughput);
-        otherwise ``batch.max_size`` (more updates per event)."""
+        """The batch size for the next second, from the consumer lag (once a second):
+
+        - behind by more than ``batch.backlog_lag`` events (a long backlog): the largest
+          batches, ``batch.backlog_max_size``, until caught up (throughput);
+        - falling behind (the lag grew two seconds in a row, past a few small
+          batches; one jump is a burst): twice the size, up to ``backlog_max_size``,
+          so that the step's fixed cost spreads over more events until training
+          keeps up with the stream (its batches form as fast as events arrive);
+        - caught up (the lag down to a few small batches): ``batch.max_size``, more
+          updates per event. A short backlog that shrinks every second never grows
+          the batches: on one, small batches learn more."""
         b = self.spec.batch
+        grew = self._last_lag is not None and lag > self._last_lag
+        self._growing = self._growing + 1 if grew else 0
+        self._last_lag = lag
         if b.backlog_max_size <= b.max_size:
             return
+        size = self.batcher.max_size
         if lag > b.backlog_lag:
-            self.batcher.max_size = b.backlog_max_size
-        elif lag <= CAUGHT_UP_BATCHES * b.backlog_max_size:
-            self.batcher.max_size = b.max_size
+            size = b.backlog_max_size
+        elif lag <= CAUGHT_UP_BATCHES * b.max_size:
+            size = b.max_size
+        elif self._growing >= 2:
+            size = min(2 * size, b.backlog_max_size)
+        self.batcher.max_size = size
 
     def warn_rejects(self, now: float) -> None:
         warning = self.reject_watch.check(now)
