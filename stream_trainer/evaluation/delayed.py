@@ -195,8 +195,9 @@ def study(
         },
         "joiner": {
             **{k: counts[k] for k in ("labelled", "negative", "late")},
-            "pending": len(pipeline.joiner.pending),
-        },  # fmt: skip
+            "held": pipeline.joiner.held,  # labelled, their window not over
+            "pending": len(pipeline.joiner.pending) - pipeline.joiner.held,  # no label yet
+        },
         "rows": rows,
         "ratios": ratios(rows),
     }
@@ -239,8 +240,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['events'] / max(report['span_s'], 1e-9):,.0f} events/s). Clicks come "
         f"p50 {d['p50']:.1f} s / p90 {d['p90']:.0f} s / p99 {d['p99']:.0f} s / max "
         f"{d['max']:.0f} s late; an unclicked impression is a negative after {w:.0f} s. "
-        f"Joiner: {j['labelled']:,} labelled, {j['negative']:,} negative, {j['late']:,} late "
-        f"labels, {j['pending']:,} pending at the end (not scored from the first of them on).",
+        f"Joiner: {j['labelled']:,} labelled ({j['held']:,} of them not trained yet at the "
+        f"end), {j['negative']:,} negative, {j['late']:,} late labels, {j['pending']:,} "
+        "without a label at the end (not scored from the first of them on).",
         "",
         f"| method | labels | log_loss | log_loss after the first {w:.0f} s | auc | "
         "mean_predicted | observed_rate | events/s |",
