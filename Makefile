@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # groups: tests/conftest.py. PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 4
 
-.PHONY: setup tools run test test-slow soak bench bench-ab bench-gpu bench-replicas lint fmt clean
+.PHONY: setup tools run test test-slow soak bench bench-ab bench-gpu bench-replicas bench-serving lint fmt clean
 
 setup: $(STAMP)
 
@@ -47,12 +47,22 @@ test-slow: setup tools
 soak: setup
 	$(BIN)/python scripts/soak.py --duration 600 --rate 5000
 
-# Every CPU figure of BENCHMARKS.md in one run (~10 min): the client limit, River and
-# Vowpal Wabbit, our trainer core, the daemon end to end, latency at fixed rates, RSS.
+# Every CPU figure of BENCHMARKS.md in one run (~12 min): the client limit, River and
+# Vowpal Wabbit, our trainer core, the daemon end to end, latency at fixed rates, RSS;
+# then /predict while the daemon trains (BENCH_SERVING=0 leaves that out).
 BENCH_ARGS ?=
+BENCH_SERVING ?= 1
+BENCH_SERVING_ARGS ?=
 bench: setup
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python scripts/bench.py --out BENCHMARKS.md $(BENCH_ARGS)
+	@if [ "$(BENCH_SERVING)" != 0 ]; then \
+	  $(BIN)/python scripts/bench_serving.py --out BENCHMARKS.md $(BENCH_SERVING_ARGS); fi
+
+# /predict on one event and on batches of 256 while the daemon trains at 5k events/s,
+# the training rate beside it, the train-to-serve age (~2 min): its BENCHMARKS.md section.
+bench-serving: setup
+	$(BIN)/python scripts/bench_serving.py --out BENCHMARKS.md $(BENCH_SERVING_ARGS)
 
 # The same benchmark on BASE and on this tree, alternating, medians side by side (an A/B
 # that the machine's noise cannot fake): make bench-ab BASE=<commit> [BENCH_AB_ARGS=...]

@@ -55,6 +55,7 @@ TARGET_P99_MS = 50.0
 EPS = 1e-15
 GPU_START, GPU_END = "<!-- gpu:start -->", "<!-- gpu:end -->"
 REPLICAS_START, REPLICAS_END = "<!-- replicas:start -->", "<!-- replicas:end -->"
+SERVING_START, SERVING_END = "<!-- serving:start -->", "<!-- serving:end -->"
 GPU_PLACEHOLDER = f"""{GPU_START}
 ## GPU
 
@@ -844,9 +845,10 @@ def main() -> int:
         report += "\n" + GPU_START + old.split(GPU_START, 1)[1].split(GPU_END, 1)[0] + GPU_END
     else:
         report += "\n" + GPU_PLACEHOLDER
-    if REPLICAS_START in old and REPLICAS_END in old:  # and of `make bench-replicas`
-        kept = old.split(REPLICAS_START, 1)[1].split(REPLICAS_END, 1)[0]
-        report += "\n\n" + REPLICAS_START + kept + REPLICAS_END
+    for start, end in ((REPLICAS_START, REPLICAS_END), (SERVING_START, SERVING_END)):
+        if start in old and end in old:  # and of `make bench-replicas`, `bench-serving`
+            kept = old.split(start, 1)[1].split(end, 1)[0]
+            report += "\n\n" + start + kept + end
     out.write_text(report + "\n")
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=1, default=str))

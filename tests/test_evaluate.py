@@ -123,7 +123,10 @@ def test_the_study_is_one_choice_and_the_comparison_is_the_default(monkeypatch, 
     monkeypatch.setenv("STREAM_TRAINER_EVALUATE_STUDY", "nope")
     assert main(["evaluate", "--kind", "clicks", "--events", "10"]) == 2
     err = capsys.readouterr().err
-    assert "--study must be one of compare, adaptation, replay, drift-suite, not 'nope'" in err
+    assert (
+        "--study must be one of compare, adaptation, replay, drift-suite, delayed-labels, "
+        "not 'nope'"
+    ) in err
 
 
 def test_every_kind_the_cli_offers_has_evaluation_traits():

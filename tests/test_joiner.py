@@ -29,8 +29,16 @@ def joined(tmp_path, **labels):
 
 
 def ends(p):
+    """Impressions labelled, expired or waiting for a label (a labelled one waits in
+    ``pending`` too, until its window ends: ``held``)."""
+    c, j = p.joiner.counts, p.joiner
+    return c["labelled"] + c["negative"] + c["dropped"] + len(j.pending) - j.held
+
+
+def trained(p):
+    """Examples the joiner released: labelled and negative, but the labelled still held."""
     c = p.joiner.counts
-    return c["labelled"] + c["negative"] + c["dropped"] + len(p.joiner.pending)
+    return c["labelled"] + c["negative"] - p.joiner.held
 
 
 def test_every_impression_ends_once_and_is_scored_at_impression_time(tmp_path):
@@ -41,7 +49,7 @@ def test_every_impression_ends_once_and_is_scored_at_impression_time(tmp_path):
     c = p.joiner.counts
     assert ends(p) == len(imps) and c["labelled"] == len(labs)  # delays < window: all join
     assert c["negative"] > c["labelled"] > 0 and c["dropped"] == 0
-    assert p.counters["trained"] == c["labelled"] + c["negative"]
+    assert p.counters["trained"] == trained(p) and p.joiner.held > 0
     assert p.next_offsets == {("t", 0): len(imps), ("l", 0): len(labs)}
     ledger = p.offsets.ledger.state_dict()
     assert ledger  # one range per partition, each offset once
@@ -53,20 +61,50 @@ def test_every_impression_ends_once_and_is_scored_at_impression_time(tmp_path):
     clicked = [
         json.loads(v)["request_id"] for v in labs if json.loads(v)["request_id"] in at_impression
     ]
-    label_recs = [_rec("l", i, json.dumps({"request_id": r, "label": 1, "ts": 1.8e9 - 1}).encode())
+    assert clicked
+    t_end = json.loads(imps[49])["ts"]
+    label_recs = [_rec("l", i, json.dumps({"request_id": r, "label": 1, "ts": t_end}).encode())
                   for i, r in enumerate(clicked)]  # fmt: skip
+    later = {"ts": t_end + 1000, "user_id": "u", "item_id": "i"}  # both topics: every window ends
+    label_recs += [_doc("t", 50, **later, request_id="z"),
+                   _doc("l", len(clicked), **later, request_id="y", label=1)]  # fmt: skip
     p2.sink = ListSink()
-    p2.joiner.window = 1e12
     p2.joiner.handle(p2, label_recs)
     p2.flush()
-    got = [d["prediction"] for _, d in p2.sink.outputs]
-    assert got == pytest.approx([at_impression[r] for r in clicked], rel=1e-6)
+    got = {d["offset"]: (d["prediction"], d["target"]) for _, d in p2.sink.outputs}
+    assert len(got) == 50  # the clicked and the rest (negatives), each at impression time
+    for i, v in enumerate(imps[:50]):
+        rid = json.loads(v)["request_id"]
+        assert got[i] == (pytest.approx(at_impression[rid], rel=1e-6), float(rid in clicked))
+
+
+def test_a_joined_click_waits_for_its_window_with_the_negatives_of_its_time(tmp_path):
+    """Released when it came, every id new in the last window would be learned from its
+    clicks alone (a fresh model, a new item, a new hour of the day): the delay biased it."""
+    _, p = joined(tmp_path)  # window 60 s
+    imp = {"ts": 1000.0, "user_id": "u", "item_id": "i"}
+    recs = [_doc("t", i, **{**imp, "ts": 1000.0 + i}, request_id=f"r{i}") for i in range(10)]
+    recs.append(_doc("l", 0, request_id="r3", label=1, ts=1005))
+    p.joiner.handle(p, recs)
+    assert p.joiner.counts["labelled"] == 1 and p.joiner.held == 1
+    assert len(p.batcher) == 0  # joined, not yet an example
+    later = {"ts": 1065.0, "user_id": "u", "item_id": "i"}
+    p.joiner.handle(p, [_doc("t", 10, **later, request_id="z"),
+                        _doc("l", 1, **later, request_id="y", label=1)])  # fmt: skip
+    items = p.batcher.take()
+    assert [(it.event["request_id"], it.event["label"]) for it in items] == [
+        ("r0", 0), ("r1", 0), ("r2", 0), ("r3", 1), ("r4", 0)]  # impression order  # fmt: skip
+    assert p.joiner.held == 0 and len(p.joiner.pending) == 6
 
 
 def _rec(topic, offset, value):
     from stream_trainer.pipeline.ports import Record
 
     return Record(topic, 0, offset, 0, None, value)
+
+
+def _doc(topic, offset, **doc):
+    return _rec(topic, offset, json.dumps(doc).encode())
 
 
 def test_odd_labels_are_counted_by_reason(tmp_path):
@@ -91,8 +129,9 @@ def test_odd_labels_are_counted_by_reason(tmp_path):
     p.joiner.handle(p, recs)
     c = p.joiner.counts
     assert c["early"] == 2 and c["orphaned"] == 1  # "ghost" never came
-    assert (c["duplicate"], c["late"], c["bad"], c["evicted"]) == (1, 2, 1, 2)
-    assert c["labelled"] == 2 and c["dropped"] == 4  # early + r4; r0, r1 evicted, r2, r3
+    # a joined impression waits in pending too: "early" joining pushed r2 out
+    assert (c["duplicate"], c["late"], c["bad"], c["evicted"]) == (1, 2, 1, 3)
+    assert c["labelled"] == 2 and c["dropped"] == 4  # early + r4; r0, r1, r2 evicted, r3
     assert list(p.joiner.pending) == ["last"]
     assert p.counters["rejected"] == 3  # no request_id, repeated impression, bad label
     assert p.next_offsets == {("t", 0): 9, ("l", 0): 7}
@@ -110,6 +149,4 @@ def test_abort_and_resume_ends_every_impression_exactly_once(tmp_path):
     assert len(second.joiner.pending) == len(first.joiner.pending) > 0
     run_until(second, ListSource(data, second.resume_offsets()), ListSink())
     assert ends(second) == len(imps) and second.joiner.counts["labelled"] == len(labs)
-    assert second.counters["trained"] == sum(
-        second.joiner.counts[k] for k in ("labelled", "negative")
-    )
+    assert second.counters["trained"] == trained(second)

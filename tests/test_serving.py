@@ -134,6 +134,23 @@ def test_predict_one_and_a_batch(server):
     assert reg.get_sample_value("stream_trainer_predict_events_total", scored) == 2
 
 
+def test_keep_alive_answers_do_not_wait_for_a_delayed_ack(server):
+    """Headers and body go out as two writes: with Nagle's algorithm on, the body
+    waited for the client's delayed ACK (~40 ms a request on Linux)."""
+    _, srv, _ = server
+    host, port = srv.address.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = json.dumps(EVENT).encode()
+    t0 = time.perf_counter()
+    for _ in range(40):
+        c.request("POST", "/predict", body, {"Content-Type": "application/json", **AUTH})
+        r = c.getresponse()
+        assert r.status == 200 and "score" in json.loads(r.read())
+    took = time.perf_counter() - t0
+    c.close()
+    assert took < 1.2  # ~0.1 s; 40 delayed ACKs alone would be 1.6 s
+
+
 @pytest.mark.parametrize(
     ("headers", "raw", "status", "error"),
     [

@@ -69,6 +69,19 @@ def _compare(a: argparse.Namespace, say: Say) -> tuple[dict[str, Any], Render]:
     return report, markdown
 
 
+def _delayed_labels(a: argparse.Namespace, say: Say) -> tuple[dict[str, Any], Render]:
+    from stream_trainer.evaluation import delayed, streams
+
+    if a.kind not in (None, "clicks") or a.scenario:
+        raise StreamTrainerError("--study delayed-labels runs on clicks (--kind clicks)")
+    if a.input:
+        stream = streams.from_file("clicks", a.input, limit=a.events)
+    else:  # no drift unless asked for: the delay's own cost
+        stream = streams.generated("clicks", a.events or 100_000, seed=a.seed, drift_at=a.drift_at)
+    report = delayed.study(stream, config=a.config, seed=a.seed, progress=say)
+    return report, delayed.markdown
+
+
 def _need_kind(a: argparse.Namespace) -> None:
     if a.kind is None:
         raise StreamTrainerError(
@@ -106,4 +119,5 @@ STUDIES: dict[str, Callable[[argparse.Namespace, Say], tuple[dict[str, Any], Ren
     "adaptation": _adaptation,
     "replay": _replay,
     "drift-suite": _drift_suite,
+    "delayed-labels": _delayed_labels,
 }

@@ -11,7 +11,7 @@ from stream_trainer.cli.flags import ENV, KINDS, add_flag, add_logging_flags
 
 Subparsers = Any  # argparse's private _SubParsersAction
 
-STUDIES = ("compare", "adaptation", "replay", "drift-suite")
+STUDIES = ("compare", "adaptation", "replay", "drift-suite", "delayed-labels")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +134,10 @@ def _evaluate(sub: Subparsers) -> argparse.ArgumentParser:
         "replay = clicks drifting A -> B -> A, our pipeline with and without replay; "
         "drift-suite = drift detectors on streams with known change points (river's SEA, "
         "STAGGER, Agrawal, Hyperplane, FriedmanDrift; our clicks, ticks, sensors; --events "
-        "per river stream, 400000 if not given)",
+        "per river stream, 400000 if not given); delayed-labels = clicks learned with "
+        "labels inline and as impressions + clicks 1 s-10 min late (non-clicks negative "
+        "after 15 min) through our joiner, beside River's progressive_val_score with the "
+        "same delays (no drift unless --drift-at)",
     )
     flag(
         "--kind",

@@ -76,9 +76,12 @@ def pipeline_settings(kind: str, stream: Stream, config: str | None = None) -> S
     return parse_settings(doc, "evaluate")
 
 
-def run_ours(stream: Stream, settings: Settings) -> tuple[Result, dict[int, dict], Any]:
-    """Our pipeline over the whole stream: its result (unscored), the output record of
-    each example by offset, and the pipeline as it ended (monitor, policy)."""
+def run_ours(
+    stream: Stream, settings: Settings, records: list[Record] | None = None
+) -> tuple[Result, dict[int, dict], Any]:
+    """Our pipeline over the whole stream (or over ``records``, the stream's messages as
+    the caller lays them out: impressions and labels): its result (unscored), the output
+    record of each example by offset, and the pipeline as it ended (monitor, policy)."""
     import torch
 
     from stream_trainer.pipeline.core import Pipeline
@@ -93,7 +96,8 @@ def run_ours(stream: Stream, settings: Settings) -> tuple[Result, dict[int, dict
         p = Pipeline(settings, spec, clock=lambda: frozen[0])
         sink = _Capture()
         p.sink = sink
-        records = [Record("evaluate", 0, i, 0, None, r) for i, r in enumerate(stream.raw)]
+        if records is None:
+            records = [Record("evaluate", 0, i, 0, None, r) for i, r in enumerate(stream.raw)]
         t0 = time.perf_counter()
         for i in range(0, len(records), POLL):
             p.handle(records[i : i + POLL])

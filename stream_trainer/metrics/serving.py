@@ -47,8 +47,8 @@ class ServingMetrics:
         self.joined = make(
             Counter,
             "impressions_resolved",
-            "Impressions that left the joiner: labelled (joined), negative (expired into a "
-            "negative) or dropped",
+            "Impressions whose outcome is known: labelled (a label joined; trained when "
+            "the window ends), negative (expired into a negative) or dropped",
             "outcome",
         )
         self.unmatched = make(
@@ -63,7 +63,9 @@ class ServingMetrics:
             "Event-time delay from an impression to its label",
             buckets=_DELAY_BUCKETS,
         )
-        self.pending = make(Gauge, "impressions_pending", "Impressions waiting for their label")
+        self.pending = make(
+            Gauge, "impressions_pending", "Impressions in their window, waiting for a label"
+        )
 
     def publish_hook(self, pipeline: str) -> Any:
         version, age = self.served_version.labels(pipeline), self.train_to_serve.labels(pipeline)

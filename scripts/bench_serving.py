@@ -1,0 +1,410 @@
+"""`make bench-serving` (and the last part of `make bench`): /predict while the daemon trains.
+
+A local broker, the daemon (`stream-trainer run`, a minimal clicks config plus
+`serving: {address: ...}`) and `stream-trainer produce clicks --rate 5000`. Once serving
+answers, four phases of ``--seconds`` each, back to back:
+
+1. no serving load (the daemon's trained events/s, the baseline);
+2. one client sending single events to /predict, sequentially, on one keep-alive
+   connection (http.client): latency p50/p99 per request;
+3. the same client sending batches of 256 events: scored events/s, latency per request;
+4. no serving load again (the machine's speed drifts: the baseline is both quiet phases).
+
+During each phase the daemon's trained events/s (``events_trained_total`` over the
+phase) and consumer lag at its end; the train-to-serve age p99 over the whole run from
+the daemon's ``train_to_serve_age_seconds`` histogram. The client runs in this process
+on the same machine as the daemon, the producer and the broker: on 2 cores they share
+them, which is the point.
+
+    .venv/bin/python scripts/bench_serving.py [--rate 5000] [--seconds 20] [--out BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from bench import encode, machine, proc_cpu_s, verdict
+from bench_gpu import write_section
+
+from stream_trainer.edges.admin import create_topics
+from stream_trainer.local import procs
+from stream_trainer.local.broker import LocalBroker, free_port
+from stream_trainer.metrics.scrape import Samples, per_pipeline, scrape
+from stream_trainer.producers.generators import make_generator
+
+START, END = "<!-- serving:start -->", "<!-- serving:end -->"
+PIPELINE = "clicks"
+BATCH = 256
+TARGET_P99_MS = 10.0
+TARGET_BATCH_EVENTS_S = 20_000.0
+TARGET_TRAIN_DROP = 0.20
+TARGET_AGE_P99_S = 1.0
+AGE = "stream_trainer_train_to_serve_age_seconds"
+
+
+# ---- reading the daemon's metrics ------------------------------------------------------------
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    return per_pipeline(samples, name, **labels).get(PIPELINE, 0.0)
+
+
+def produced(samples: Samples) -> float:
+    """Events the topic holds: those the daemon read and those it has still to read."""
+    consumed = metric(samples, "stream_trainer_events_consumed_total")
+    return consumed + metric(samples, "stream_trainer_consumer_lag")
+
+
+def buckets(samples: Samples, name: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts of the pipeline: {upper bound: count}."""
+    out: dict[float, float] = {}
+    for (n, labels), v in samples.items():
+        lab = dict(labels)
+        if n == f"{name}_bucket" and lab.get("pipeline") == PIPELINE:
+            out[float(lab["le"])] = v
+    return out
+
+
+def histogram_quantile(q: float, cumulative: dict[float, float]) -> float:
+    """Prometheus' ``histogram_quantile``: linear within the bucket that holds the
+    quantile (the lowest bucket from 0; +Inf: its lower bound).
+
+    >>> histogram_quantile(0.5, {0.1: 10.0, 0.2: 30.0, math.inf: 30.0})
+    0.125
+    """
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0.0
+    if total <= 0:
+        return math.nan
+    rank, lo, below = q * total, 0.0, 0.0
+    for b in bounds:
+        c = cumulative[b]
+        if c >= rank:
+            if math.isinf(b):
+                return lo
+            return lo + (b - lo) * (rank - below) / (c - below) if c > below else b
+        lo, below = b, c
+    return lo
+
+
+# ---- the client --------------------------------------------------------------------------
+def requests_for(n: int, batch: int) -> list[bytes]:
+    """``n`` request bodies: single click events (``batch`` 1) or lists of ``batch``."""
+    events = [
+        {k: v for k, v in ev.items() if k != "label"}
+        for ev in make_generator("clicks", seed=11, count=max(n, 1) * batch)
+    ]
+    if batch == 1:
+        return [encode(ev) for ev in events]
+    return [
+        json.dumps(events[i : i + batch], separators=(",", ":")).encode()
+        for i in range(0, len(events), batch)
+    ]
+
+
+def hammer(address: str, bodies: list[bytes], seconds: float) -> dict[str, Any]:
+    """POST the bodies in turn, sequentially on one keep-alive connection, for
+    ``seconds``: request latencies (s), requests and events scored."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Content-Type": "application/json"}
+    lat: list[float] = []
+    scored = 0
+    t_end = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    i = 0
+    while True:
+        t = time.perf_counter()
+        if t >= t_end:
+            break
+        conn.request("POST", "/predict", bodies[i % len(bodies)], headers)
+        resp = conn.getresponse()
+        doc = json.loads(resp.read())
+        lat.append(time.perf_counter() - t)
+        if resp.status != 200:
+            raise RuntimeError(f"/predict answered {resp.status}: {doc}")
+        scored += 1 if "score" in doc else sum(s is not None for s in doc["scores"])
+        i += 1
+    wall = time.perf_counter() - t0
+    conn.close()
+    return {"latencies": lat, "requests": len(lat), "scored": scored, "seconds": wall}
+
+
+def wait_serving(address: str, body: bytes, timeout_s: float) -> None:
+    """Until /predict scores (503 while no weights are published yet)."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            status = conn.getresponse().status
+            conn.close()
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"/predict did not answer 200 within {timeout_s:.0f} s")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (the daemon's ingest workers,
+    children of its forkserver)."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    tree, total = {pid}, 0.0
+    grew = True  # a child's pid may be below its parent's: walk until nothing is added
+    while grew:
+        grew = False
+        for p, pp in parent.items():
+            if pp in tree and p not in tree:
+                tree.add(p)
+                grew = True
+    for p in tree:
+        try:
+            total += proc_cpu_s(p)
+        except OSError:
+            continue
+    return total
+
+
+def wait_caught_up(url: str, rate: float, timeout_s: float) -> None:
+    """Until the daemon has trained a few seconds of the stream and its consumer lag is
+    under a second of it, twice in a row (it starts behind: the producer starts with
+    it), so that the first quiet phase is not a catch-up."""
+    deadline, ok = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline and ok < 2:
+        try:
+            m = scrape(url)
+            trained = metric(m, "stream_trainer_events_trained_total")
+            caught_up = trained > 3 * rate and metric(m, "stream_trainer_consumer_lag") < rate
+            ok = ok + 1 if caught_up else 0
+        except OSError:
+            ok = 0
+        time.sleep(1.0)
+    if ok < 2:
+        raise RuntimeError(f"the daemon did not catch up with {rate:,.0f} events/s in time")
+
+
+# ---- one phase -----------------------------------------------------------------------------
+QUIET, SINGLE, BATCHES, QUIET_AGAIN = "quiet", "single events", f"batches of {BATCH}", "quiet again"
+
+
+def phase(
+    name: str, bodies: list[bytes] | None, url: str, serve_at: str, pid: int, seconds: float
+) -> dict[str, Any]:
+    """One phase: the client's load (none without ``bodies``) for ``seconds``, and the
+    daemon's trained events/s, lag and CPU meanwhile."""
+    before, cpu0, t0 = scrape(url), tree_cpu_s(pid), time.monotonic()
+    load = hammer(serve_at, bodies, seconds) if bodies else None
+    if load is None:
+        time.sleep(seconds)
+    after, cpu1, t1 = scrape(url), tree_cpu_s(pid), time.monotonic()
+    trained = "stream_trainer_events_trained_total"
+    out: dict[str, Any] = {
+        "name": name,
+        "seconds": t1 - t0,
+        "trained_per_s": (metric(after, trained) - metric(before, trained)) / (t1 - t0),
+        # what the producer managed meanwhile (it shares the cores too): read + still to read
+        "produced_per_s": (produced(after) - produced(before)) / (t1 - t0),
+        "lag": metric(after, "stream_trainer_consumer_lag"),
+        "daemon_cores": (cpu1 - cpu0) / (t1 - t0),
+    }
+    if load is not None:
+        lat = np.array(load["latencies"]) * 1000.0
+        out.update(
+            requests=load["requests"],
+            scored_per_s=load["scored"] / load["seconds"],
+            p50_ms=float(np.percentile(lat, 50)),
+            p99_ms=float(np.percentile(lat, 99)),
+        )
+    return out
+
+
+def describe(p: dict[str, Any]) -> str:
+    text = (
+        f"{p['name']}: trained {p['trained_per_s']:,.0f}/s of {p['produced_per_s']:,.0f}/s "
+        f"produced, lag {p['lag']:,.0f}"
+    )
+    if "requests" in p:
+        text += (
+            f"; {p['requests']:,} requests, p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms, "
+            f"{p['scored_per_s']:,.0f} scored/s"
+        )
+    return text
+
+
+# ---- the run -------------------------------------------------------------------------------
+def run(a: argparse.Namespace, say: Any) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    singles = requests_for(2000, 1)
+    batches = requests_for(40, BATCH)
+    with LocalBroker(port=free_port(), log=open(work / "broker.log", "wb")) as broker:
+        metrics_at, serve_at = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        cfg = {
+            "kafka": {"bootstrap_servers": broker.bootstrap},
+            "metrics": {"address": metrics_at},
+            "checkpoint": {"dir": str(work / "ckpt")},
+            "serving": {"address": serve_at},
+            "pipelines": [{"name": PIPELINE, "kind": "clicks", "topics": ["clicks"]}],
+        }
+        (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+        create_topics(broker.bootstrap, {"clicks": 2})
+        log = open(work / "daemon.log", "wb")
+        daemon = procs.spawn(
+            procs.python_module("run", "--config", str(work / "config.yaml")),
+            stdout=log,
+            stderr=log,
+        )
+        plog = open(work / "producer.log", "wb")
+        producer = procs.spawn(
+            procs.python_module(
+                *("produce", "clicks", "--bootstrap-servers", broker.bootstrap),
+                *("--rate", str(a.rate), "--linger-ms", "10", "--quiet"),
+            ),
+            stdout=plog,
+            stderr=plog,
+        )
+        url = f"http://{metrics_at}/metrics"
+        try:
+            say("waiting for the daemon to train and publish")
+            wait_serving(serve_at, singles[0], a.start_timeout)
+            say("waiting for the daemon to catch up with the producer")
+            wait_caught_up(url, a.rate, a.start_timeout)
+            time.sleep(a.warmup)
+            first = scrape(url)
+            phases = []
+            for name, bodies in (
+                (QUIET, None),
+                (SINGLE, singles),
+                (BATCHES, batches),
+                (QUIET_AGAIN, None),
+            ):
+                phases.append(phase(name, bodies, url, serve_at, daemon.pid, a.seconds))
+                say(describe(phases[-1]))
+            last = scrape(url)
+        finally:
+            procs.stop(producer)
+            code = procs.stop(daemon, timeout_s=30)
+    age = {b: last_c - buckets(first, AGE).get(b, 0.0) for b, last_c in buckets(last, AGE).items()}
+    return {
+        "phases": phases,
+        "age_p99_s": histogram_quantile(0.99, age),
+        "age_p50_s": histogram_quantile(0.5, age),
+        "publications": age.get(math.inf, 0.0),
+        "daemon_exit": code,
+        "work": str(work),
+    }
+
+
+# ---- the report ----------------------------------------------------------------------------
+def render(r: dict[str, Any], a: argparse.Namespace, argv: list[str]) -> str:
+    ph = {p["name"]: p for p in r["phases"]}
+    quiet = (ph[QUIET]["trained_per_s"] + ph[QUIET_AGAIN]["trained_per_s"]) / 2
+    single, batch = ph[SINGLE], ph[BATCHES]
+    worse = min((single, batch), key=lambda p: p["trained_per_s"])
+    drop = 1.0 - worse["trained_per_s"] / quiet
+    kept_up = worse["trained_per_s"] / max(worse["produced_per_s"], 1e-9)
+    age = r["age_p99_s"]
+    lines = [
+        START,
+        "## Serving while training",
+        "",
+        f"Made by `{' '.join(argv)}` (part of `make bench`; alone: `make bench-serving`) on "
+        f"{r['date']}. Machine: " + "; ".join(f"{k} {v}" for k, v in r["machine"].items()) + ".",
+        "",
+        f"The daemon (`stream-trainer run`, a minimal clicks config plus `serving.address`) "
+        f"trains on `stream-trainer produce clicks --rate {a.rate:g}`; a client in the bench "
+        f"process POSTs to /predict sequentially on one keep-alive connection, "
+        f"{a.seconds:g} s per phase, after {a.warmup:g} s of warm-up. The client, the "
+        "daemon, the producer and the broker share the machine's cores.",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| /predict p99 ≤ {TARGET_P99_MS:g} ms, one event | {single['p99_ms']:.2f} ms | "
+        f"{verdict(single['p99_ms'] <= TARGET_P99_MS)} |",
+        f"| ≥ {TARGET_BATCH_EVENTS_S:,.0f} scored events/s in batches of {BATCH} | "
+        f"{batch['scored_per_s']:,.0f}/s | "
+        f"{verdict(batch['scored_per_s'] >= TARGET_BATCH_EVENTS_S)} |",
+        f"| training events/s drop ≤ {TARGET_TRAIN_DROP:.0%} under serving load | "
+        f"{drop:.1%}: {worse['trained_per_s']:,.0f}/s ({worse['name']}) vs {quiet:,.0f}/s "
+        f"(the quiet phases' mean); meanwhile produced {worse['produced_per_s']:,.0f}/s, "
+        f"trained / produced {kept_up:.2f}, lag {worse['lag']:,.0f} at its end | "
+        f"{verdict(drop <= TARGET_TRAIN_DROP)} |",
+        f"| train-to-serve age p99 ≤ {TARGET_AGE_P99_S:g} s | {age:.3f} s (p50 "
+        f"{r['age_p50_s']:.3f} s, {r['publications']:,.0f} publications) | "
+        f"{verdict(age <= TARGET_AGE_P99_S)} |",
+        "",
+        "| phase | trained events/s | produced events/s | consumer lag at its end | daemon "
+        "CPU cores (and its ingest workers) | requests | p50 ms | p99 ms | scored events/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in r["phases"]:
+        req = (
+            f"{p['requests']:,} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['scored_per_s']:,.0f}"
+            if "requests" in p
+            else "– | – | – | –"
+        )
+        lines.append(
+            f"| {p['name']} | {p['trained_per_s']:,.0f} | {p['produced_per_s']:,.0f} | "
+            f"{p['lag']:,.0f} | "
+            f"{p['daemon_cores']:.2f} | {req} |"
+        )
+    lines += [
+        "",
+        "Latency is the client's: from sending the request to its parsed answer. Trained "
+        "events/s is `stream_trainer_events_trained_total` over the phase, produced events/s "
+        "what the topic gained meanwhile (read + lag): at a produce rate the daemon keeps up "
+        "with, trained follows produced, and a load that costs the trainer shows as trained "
+        "below produced and a growing lag; a load that slows the producer (it shares the "
+        "cores) lowers both. The age is the daemon's "
+        "`stream_trainer_train_to_serve_age_seconds` histogram over the four phases "
+        "(`histogram_quantile`, linear within its bucket).",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, default=5000.0, help="click events/s produced")
+    ap.add_argument("--seconds", type=float, default=20.0, help="seconds per phase")
+    ap.add_argument("--warmup", type=float, default=20.0, help="seconds before the phases")
+    ap.add_argument("--start-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
+    ap.add_argument("--out", help="replace the serving section of this markdown file")
+    ap.add_argument("--json", help="also write the raw figures here")
+    a = ap.parse_args()
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[bench-serving {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+
+    r = run(a, say)
+    r["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    r["machine"] = machine()
+    section = render(r, a, ["scripts/bench_serving.py", *sys.argv[1:]])
+    print(section)
+    if a.out:
+        write_section(Path(a.out), section, START, END)
+        say(f"wrote the serving section of {a.out}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=1))
+    return 0 if r["daemon_exit"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
