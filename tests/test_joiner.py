@@ -98,6 +98,22 @@ def test_odd_labels_are_counted_by_reason(tmp_path):
     assert p.next_offsets == {("t", 0): 9, ("l", 0): 7}
 
 
+@pytest.mark.parametrize("delay, outcome", [(59.0, "labelled"), (61.0, "negative")])
+def test_a_label_ends_its_impression_alike_whichever_topic_is_read_first(tmp_path, delay, outcome):
+    """A consumer may read the labels topic ahead of the impressions (after a restart, a
+    backlog): a label beyond the window is late even when it comes before its impression."""
+    imp = _rec("t", 0, json.dumps({"ts": 1000.0, "user_id": "u", "item_id": "i",
+                                   "request_id": "a"}).encode())  # fmt: skip
+    lab = _rec("l", 0, json.dumps({"request_id": "a", "label": 1, "ts": 1000.0 + delay}).encode())
+    for name, order in (("imp", [imp, lab]), ("lab", [lab, imp])):
+        _, p = joined(tmp_path / name)  # window_s 60
+        p.sink = ListSink()
+        p.joiner.handle(p, order)
+        c = p.joiner.counts
+        assert (c["labelled"], c["negative"]) == (outcome == "labelled", outcome == "negative")
+        assert c["late"] == (outcome == "negative") and not p.joiner.pending, name
+
+
 def test_abort_and_resume_ends_every_impression_exactly_once(tmp_path):
     imps, labs = streams(4000, seed=2)
     data = {("t", 0): imps, ("l", 0): labs}

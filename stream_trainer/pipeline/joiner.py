@@ -159,8 +159,12 @@ class Joiner:
             self._saw(rec, ev["ts"])
             w = Waiting(ev, float(pred), rec.topic, rec.partition, rec.offset, rec.key)
             early = self.early.pop(rid, None)
-            if early is not None:
-                self._join(p, rid, w, *early, ready)
+            if early is not None:  # its label came first (the labels topic read ahead)
+                if early[1] - ev["ts"] > self.window:  # late, as if it had come after
+                    self._unmatched("late")
+                    self._expired(p, rid, w, ready)
+                else:
+                    self._join(p, rid, w, *early, ready)
                 continue
             self.pending[rid] = w
             if len(self.pending) > self.max_pending:
