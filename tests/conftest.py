@@ -24,6 +24,7 @@ _names = itertools.count()
 # module file name -> xdist group: each group's tests run in order on a single worker
 SERIAL_GROUPS = {
     "test_faults.py": "faults",  # kill -9, broker freezes and restarts, timed mid-stream
+    "test_faults_labels.py": "faults",  # kill -9 of a daemon joining delayed labels
     "test_replicas.py": "replicas",  # torchrun agents: many processes and ports each
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from support import REPO, consume_all
 
 from stream_trainer.local.broker import free_port
 from stream_trainer.local.view import LineView
+from stream_trainer.producers import make_generator
 
 pytestmark = pytest.mark.integration
 
@@ -149,6 +151,52 @@ def test_produce_synthetic_stream_from_environment(broker, topic):
     assert "40/40" in r.stderr  # progress for the run, with its total
     recs = consume_all(broker.bootstrap, topic, 40)
     assert len(recs) == 40 and all(rec.key.startswith(b"SYM") for rec in recs)
+
+
+def test_produce_delayed_labels_publishes_impressions_and_later_clicks(broker, topic):
+    """Impressions on the topic, each click's label on TOPIC.labels, in event-time order
+    at the paced rate: a label goes out after the impressions older than it, before the
+    newer ones."""
+    n, rate = 400, 1000
+    r = cli(
+        "produce", "clicks", "--delayed-labels", "--topic", topic, "--count", str(n),
+        "--rate", str(rate), "--min-delay", "0.5", "--max-delay", "5", "--partitions", "1",
+        "--bootstrap-servers", broker.bootstrap,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"{n}/{n}" in r.stderr  # the progress counts impressions
+    truth = list(make_generator("clicks", seed=0, count=n))
+    clicks = sum(ev["label"] for ev in truth)
+    imps = consume_all(broker.bootstrap, topic, n)
+    labs = consume_all(broker.bootstrap, f"{topic}.labels", clicks)
+    assert len(imps) == n and len(labs) == clicks > 0
+    docs = [json.loads(rec.value) for rec in imps]
+    assert [{k: v for k, v in d.items() if k != "request_id"} for d in docs] == [
+        {k: v for k, v in ev.items() if k != "label"} for ev in truth
+    ]  # the stream itself, without its labels
+    assert [rec.key.decode() for rec in imps] == [d["user_id"] for d in docs]
+    index = {d["request_id"]: i for i, d in enumerate(docs)}
+    assert len(index) == n
+    stamps = [(d["ts"], imp.timestamp) for imp, d in zip(imps, docs, strict=True)]
+    delays = []
+    for rec in labs:
+        lab = json.loads(rec.value)
+        i = index[lab["request_id"]]  # every label is an impression's
+        assert truth[i]["label"] == 1 and lab["label"] == 1
+        assert rec.key.decode() == lab["request_id"]
+        delays.append(lab["ts"] - docs[i]["ts"])
+        sent = rec.timestamp  # the producer's send time (ms)
+        assert all(t <= sent for ts, t in stamps if ts < lab["ts"])  # after the older ones
+        assert all(t >= sent for ts, t in stamps if ts > lab["ts"])  # before the newer ones
+    assert len({json.loads(rec.value)["request_id"] for rec in labs}) == clicks
+    assert 0.5 - 1e-6 <= min(delays) and max(delays) <= 5 + 1e-6
+    assert sorted(delays)[len(delays) // 2] < 2.0  # heavy-tailed: most come soon
+    assert imps[-1].timestamp - imps[0].timestamp >= 0.8 * (n - 10) / rate * 1000  # paced
+
+
+def test_produce_delayed_labels_refuses_other_kinds():
+    r = cli("produce", "ticks", "--delayed-labels", "--count", "1")
+    assert r.returncode == 2 and "needs the clicks stream" in r.stderr
 
 
 def run_demo(workdir, port: int, metrics: str):

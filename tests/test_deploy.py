@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_trainer.config import parse_settings
 from stream_trainer.metrics import Metrics
+from stream_trainer.metrics.serving import ServingMetrics
 
 METRICS_PORT = 9108
 
@@ -58,6 +59,13 @@ def exported_names() -> set[str]:
     h.on_offset_reset("t", 0)
     h.on_quality({"auc": 0.7})
     m.broker_up.set(1)
+    sm = ServingMetrics(reg)  # serving and delayed labels (their own series)
+    sm.publish_hook("p")(1, 0.01)
+    sm.on_request("p", "ok", 0.001, 1)
+    j = sm.joiner_hooks("p")
+    j.resolved("labelled")
+    j.delay(1.0)
+    j.pending(1)
     text = __import__("prometheus_client").generate_latest(reg).decode()
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
 
@@ -83,6 +91,13 @@ def test_dashboard_has_the_panels_operators_need():
         "lag",
         "checkpoint age",
         "rejected",
+        "trained vs served",
+        "train-to-serve age p99",
+        "predict requests by outcome",
+        "label delay p50 / p99",
+        "impressions resolved by outcome",
+        "impressions pending",
+        "labels unmatched by reason",
     ):
         assert needle in titles, needle
     assert any(a.get("name") == "Drift detected" for a in d["annotations"]["list"])

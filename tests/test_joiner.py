@@ -137,6 +137,49 @@ def test_odd_labels_are_counted_by_reason(tmp_path):
     assert p.next_offsets == {("t", 0): 9, ("l", 0): 7}
 
 
+@pytest.mark.parametrize("delay, outcome", [(59.0, "labelled"), (61.0, "negative")])
+def test_a_label_ends_its_impression_alike_whichever_topic_is_read_first(tmp_path, delay, outcome):
+    """A consumer may read the labels topic ahead of the impressions (after a restart, a
+    backlog): a label beyond the window is late even when it comes before its impression."""
+    imp = _rec("t", 0, json.dumps({"ts": 1000.0, "user_id": "u", "item_id": "i",
+                                   "request_id": "a"}).encode())  # fmt: skip
+    lab = _rec("l", 0, json.dumps({"request_id": "a", "label": 1, "ts": 1000.0 + delay}).encode())
+    for name, order in (("imp", [imp, lab]), ("lab", [lab, imp])):
+        _, p = joined(tmp_path / name)  # window_s 60
+        p.sink = ListSink()
+        p.joiner.handle(p, order)
+        c, pending = p.joiner.counts, p.joiner.pending
+        assert (c["labelled"], c["negative"]) == (outcome == "labelled", outcome == "negative")
+        assert c["late"] == (outcome == "negative"), name
+        # joined: held with its label for its window's end; late: ended as a negative
+        assert [w.label for w in pending.values()] == ([1] if outcome == "labelled" else [])
+
+
+def test_impressions_expire_by_event_time_whatever_order_partitions_were_read_in(tmp_path):
+    """Partition 0 read to its end before partition 1 (a consumer catching up): partition
+    1's old impressions expire as soon as partition 0's, not once its newer ones do."""
+    from stream_trainer.pipeline.ports import Record
+
+    def imp(part, i):
+        doc = {"ts": 1000.0 + i, "user_id": "u", "item_id": "i", "request_id": f"{part}.{i}"}
+        return Record("t", part, i, 0, None, json.dumps(doc).encode())
+
+    lab = _rec("l", 0, json.dumps({"request_id": "x", "label": 1, "ts": 1200.0}).encode())
+    _, p = joined(tmp_path)  # window_s 60
+    p.sink = ListSink()
+    p.joiner.handle(p, [lab, *[imp(0, i) for i in range(101)], *[imp(1, i) for i in range(101)]])
+    # event time 1100 (both partitions' newest): what is older than 1040 ended, in both
+    assert p.joiner.counts["negative"] == 2 * 40
+    assert sorted(w.event["ts"] for w in p.joiner.pending.values()) == sorted(
+        [1000.0 + i for i in range(40, 101)] * 2
+    )
+    _, q = joined(tmp_path / "restored")  # the same from a checkpoint of the state
+    q.joiner.load_state_dict(p.joiner.state_dict())
+    q.sink = ListSink()
+    q.joiner.handle(q, [imp(0, 150), imp(1, 150)])  # event time 1150: older than 1090 ends
+    assert q.joiner.counts["negative"] == 2 * 90 and len(q.joiner.pending) == 2 * (11 + 1)
+
+
 def test_abort_and_resume_ends_every_impression_exactly_once(tmp_path):
     imps, labs = streams(4000, seed=2)
     data = {("t", 0): imps, ("l", 0): labs}

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -19,9 +20,13 @@ from stream_trainer.edges.admin import create_topics
 from stream_trainer.evaluation import report
 from stream_trainer.local.broker import free_port
 from stream_trainer.producers import make_generator
+from stream_trainer.producers.delayed import IMPRESSION, delayed_labels
+from stream_trainer.producers.publish import Aside
 
 pytestmark = pytest.mark.integration
 KINDS = {"clicks": "user_id", "ticks": "symbol", "sensors": "sensor_id"}
+JOINED = "joined"  # a clicks pipeline on delayed labels: the joiner's series
+PIPELINES = {*KINDS, JOINED}
 
 
 def prom_get(base: str, path: str, **params) -> dict:
@@ -78,6 +83,14 @@ def prometheus(tmp_path):
         p.wait(10)
 
 
+def post(url: str, body: bytes) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
 def last_minute_of_smoothed_loss(base: str) -> dict:
     end = time.time()
     query = 'stream_trainer_loss{window="smoothed"}'
@@ -85,8 +98,8 @@ def last_minute_of_smoothed_loss(base: str) -> dict:
 
 
 def enough_history(base: str) -> bool:
-    """Every pipeline's smoothed loss has 8 points, 3 of them distinct, over the last
-    minute, and every series the dashboard and the alert rules use exists."""
+    """Every pipeline has a smoothed loss, each kind's with 8 points, 3 of them distinct,
+    over the last minute, and every series the dashboard and the alert rules use exists."""
     try:
         loss = last_minute_of_smoothed_loss(base)
         names = prom_get(base, "/api/v1/query", query='{__name__=~"stream_trainer_.+"}')
@@ -94,8 +107,8 @@ def enough_history(base: str) -> bool:
         return False
     values = {s["metric"]["pipeline"]: s["values"] for s in loss["result"]}
     return (
-        set(values) == set(KINDS)
-        and all(len(v) >= 8 and len({x for _, x in v}) >= 3 for v in values.values())
+        set(values) == PIPELINES
+        and all(len(values[k]) >= 8 and len({x for _, x in values[k]}) >= 3 for k in KINDS)
         and metric_names() <= {s["metric"]["__name__"] for s in names["result"]}
     )
 
@@ -104,14 +117,20 @@ def test_prometheus_scrapes_loss_over_time_and_every_dashboard_metric(
     broker, topic, workdir, metrics_port, prometheus, tmp_path
 ):
     bs = broker.bootstrap
-    topics = {k: f"{topic}-{k}" for k in KINDS}
-    create_topics(bs, {t: 2 for t in topics.values()})
+    topics = {k: f"{topic}-{k}" for k in [*KINDS, JOINED]}
+    labels = f"{topics[JOINED]}.labels"
+    create_topics(bs, {t: 2 for t in [*topics.values(), labels]})
     history = workdir / "history.jsonl"
+    serve = f"127.0.0.1:{free_port()}"
+    pipes = [{"name": k, "kind": k, "topics": [topics[k]]} for k in KINDS]
+    pipes.append({"name": JOINED, "kind": "clicks", "topics": [topics[JOINED]],
+                  "labels": {"topic": labels, "window_s": 30}})  # fmt: skip
     cfg = base_config(
         bs,
         workdir / "ckpt",
-        [{"name": k, "kind": k, "topics": [t]} for k, t in topics.items()],
+        pipes,
         history={"path": str(history), "every_seconds": 1.0},
+        serving={"address": serve},  # the clicks pipelines serve: the serving series
     )
     d = Daemon(cfg, workdir, metrics_port).start()
     base = prometheus(d.address)
@@ -125,11 +144,18 @@ def test_prometheus_scrapes_loss_over_time_and_every_dashboard_metric(
         )
         for k, key in KINDS.items()
     ]
+    stream = delayed_labels(make_generator("clicks", seed=5, count=6000), max_delay_s=60)
+    joined = [ev if k == IMPRESSION else Aside(labels, ev, "request_id") for k, ev in stream]
+    producers.append(Trickle(bs, topics[JOINED], joined, "user_id", rate=300))
     try:
         for k in KINDS:
             d.wait_assigned(k, 2)
+        d.wait_assigned(JOINED, 4)
         for p in producers:
             p.start()
+        # one request: the requests' series (its outcome ok, or not ready before an update)
+        ask = json.dumps({k: v for k, v in joined[0].items() if k != "request_id"}).encode()
+        assert post(f"http://{serve}/predict/clicks", ask) in (200, 503)
         # until Prometheus holds what the assertions below need (was a fixed 15 s sleep)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not enough_history(base):
@@ -140,8 +166,9 @@ def test_prometheus_scrapes_loss_over_time_and_every_dashboard_metric(
         assert r.returncode == 0, r.stdout + r.stderr
         loss = last_minute_of_smoothed_loss(base)
         per_pipeline = {s["metric"]["pipeline"]: s["values"] for s in loss["result"]}
-        assert set(per_pipeline) == set(KINDS)
-        for name, values in per_pipeline.items():
+        assert set(per_pipeline) == PIPELINES
+        for name in KINDS:  # (the joined pipeline's loss needs labels: only there)
+            values = per_pipeline[name]
             distinct = {v for _, v in values}
             assert len(values) >= 8 and len(distinct) >= 3, (name, values[:5])
         names = {
@@ -158,6 +185,6 @@ def test_prometheus_scrapes_loss_over_time_and_every_dashboard_metric(
     finally:
         assert d.terminate() == 0
     h = report.from_history(history)
-    assert set(h) == set(KINDS) and all(len(s.smoothed) >= 5 for s in h.values())
+    assert set(h) == PIPELINES and all(len(h[k].smoothed) >= 5 for k in KINDS)
     png = report.draw(h, tmp_path / "history.png")
     assert png.stat().st_size > 10_000

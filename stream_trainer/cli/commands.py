@@ -50,8 +50,16 @@ def cmd_produce(a: argparse.Namespace) -> int:
         raise StreamTrainerError("give either a KIND (clicks, ticks, sensors) or --from-file FILE")
     events, count, key_field = _file_events(a) if a.from_file else _synthetic_events(a)
     topic = a.topic or a.kind
-    create_topics(a.bootstrap_servers, {topic: int(a.partitions)})
+    topics = {topic: int(a.partitions)}
+    labels_topic = None
+    if a.delayed_labels:
+        events, labels_topic = _delayed_labels(a, events, topic)
+        topics[labels_topic] = int(a.partitions)
+    elif a.labels_topic:
+        raise StreamTrainerError("--labels-topic goes with --delayed-labels")
+    create_topics(a.bootstrap_servers, topics)
     stop = _stop_on_signals()
+    asides: dict[str, int] = {}
     sent = publish(
         a.bootstrap_servers,
         topic,
@@ -62,11 +70,41 @@ def cmd_produce(a: argparse.Namespace) -> int:
         stop=stop,
         progress=not a.quiet,
         linger_ms=int(a.linger_ms),
+        asides=asides,
     )
-    logging.getLogger("stream_trainer.produce").info(
-        "produced", extra={"topic": topic, "events": sent}
-    )
+    extra: dict[str, Any] = {"topic": topic, "events": sent}
+    if labels_topic is not None:
+        extra.update(labels_topic=labels_topic, labels=asides.get(labels_topic, 0))
+    logging.getLogger("stream_trainer.produce").info("produced", extra=extra)
     return 0
+
+
+def _delayed_labels(a: argparse.Namespace, events: Any, topic: str) -> tuple[Any, str]:
+    """Impressions for ``topic`` and, in event-time order among them, each click's label
+    for the labels topic (``producers/delayed.py``); the labels topic's name."""
+    from stream_trainer.producers.delayed import IMPRESSION, delayed_labels
+    from stream_trainer.producers.publish import Aside
+
+    if a.kind != "clicks":
+        raise StreamTrainerError("--delayed-labels needs the clicks stream: produce clicks ...")
+    lo, hi = float(a.min_delay), float(a.max_delay)
+    if not 0 < lo <= hi:
+        raise StreamTrainerError(
+            f"--min-delay ({lo:g}) must be above 0 and at most --max-delay ({hi:g})"
+        )
+    labels_topic = a.labels_topic or f"{topic}.labels"
+    if labels_topic == topic:
+        raise StreamTrainerError("--labels-topic must differ from --topic")
+    stream = delayed_labels(
+        events,
+        seed=int(a.seed),
+        min_delay_s=lo,
+        max_delay_s=hi,
+        id_prefix=f"r{int(a.seed)}-{int(a.stream)}-",  # other seeds' ids never collide
+    )
+    out = (doc if kind == IMPRESSION else Aside(labels_topic, doc, "request_id")
+           for kind, doc in stream)  # fmt: skip
+    return out, labels_topic
 
 
 def _file_events(a: argparse.Namespace) -> tuple[Any, int | None, str | None]:

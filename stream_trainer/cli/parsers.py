@@ -52,6 +52,26 @@ def _produce(sub: Subparsers) -> argparse.ArgumentParser:
     )
     flag("--drift-at", type=int, help="change the hidden truth at this event index")
     flag("--drift-every", type=int, help="change the hidden truth every N events")
+    flag(
+        "--delayed-labels",
+        action="store_true",
+        help="clicks: impressions (no label, a request_id) to --topic, and each click's "
+        "label {request_id, label, ts} to --labels-topic after a heavy-tailed delay, in "
+        "event-time order (what a pipeline's labels: joins); --rate paces the impressions",
+    )
+    flag("--labels-topic", help="with --delayed-labels: the labels' topic (default: TOPIC.labels)")
+    flag(
+        "--min-delay",
+        type=float,
+        default=1.0,
+        help="with --delayed-labels: the shortest click delay, event-time seconds",
+    )
+    flag(
+        "--max-delay",
+        type=float,
+        default=600.0,
+        help="with --delayed-labels: the longest click delay (the heavy tail is cut here)",
+    )
     flag("--key-field", help="with --from-file: JSON field to use as the message key")
     flag("--partitions", type=int, default=2, help="partitions if the topic is created")
     flag(

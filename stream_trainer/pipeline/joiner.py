@@ -26,8 +26,9 @@ as a Flink watermark does), and none before the labels topic has been read at al
 labels topic far behind must not expire impressions whose labels it holds; a labels
 topic that stays empty leaves ``max_pending`` to bound the memory). An
 impression older than ``window_s`` becomes an example with its label, or without one
-is resolved by ``on_expiry`` (a negative example, or dropped); so does the oldest when
-more than ``max_pending`` wait, labelled or not. Labels that join
+is resolved by ``on_expiry`` (a negative example, or dropped), whatever order its
+partitions were read in (the due times are a heap, not the arrival order); so does the
+oldest when more than ``max_pending`` wait, labelled or not. Labels that join
 nothing are counted by reason: ``early`` (held until their impression comes, within the window),
 ``orphaned`` (an early label whose impression never came), ``duplicate`` (a second
 label), ``late`` (after the window), ``bad`` (not a label).
@@ -40,10 +41,12 @@ and every impression ends exactly once: labelled, negative or dropped.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +121,10 @@ class Joiner:
         self.decode_label = decoder(_label_check, max_bytes=max_event_bytes)
         self.pending: OrderedDict[str, Waiting] = OrderedDict()  # oldest first
         self.early: OrderedDict[str, tuple[int, float]] = OrderedDict()  # id -> (label, ts)
+        # (ts, id) of the pending impressions and early labels, soonest due first; an id
+        # resolved meanwhile stays until it comes up, then is skipped (see _compact)
+        self.pending_due: list[tuple[float, str]] = []
+        self.early_due: list[tuple[float, str]] = []
         # ids resolved lately (True: labelled, False: expired): duplicates and late labels
         self.done: OrderedDict[str, bool] = OrderedDict()
         self.newest: dict[str, float] = {}  # "topic:partition" -> the newest ts seen there
@@ -187,9 +194,14 @@ class Joiner:
         self._saw(rec, ev["ts"])
         w = Waiting(ev, float(pred), rec.topic, rec.partition, rec.offset, rec.key)
         early = self.early.pop(rid, None)
-        if early is not None:
+        if early is not None:  # its label came first (the labels topic read ahead)
+            if early[1] - ev["ts"] > self.window:  # late, as if it had come after
+                self._unmatched("late")
+                self._expired(p, rid, w, ready)
+                return
             self._join(rid, w, *early)
         self.pending[rid] = w
+        heapq.heappush(self.pending_due, (ev["ts"], rid))
         if len(self.pending) > self.max_pending:
             old_id, old = self.pending.popitem(last=False)
             self.counts["evicted"] += 1
@@ -219,6 +231,7 @@ class Joiner:
             self._unmatched("duplicate")
         else:
             self.early[rid] = (label, ts)
+            heapq.heappush(self.early_due, (ts, rid))
             self._unmatched("early")
             if len(self.early) > self.max_pending:
                 self.early.popitem(last=False)
@@ -262,19 +275,27 @@ class Joiner:
         return min(self.newest.values())
 
     def _expire(self, p: Pipeline, ready: list[Any]) -> None:
+        """Every impression and early label older than the window ends, oldest first (not
+        in arrival order: partitions read unevenly interleave their event times)."""
         cutoff = self.watermark - self.window
-        while self.pending:
-            rid, w = next(iter(self.pending.items()))
-            if w.event["ts"] >= cutoff:
-                break
-            del self.pending[rid]
-            self._ended(p, rid, w, ready)
-        while self.early:
-            rid, (_, ts) = next(iter(self.early.items()))
-            if ts >= cutoff:
-                break
-            del self.early[rid]
-            self._unmatched("orphaned")
+        for rid in _due(self.pending_due, cutoff):
+            w = self.pending.get(rid)
+            if w is not None and w.event["ts"] < cutoff:
+                del self.pending[rid]
+                self._ended(p, rid, w, ready)
+        for rid in _due(self.early_due, cutoff):
+            e = self.early.get(rid)
+            if e is not None and e[1] < cutoff:
+                del self.early[rid]
+                self._unmatched("orphaned")
+        self._compact()
+
+    def _compact(self, force: bool = False) -> None:
+        """Rebuild a heap of due times that holds more resolved ids than waiting ones."""
+        if force or len(self.pending_due) > 2 * len(self.pending) + 1024:
+            self.pending_due = _heap((w.event["ts"], rid) for rid, w in self.pending.items())
+        if force or len(self.early_due) > 2 * len(self.early) + 1024:
+            self.early_due = _heap((ts, rid) for rid, (_, ts) in self.early.items())
 
     def _done(self, rid: str, labelled: bool, outcome: str) -> None:
         self.counts[outcome] += 1
@@ -346,6 +367,19 @@ class Joiner:
         self.done = OrderedDict(zip(s["done_ids"], s["done_labelled"].tolist(), strict=True))
         self.newest = {k: float(v) for k, v in s["newest"].items()}
         self.counts.update({k: int(v) for k, v in s["counts"].items() if k in self.counts})
+        self._compact(force=True)
+
+
+def _due(heap: list[tuple[float, str]], cutoff: float) -> Iterator[str]:
+    """Pop the ids due before ``cutoff``, soonest first."""
+    while heap and heap[0][0] < cutoff:
+        yield heapq.heappop(heap)[1]
+
+
+def _heap(items: Iterable[tuple[float, str]]) -> list[tuple[float, str]]:
+    h = list(items)
+    heapq.heapify(h)
+    return h
 
 
 def _text(key: bytes | None) -> str | None:

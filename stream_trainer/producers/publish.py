@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaProducer
@@ -19,7 +20,17 @@ from stream_trainer.producers.progress import Progress
 log = logging.getLogger(__name__)
 
 
-Sendable = dict[str, Any] | bytes | tuple[bytes | None, bytes]
+@dataclass(frozen=True, slots=True)
+class Aside:
+    """An event for another topic, sent in the stream's order but neither paced nor counted
+    as one of its events (a delayed label beside its impressions)."""
+
+    topic: str
+    event: dict[str, Any]
+    key_field: str | None = None
+
+
+Sendable = dict[str, Any] | bytes | tuple[bytes | None, bytes] | Aside
 
 
 def publish(
@@ -33,11 +44,14 @@ def publish(
     stop: threading.Event | None = None,
     progress: bool = True,
     linger_ms: int = 10,
+    asides: dict[str, int] | None = None,
 ) -> int:
     """Send ``events`` and flush: dicts are JSON-encoded and keyed by ``key_field``;
-    bytes, or ``(key, value)`` byte pairs, go as they are.
+    bytes, or ``(key, value)`` byte pairs, go as they are; an :class:`Aside` goes to its
+    own topic, in the stream's order.
 
-    ``rate`` > 0 paces sends to that many events per second. Returns the count sent.
+    ``rate`` > 0 paces sends to that many events per second (asides not counted). Returns
+    the count sent to ``topic``; ``asides``, when given, receives the count per aside topic.
     """
     check_reachable(bootstrap)
     try:
@@ -58,13 +72,17 @@ def publish(
         for ev in events:
             if stop is not None and stop.is_set():
                 break
+            if isinstance(ev, Aside):
+                producer.send(ev.topic, value=_json(ev.event), key=_key(ev.event, ev.key_field))
+                if asides is not None:
+                    asides[ev.topic] = asides.get(ev.topic, 0) + 1
+                continue
             if isinstance(ev, bytes):
                 value, key = ev, None
             elif isinstance(ev, tuple):
                 key, value = ev
             else:
-                value = json.dumps(ev, separators=(",", ":")).encode()
-                key = str(ev[key_field]).encode() if key_field and key_field in ev else None
+                value, key = _json(ev), _key(ev, key_field)
             producer.send(topic, value=value, key=key)
             sent += 1
             bar.update()
@@ -79,3 +97,11 @@ def publish(
         bar.close()
         producer.close(timeout=5)
     return sent
+
+
+def _json(ev: dict[str, Any]) -> bytes:
+    return json.dumps(ev, separators=(",", ":")).encode()
+
+
+def _key(ev: dict[str, Any], field: str | None) -> bytes | None:
+    return str(ev[field]).encode() if field and field in ev else None
