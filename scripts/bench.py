@@ -429,11 +429,21 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# The daemon's child runs this file's main from ``-c``, not as a script: an ingest worker
+# (a forkserver process) imports its parent's main script again, as multiprocessing does,
+# and this one imports torch, River and Vowpal Wabbit, a hundred MB and more that the
+# daemon's own workers (``stream-trainer run``) never load.
+WORKER_BOOT = (
+    "import sys; sys.path.insert(0, {dir!r}); import bench; raise SystemExit(bench.main())"
+)
+
+
 def run_worker(bootstrap: str, kind: str, topic: str, count: int, **extra: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         argv = [
             sys.executable,
-            __file__,
+            "-c",
+            WORKER_BOOT.format(dir=str(Path(__file__).parent)),
             "--worker",
             "--bootstrap",
             bootstrap,
