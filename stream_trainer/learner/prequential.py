@@ -149,7 +149,9 @@ class Learner:
         make_baseline = getattr(self.model, "make_baseline", None)
         self.baseline: Baseline | None = make_baseline() if callable(make_baseline) else None
         self.mixture = (
-            Mixture(task, ("model", *self.baseline.experts)) if self.baseline is not None else None
+            Mixture(task, ("model", *self.baseline.experts), candidates=self.baseline.candidates)
+            if self.baseline is not None
+            else None
         )
         # the weights it started from: reset_model() and spawn() go back to them
         self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}

@@ -7,8 +7,10 @@ give, vectorised). The head adds the baseline's ``offsets`` to its learned outpu
 starts at zero, so a fresh model (a cold start, ``reset_model``, a challenger) predicts
 the baseline and moves away from it only as evidence accrues.
 
-- clicks: the base rate, the running mean ``(clicks + 1) / (events + 2)`` (slowly
-  forgetting); the head's offset is its logit, and the constant rate a trivial expert;
+- clicks: the base rate, the running mean ``(clicks + 1) / (events + 2)``; the head's
+  offset is the logit of a slowly forgetting one (``recent_rate``, a drifting base rate),
+  and both are experts: ``constant_rate`` over every event is exactly the baseline
+  ``evaluate`` holds us to, so the mixture can always fall back on it;
 - ticks: zero return (returns carry little signal; a running mean of them costs more in
   noise than it gains); experts: zero return and the last return;
 - sensors: persistence, the last reading of the window; expert: the last value.
@@ -31,6 +33,9 @@ class Baseline(Protocol):
     """What a head's running baseline offers the learner."""
 
     experts: tuple[str, ...]  # the trivial experts' names, in the order of ``predict``
+    # experts that, like the model, must earn their weight in the mixture (they start at
+    # its small prior); the others are the trivial baselines ``evaluate`` holds us to
+    candidates: tuple[str, ...]
 
     def predict(
         self, inputs: Mapping[str, np.ndarray], targets: np.ndarray | None, n: int
@@ -83,16 +88,19 @@ def _gamma(half_life: float) -> float:
 
 
 class RateBaseline:
-    """The running click rate ``(clicks + 1) / (events + 2)`` (Laplace's rule: the
-    constant-rate baseline ``evaluate`` runs) over slowly forgotten counts (half-life
-    ``half_life`` events); the offset is its logit."""
+    """The running click rate ``(clicks + 1) / (events + 2)`` (Laplace's rule), twice:
+    over every event (``constant_rate``: the baseline ``evaluate`` runs, exactly), and
+    over slowly forgotten counts (``recent_rate``, half-life ``half_life`` events), whose
+    logit is the offset the head learns on top of."""
 
-    experts = ("constant_rate",)
+    experts = ("constant_rate", "recent_rate")
+    candidates = ("recent_rate",)
 
     def __init__(self, half_life: float = RATE_HALF_LIFE) -> None:
         self.gamma = _gamma(half_life)
         self.counts = np.zeros(2)  # discounted (events, clicks)
-        self._pending: np.ndarray | None = None
+        self.totals = np.zeros(2)  # (events, clicks), all of them
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
 
     def rate(self, counts: np.ndarray) -> np.ndarray:
         return (counts[..., 1] + 1.0) / (counts[..., 0] + 2.0)
@@ -102,32 +110,46 @@ class RateBaseline:
     ) -> tuple[np.ndarray | None, np.ndarray]:
         rows = next(iter(inputs.values())).shape[0]
         if targets is None or n == 0:
-            before = np.broadcast_to(self.counts, (rows, 2))
+            recent = np.broadcast_to(self.counts, (rows, 2))
+            total = np.broadcast_to(self.totals, (rows, 2))
             self._pending = None
         else:
             y = np.asarray(targets[:n], np.float64).reshape(n)
-            seq, end = discounted_prefix(np.stack([np.ones(n), y], 1), self.counts, self.gamma)
-            before = np.concatenate([seq, np.broadcast_to(end, (rows - n, 2))])
-            self._pending = end
-        p = self.rate(before)
-        return np.log(p) - np.log1p(-p), p[:, None]
+            x = np.stack([np.ones(n), y], 1)
+            seq, end = discounted_prefix(x, self.counts, self.gamma)
+            seq_t, end_t = discounted_prefix(x, self.totals, 1.0)
+            recent = np.concatenate([seq, np.broadcast_to(end, (rows - n, 2))])
+            total = np.concatenate([seq_t, np.broadcast_to(end_t, (rows - n, 2))])
+            self._pending = (end, end_t)
+        p = self.rate(recent)
+        return np.log(p) - np.log1p(-p), np.stack([self.rate(total), p], 1)
 
     def commit(self) -> None:
         if self._pending is not None:
-            self.counts, self._pending = self._pending, None
+            (self.counts, self.totals), self._pending = self._pending, None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"counts": torch.from_numpy(self.counts.copy())}
+        return {
+            "counts": torch.from_numpy(self.counts.copy()),
+            "totals": torch.from_numpy(self.totals.copy()),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        counts = np.asarray(state["counts"], np.float64)
-        if counts.shape != (2,):
-            raise ValueError(f"rate baseline state has shape {counts.shape}, expected (2,)")
-        self.counts = counts.copy()
+        if set(state) != {"counts", "totals"}:
+            raise ValueError(
+                f"rate baseline state has keys {sorted(state)}, expected counts, totals"
+            )
+        for key in ("counts", "totals"):
+            value = np.asarray(state[key], np.float64)
+            if value.shape != (2,):
+                raise ValueError(f"rate baseline {key} has shape {value.shape}, expected (2,)")
+            setattr(self, key, value.copy())
 
 
 class _Stateless:
     """Baselines read off the inputs: nothing to keep between batches."""
+
+    candidates: tuple[str, ...] = ()
 
     def commit(self) -> None:
         pass
