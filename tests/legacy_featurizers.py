@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from stream_trainer.features.base import FeatureBatch, KeyedSlots, stable_hash
+from stream_trainer.features.sensors import SensorFeaturizer
+from stream_trainer.features.ticks import TickFeaturizer
 
 CLIP = 10.0
 WARMUP = 2
@@ -33,21 +35,12 @@ class RunningMoments:
             a["var"][row] = (1 - w) * a["var"][row] + w * x * x
 
 
-class LegacyTickFeaturizer:
-    task = "regression"
+class LegacyTickFeaturizer(TickFeaturizer):
+    """Today's settings and state; the per-event featurize and moments of before."""
 
-    def __init__(self, window: int = 16, symbol_buckets: int = 1024, alpha: float = 0.01) -> None:
-        self.window = window
-        self.symbol_buckets = symbol_buckets
-        self.moments = RunningMoments(alpha)
-        self.input_spec = {"window": window, "symbol_buckets": symbol_buckets}
-        self.slots = KeyedSlots(
-            price=((), math.nan),
-            returns=((window,), 0.0),
-            mean=((1,), 0.0),
-            var=((1,), 0.0),
-            count=((), 0.0),
-        )
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.moments = RunningMoments(self.moments.alpha)
 
     def featurize(self, events: Sequence[Mapping[str, Any]]) -> FeatureBatch:
         a = self.slots.arrays
@@ -90,29 +83,12 @@ class LegacyTickFeaturizer:
         )
 
 
-class LegacySensorFeaturizer:
-    task = "regression"
+class LegacySensorFeaturizer(SensorFeaturizer):
+    """Today's settings and state; the per-event featurize and moments of before."""
 
-    def __init__(
-        self,
-        channels: Sequence[str] = ("temp", "humidity", "pressure"),
-        window: int = 16,
-        sensor_buckets: int = 4096,
-        alpha: float = 0.005,
-        anomaly_threshold: float = 4.0,
-        robust_k: float = 5.0,
-    ) -> None:
-        self.channels = tuple(channels)
-        self.window = window
-        self.sensor_buckets = sensor_buckets
-        self.anomaly_threshold = anomaly_threshold
-        self.robust_k = robust_k
-        self.moments = RunningMoments(alpha)
-        c = len(self.channels)
-        self.input_spec = {"window": window, "channels": c, "sensor_buckets": sensor_buckets}
-        self.slots = KeyedSlots(
-            readings=((window, c), math.nan), mean=((c,), 0.0), var=((c,), 0.0), count=((), 0.0)
-        )
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.moments = RunningMoments(self.moments.alpha)
 
     def featurize(self, events: Sequence[Mapping[str, Any]]) -> FeatureBatch:
         """Per event: read the key's state, then update it (in order: two readings of a
