@@ -110,3 +110,34 @@ def test_address_in_use_is_a_clear_error():
             MetricsServer(a.address, CollectorRegistry(), lambda: (True, ""), lambda: (True, ""))
     finally:
         a.stop()
+
+
+def test_batch_observation_equals_one_value_at_a_time():
+    """The freshness histogram takes a batch's ages at once: the same exposition as
+    observing them one by one, bounds themselves included."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from stream_trainer.metrics.container import _LATENCY_BUCKETS, observe_many
+
+    rng = np.random.default_rng(0)
+    ages = np.concatenate([rng.exponential(0.5, 5000), np.asarray(_LATENCY_BUCKETS), [0.0, 99.0]])
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("age", "a", ["p"], registry=one, buckets=_LATENCY_BUCKETS).labels("x")
+    h2 = Histogram("age", "a", ["p"], registry=many, buckets=_LATENCY_BUCKETS).labels("x")
+    for a in ages.tolist():
+        h1.observe(a)
+    for part in np.array_split(ages, 7):
+        observe_many(h2, part)
+    observe_many(h2, [])
+
+    def lines(r):  # (the _created timestamps differ)
+        return [x for x in generate_latest(r).decode().splitlines() if "_created" not in x]
+
+    buckets = [x for x in lines(one) if "_bucket" in x or "_count" in x]
+    assert buckets == [x for x in lines(many) if "_bucket" in x or "_count" in x]
+    s1, s2 = (
+        one.get_sample_value("age_sum", {"p": "x"}),
+        many.get_sample_value("age_sum", {"p": "x"}),
+    )
+    assert abs(s1 - s2) < 1e-9 * s1

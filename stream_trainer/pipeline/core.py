@@ -260,8 +260,9 @@ class Pipeline(AfterUpdate):
             self.learned(fb, res, extra)
             if self.publisher is not None:  # serving: a copy of the weights, now and then
                 self.publisher.updated(self.learner)
-        now_ms = time.time() * 1000.0
-        ages = [max(0.0, (now_ms - items[j].record.timestamp_ms) / 1000.0) for j in fb.index]
+        stamps = np.fromiter((items[j].record.timestamp_ms for j in fb.index.tolist()),
+                             np.float64, n)  # fmt: skip
+        ages = np.maximum(0.0, (time.time() * 1000.0 - stamps) / 1000.0)
         self.hooks.on_batch(
             trained=n,
             batch_loss=res.mean_loss,

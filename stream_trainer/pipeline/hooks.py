@@ -6,6 +6,8 @@ Prometheus implementation; tests can record calls with their own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class PipelineHooks:
     def on_consumed(self, n: int) -> None: ...
@@ -21,7 +23,7 @@ class PipelineHooks:
         batch_loss: float,
         smoothed_loss: float,
         update_seconds: float,
-        event_ages: list[float],
+        event_ages: Sequence[float],  # seconds since each trained event was produced
         lr: float,
         model_version: int,
         skipped: str | None,
