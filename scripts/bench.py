@@ -579,8 +579,8 @@ def render(r: dict[str, Any], argv: Sequence[str]) -> str:
         "records to its last update. Each daemon run follows a client run (consume + "
         "`json.loads`) on the same topic, and the ratio is the median of those pairs: this "
         "machine's speed swings by ±30 % between runs. The ticks and sensors streams are "
-        "their own generators' (sensors also write one anomaly record per reading back to "
-        "Kafka).",
+        "their own generators' (sensors also publish, by default, the readings they flag "
+        "as anomalies back to Kafka).",
         "",
         "## Ingest workers (clicks)",
         "",
