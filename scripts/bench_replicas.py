@@ -24,6 +24,7 @@ broker (and, here, with other work: throughput ratios need a quiet machine).
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
 import json
 import math
@@ -68,8 +69,8 @@ def trained(ports: list[int]) -> float:
             total += per_pipeline(
                 scrape(f"http://127.0.0.1:{port}/metrics"), "stream_trainer_events_trained_total"
             ).get("clicks", 0.0)
-        except OSError:
-            pass
+        except (OSError, http.client.HTTPException):  # not serving yet: a connect to a
+            pass  # free local port can even meet itself (BadStatusLine: our own request)
     return total
 
 
