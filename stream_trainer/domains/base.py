@@ -87,9 +87,8 @@ class Domain:
     quality: str = "regression"
     # the default output topic is "<first input topic>.<output_suffix>" (None: no output)
     output_suffix: str | None = None
-    # which trained events get an output record by default: "all", or "flagged" (only
-    # those whose ``flag`` column, from the featurizer's ``annotate``, is true)
-    outputs: str = "all"
+    # the featurizer's ``annotate`` column that flags events (sensors: "anomaly"); a kind
+    # with one publishes only the flagged events by default (``outputs: flagged``)
     flag: str | None = None
     # ``partitioning: by_key`` can keep a model per key (clicks: no key per model)
     by_key: bool = True

@@ -69,42 +69,30 @@ class RowAdagrad(torch.optim.Adagrad):
     the step to the same rows. torch's sparse path builds three sparse tensors and a
     mask per table for the same arithmetic; at a few hundred rows a step, that
     bookkeeping is most of the embeddings' update time. Same state (``sum``,
-    ``step``), same checkpoints, the same numbers (tests/test_learner.py); dense
-    gradients, ``lr_decay`` and ``weight_decay`` take torch's own path."""
+    ``step``), same checkpoints, the same numbers (tests/test_learner.py); a dense
+    gradient, ``lr_decay`` or ``weight_decay`` takes torch's own step for all."""
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
-        if closure is not None or any(
-            g["lr_decay"] or g["weight_decay"] or g["maximize"] for g in self.param_groups
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if (
+            closure is not None
+            or not all(grad.is_sparse for grad in grads)  # dense embeddings (CUDA)
+            or any(g["lr_decay"] or g["weight_decay"] or g["maximize"] for g in self.param_groups)
         ):
             return super().step(closure)
-        dense = False
         for group in self.param_groups:
             lr, eps = group["lr"], group["eps"]
             for p in group["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                if not grad.is_sparse:
-                    dense = True
+                if p.grad is None:
                     continue
                 state = self.state[p]
                 state["step"] += 1
-                grad = grad if grad.is_coalesced() else grad.coalesce()
+                grad = p.grad if p.grad.is_coalesced() else p.grad.coalesce()
                 rows, g = grad._indices()[0], grad._values()
                 sums = state["sum"].index_select(0, rows).add_(g * g)
                 state["sum"].index_copy_(0, rows, sums)
                 p.index_add_(0, rows, g / sums.sqrt_().add_(eps), alpha=-lr)
-        if dense:  # dense gradients (a model without sparse embeddings): torch's step
-            sparse = {p: p.grad for group in self.param_groups for p in group["params"]
-                      if p.grad is not None and p.grad.is_sparse}  # fmt: skip
-            for p in sparse:
-                p.grad = None
-            try:
-                super().step()
-            finally:
-                for p, grad in sparse.items():
-                    p.grad = grad
         return None
 
 

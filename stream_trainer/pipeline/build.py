@@ -21,8 +21,7 @@ from stream_trainer.models.registry import build_featurizer, build_model
 
 def output_flag(p: PipelineSettings) -> str | None:
     """The featurizer column that selects the output records (None: every record)."""
-    d = domains.get(p.kind)
-    return d.flag if (p.outputs or d.outputs) == "flagged" and d.flag else None
+    return None if p.outputs == "all" else domains.get(p.kind).flag
 
 
 def output_topic(p: PipelineSettings) -> str | None:
