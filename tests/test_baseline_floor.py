@@ -156,6 +156,21 @@ def test_a_fresh_head_predicts_the_running_baseline():
     np.testing.assert_allclose(learner.predict(x), rate, rtol=0.02)
 
 
+def test_a_fresh_model_is_not_held_back_by_the_loss_of_the_one_it_replaces():
+    """Losses are never forgotten, so a model that ran up a deficit would keep it: a
+    reset (or a challenger) starts level with the best trivial expert instead, and a
+    good fresh model wins its weight back as fast as a model on a fresh stream does."""
+    rng = np.random.default_rng(5)
+    y = (rng.random(50_000) < 0.01).astype(float)
+    bad = np.stack([np.full(50_000, 0.2), np.full(50_000, 0.01)], 1)  # the model: wrong
+    m = Mixture("binary", ("model", "constant"))
+    m.step(bad, y)
+    assert m.weights()[0] < 1e-100  # hundreds of nats behind
+    m.reset_model()
+    fresh = Mixture("binary", ("model", "constant"))
+    assert m.weights()[0] == pytest.approx(fresh.weights()[0])
+
+
 def test_reset_model_and_a_challenger_keep_the_running_baseline(tmp_path):
     learner = click_learner()
     for seed in range(4):
@@ -165,10 +180,14 @@ def test_reset_model_and_a_challenger_keep_the_running_baseline(tmp_path):
     child = learner.spawn()
     np.testing.assert_array_equal(child.baseline.counts, counts)
     np.testing.assert_array_equal(child.baseline.totals, totals)
-    np.testing.assert_array_equal(child.mixture.losses, mix)
+    # the trivial experts' record is inherited; the fresh model starts level with the best
+    np.testing.assert_array_equal(child.mixture.losses[1:], mix[1:])
+    assert child.mixture.losses[0] == mix[1:].min()
     learner.reset_model()
     np.testing.assert_array_equal(learner.baseline.counts, counts)
     np.testing.assert_array_equal(learner.baseline.totals, totals)
+    np.testing.assert_array_equal(learner.mixture.losses[1:], mix[1:])
+    assert learner.mixture.losses[0] == mix[1:].min()
     # checkpointed with the model: a restored learner continues identically
     torch.save(learner.state_dict(), tmp_path / "l.pt")
     restored = click_learner()

@@ -122,6 +122,12 @@ class Mixture:
         mixed = self._mix(preds, w)
         return mixed, self._mixed_loss(mixed, targets)
 
+    def reset_model(self) -> None:
+        """A fresh model (``reset_model``, a challenger) takes the model's place: it
+        starts level with the best trivial expert, held back by its prior only, not by
+        the loss the model it replaces ran up (losses are never forgotten here)."""
+        self.losses[0] = self.losses[1:].min() if len(self.losses) > 1 else 0.0
+
     def weights(self) -> np.ndarray:
         """The weights the next event gets."""
         logw = self._log_weights(self.losses[None], np.array([self.count]))

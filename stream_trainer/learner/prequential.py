@@ -205,9 +205,12 @@ class Learner:
     def reset_model(self) -> None:
         """Back to the initial weights, with a fresh optimizer (the ``reset_model``
         drift action: forget a concept that no longer holds). The running baseline and
-        the mixture stay: the fresh model starts from what the baseline knows now."""
+        the mixture stay: the fresh model starts from what the baseline knows now, level
+        with the best trivial expert in the mixture."""
         self.model.load_state_dict(self._initial)
         self.reset_optimizer()
+        if self.mixture is not None:
+            self.mixture.reset_model()
 
     def spawn(self) -> Learner:
         """A new learner like this one, from the initial weights (a challenger), with
@@ -220,6 +223,7 @@ class Learner:
             child.baseline.load_state_dict(copy.deepcopy(self.baseline.state_dict()))
         if self.mixture is not None and child.mixture is not None:
             child.mixture.load_state_dict(copy.deepcopy(self.mixture.state_dict()))
+            child.mixture.reset_model()
         child.sparse_sync = self.sparse_sync
         if self.touched is not None:
             child.track_rows()

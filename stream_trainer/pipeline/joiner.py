@@ -166,9 +166,11 @@ class Joiner:
         self, p: Pipeline, records: list[Record]
     ) -> tuple[dict[int, dict[str, Any] | Rejected], dict[int, float]]:
         """The poll's impressions decoded, and those without a label scored in one
-        forward with the weights of now (nothing trains while a poll is handled): by
-        record index. One forward per run of impressions between two labels was one per
-        ~3 impressions, most of the joiner's time."""
+        forward with the weights of now, by record index. Only a log that went back
+        trains within a poll (its pending batch is flushed); impressions after that in
+        the same poll keep the poll's earlier weights: older, never later, so nothing
+        leaks. One forward per run of impressions between two labels was one per ~3
+        impressions, most of the joiner's time."""
         events: dict[int, dict[str, Any] | Rejected] = {
             k: self.decode_impression(rec.value)
             for k, rec in enumerate(records)
