@@ -259,6 +259,9 @@ class ServingSettings(_Frozen):
     max_events: int = Field(4096, ge=1)  # events per request
     # the trainer publishes its weights to serving at most this often (at a step's end)
     publish_every_s: float = Field(0.5, gt=0)
+    # answer /predict in a process of its own (weights through shared memory), not on a
+    # thread of the daemon's, where requests and the trainer share one GIL
+    process: bool = True
 
     @field_validator("address")
     @classmethod

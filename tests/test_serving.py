@@ -12,6 +12,10 @@ import pytest
 import torch
 from fakes import ListSink, ListSource, run_until
 from prometheus_client import CollectorRegistry
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from test_decode import FIELDS, ODD, REJECTIONS, json_values
 from test_pipeline import click_stream, settings
 
 from stream_trainer.config import parse_settings
@@ -221,3 +225,35 @@ def test_serving_while_training_never_sees_torn_weights(tmp_path):
     done.set()
     t.join()
     assert versions and versions == sorted(versions) and versions[-1] > versions[0]
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), json_values))
+def test_request_validation_fast_path_equals_the_schema_checks(doc):
+    """The scorer checks a request's event with msgspec first (in C); whatever the
+    result, it is the schema's (the reference decoder's), reason and detail included."""
+    scorer = _FAST_SCORER
+    slow = Scorer.__new__(Scorer)
+    slow.__dict__.update({**scorer.__dict__, "fast": None})
+    for d in [doc, *ODD_DOCS]:
+        assert scorer.validate(d) == slow.validate(d)
+
+
+def _odd_docs() -> list:
+    out = []
+    for raw in [*ODD, *(raw for _, raw, _ in REJECTIONS if raw is not None)]:
+        try:
+            doc = json.loads(raw)
+        except (ValueError, TypeError, RecursionError):
+            continue
+        out.append(doc)
+    return out
+
+
+ODD_DOCS = _odd_docs()
+_FAST_SCORER = Scorer(
+    parse_settings(
+        {"pipelines": [{"name": "c", "kind": "clicks", "topics": ["t"]}]}
+    ).pipelines[0],
+    Publisher(),
+)

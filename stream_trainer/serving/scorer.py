@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import torch
 
@@ -26,6 +27,7 @@ from stream_trainer.models.registry import build_featurizer
 from stream_trainer.serving.snapshot import Publisher, ServedModel
 
 NOT_READY = "model_not_ready"  # no weights published yet (the trainer has not stepped)
+TRIES = 3  # forwards per request when the copy was rewritten under it (process.py)
 
 
 def serveable(spec: PipelineSettings, featurizer: Any) -> bool:
@@ -52,7 +54,14 @@ class Scorer:
                 "key, so one event cannot be scored on its own"
             )
         d = domains.get(spec.kind)
-        self.check = d.schema(d.decoder_channels(self.featurizer))
+        channels = d.decoder_channels(self.featurizer)
+        self.check = d.schema(channels)
+        # the msgspec types of events/fast.py, checked in C: what they refuse, the
+        # schema's checks above take again for the reason (as the trainer's decoder does)
+        self.fast: tuple[type, Any] | None = None
+        if d.fast is not None:
+            dec, convert = d.fast(channels)
+            self.fast = (dec.type, convert)
         self.needs_label = spec.kind == "clicks"  # the schema wants one: any 0/1 will do
 
     def validate(self, doc: Any) -> dict[str, Any] | Rejected:
@@ -61,6 +70,14 @@ class Scorer:
             return Rejected(reasons.NOT_OBJECT, f"got {type(doc).__name__}")
         if self.needs_label:
             doc = {**doc, "label": 0}
+        if self.fast is not None:
+            typ, convert = self.fast
+            try:
+                ev = convert(msgspec.convert(doc, typ))
+            except (msgspec.ValidationError, RecursionError):
+                ev = None
+            if ev is not None:
+                return ev
         try:
             return self.check(doc)
         except _Reject as rej:
@@ -88,14 +105,20 @@ class Scorer:
             why = Rejected(reasons.FEATURIZER_ERROR, repr(err)[:200])
             out.errors.extend((i, why) for i in where)
             return out
-        with self.publisher.use() as served:
-            if served is None:
-                out.errors.extend(
-                    (i, Rejected(NOT_READY, "no weights published yet")) for i in where
-                )
-                return out
-            preds = self._forward(served, fb.inputs)
-            out.version = served.version
+        for _ in range(TRIES):
+            with self.publisher.use() as served:
+                if served is None:
+                    out.errors.extend(
+                        (i, Rejected(NOT_READY, "no weights published yet")) for i in where
+                    )
+                    return out
+                preds = self._forward(served, fb.inputs)
+                if served.intact():  # else rewritten meanwhile: again, with the newer copy
+                    out.version = served.version
+                    break
+        else:
+            out.errors.extend((i, Rejected(NOT_READY, "weights kept changing")) for i in where)
+            return out
         preds, _ = fb.raw_units(preds)
         for j, pos in enumerate(fb.index):
             v = preds[j]

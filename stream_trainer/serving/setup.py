@@ -15,6 +15,7 @@ from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.metrics.serving import ServingMetrics
 from stream_trainer.pipeline.ports import Sink, Source
 from stream_trainer.serving.http import PredictServer, read_token
+from stream_trainer.serving.process import ServingProcess
 from stream_trainer.serving.requests import serve_requests
 from stream_trainer.serving.scorer import Scorer, serveable
 from stream_trainer.serving.snapshot import Publisher
@@ -52,6 +53,18 @@ class Serving:
             self.scorers[p.name] = Scorer(p.spec, p.publisher)
             self.pipelines[p.name] = p
         self.server: PredictServer | None = None
+        self.process: ServingProcess | None = None
+        if s.address is not None and s.process and self.scorers:
+            self.process = ServingProcess(
+                [p.spec for p in self.pipelines.values()],
+                s.address,
+                token=self.token,
+                max_body_bytes=s.max_body_bytes,
+                max_events=s.max_events,
+                on_request=self.metrics.on_request,
+            )
+            for name, p in self.pipelines.items():  # each publication, also to the process
+                p.publisher.mirror = self.process.mirror(name)
         self.threads: list[threading.Thread] = []
 
     def publish_restored(self) -> None:
@@ -66,7 +79,10 @@ class Serving:
         ports: Callable[[PipelineSettings], tuple[Source, Sink]],
     ) -> None:
         s = self.settings.serving
-        if s.address is not None and self.scorers:
+        address = None
+        if self.process is not None:
+            address = self.process.start().address
+        elif s.address is not None and self.scorers:
             sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
             self.server = PredictServer(
                 s.address,
@@ -76,10 +92,13 @@ class Serving:
                 max_events=s.max_events,
                 on_request=self.metrics.on_request,
             ).start()
+            address = self.server.address
+        if address is not None:
             log.info(
                 "serving predictions",
-                extra={"url": f"http://{self.server.address}/predict",
-                       "pipelines": ",".join(self.scorers), "token": self.token is not None},
+                extra={"url": f"http://{address}/predict", "pipelines": ",".join(self.scorers),
+                       "token": self.token is not None,
+                       "own_process": self.process is not None},
             )  # fmt: skip
         for name, p in self.pipelines.items():
             topic = p.spec.serving_output
@@ -114,5 +133,7 @@ class Serving:
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
+        if self.process is not None:
+            self.process.stop()
         for t in self.threads:
             t.join(5.0)

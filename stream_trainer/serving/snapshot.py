@@ -43,6 +43,12 @@ class ServedModel:
     task: str = "binary"
     published_at: float = field(default=0.0)  # the publisher's clock
     users: int = 0
+    # whether the weights are still those published (None: always, they are never
+    # rewritten while held; a serving process's shared slot can be: see process.py)
+    check: Callable[[], bool] | None = None
+
+    def intact(self) -> bool:
+        return self.check is None or self.check()
 
     def signature(self) -> list[tuple[str, tuple[int, ...]]]:
         return [(k, tuple(v.shape)) for k, v in self.module.state_dict().items()]
@@ -73,9 +79,11 @@ class Publisher:
         max_copies: int = 4,
         clock: Callable[[], float] = time.monotonic,
         on_publish: OnPublish | None = None,
+        mirror: Callable[[ServedModel], None] | None = None,
     ) -> None:
         self.every_s, self.max_copies, self.clock = every_s, max_copies, clock
         self.on_publish = on_publish
+        self.mirror = mirror  # also hands each publication on (to a serving process)
         self._lock = threading.Lock()
         self._pool: list[ServedModel] = []
         self.current: ServedModel | None = None
@@ -114,6 +122,8 @@ class Publisher:
         self._first_unpublished = None
         self._last_publish = now
         self.published += 1
+        if self.mirror is not None:
+            self.mirror(spare)
         if self.on_publish is not None:
             self.on_publish(spare.version, age)
         return True
