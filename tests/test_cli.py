@@ -9,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
-from support import REPO, consume_all
+from support import REPO, consume_all, scrape
 
 from stream_trainer.local.broker import free_port
+from stream_trainer.local.demo import EXAMPLE
 from stream_trainer.local.view import LineView
+from stream_trainer.metrics.scrape import per_pipeline
 from stream_trainer.producers import make_generator
 
 pytestmark = pytest.mark.integration
@@ -199,58 +202,108 @@ def test_produce_delayed_labels_refuses_other_kinds():
     assert r.returncode == 2 and "needs the clicks stream" in r.stderr
 
 
-def run_demo(workdir, port: int, metrics: str):
-    r = cli(
-        "demo",
-        "--duration",
-        "25",
-        "--workdir",
-        str(workdir),
-        "--port",
-        str(port),
-        "--metrics-address",
-        metrics,
-        "--rate",
-        "300",
-        timeout=120,
+def run_demo(workdir, port: int, metrics: str, serving: str):
+    """The demo for 25 s at 300 events/s, piped: its output, the summary's last row per
+    pipeline, the last scrape of its daemon and a score from its POST /predict/recs
+    (both taken while it runs; None if none came)."""
+    argv = [sys.executable, "-m", "stream_trainer", "demo", "--duration", "25",
+            "--workdir", str(workdir), "--port", str(port), "--metrics-address", metrics,
+            "--serving-address", serving, "--rate", "300"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    samples, scored = None, None
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1.0)
+            try:
+                samples = scrape(metrics)
+            except OSError:
+                continue  # not serving yet, or stopped
+            if scored is None:
+                scored = predict(f"http://{serving}/predict/recs", DEMO_EVENT)
+        stdout, stderr = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
     # piped (not a terminal): the summary is lines, without escape sequences
-    assert LineView.HEADER in r.stdout.splitlines() and "\x1b" not in r.stdout
+    assert LineView.HEADER in stdout.splitlines() and "\x1b" not in stdout
     last = {}  # the summary's last row per pipeline: events/s, trained, ..., rejected
-    for line in r.stdout.splitlines():
+    for line in stdout.splitlines():
         row = line.split()
-        if row[:1] in (["clicks"], ["ticks"], ["sensors"]):
+        if row[:1] in (["clicks"], ["ticks"], ["sensors"], ["recs"]):
             last[row[0]] = {"trained": float(row[2]), "rejected": float(row[-1])}
-    return r.stdout, last
+    return stdout, last, samples, scored
+
+
+DEMO_EVENT = json.loads(EXAMPLE)  # the one in the curl line the demo prints
+
+
+def predict(url: str, event: dict) -> dict | None:
+    """The JSON answer of a POST, None before the model answers 200."""
+    req = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+    except OSError:  # HTTPError too: 503 before the first update
+        return None
+
+
+def resolved(samples) -> dict[str, float]:
+    """The joined pipeline's impressions by outcome, and its late labels."""
+    out = per_pipeline(samples, "stream_trainer_labels_unmatched_total", reason="late")
+    return {
+        **{o: per_pipeline(samples, "stream_trainer_impressions_resolved_total", outcome=o)
+           .get("recs", 0.0) for o in ("labelled", "negative", "dropped")},
+        "late": out.get("recs", 0.0),
+    }  # fmt: skip
 
 
 def test_demo_runs_twice_in_one_directory_and_leaves_no_processes_behind(tmp_path):
     """The second run continues the first one's model on fresh events: it trains in
-    every pipeline, and rejects nothing as a duplicate of the first run's events."""
-    metrics = f"127.0.0.1:{free_port()}"
+    every pipeline, and rejects nothing as a duplicate of the first run's events. The
+    joined pipeline (recs: delayed labels) resolves impressions in both runs, with its
+    clicks (not as negatives whose labels come late), and the demo serves /predict."""
+    metrics, serving = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     port = free_port()
-    out, last = run_demo(tmp_path / "demo", port, metrics)
+    pipelines = {"clicks", "ticks", "sensors", "recs"}
+    out, last, samples, scored = run_demo(tmp_path / "demo", port, metrics, serving)
     assert f"http://{metrics}/metrics" in out
+    assert f"curl -s http://{serving}/predict/recs \\\n              -d '{EXAMPLE}'" in out
     assert "run 1: a fresh model" in out
-    assert set(last) == {"clicks", "ticks", "sensors"}
+    assert set(last) == pipelines
     assert min(row["trained"] for row in last.values()) > 0
+    assert scored is not None and 0.0 < scored["score"] < 1.0 and scored["model_version"] > 0
+    assert samples is not None, out[-3000:]
+    joined = resolved(samples)
+    assert joined["labelled"] > 0 and joined["negative"] > 0, joined
     assert "stopped" in out.splitlines()
     assert "loss over time: stream-trainer report --history" in out.splitlines()[-1]
     assert (tmp_path / "demo" / "history.jsonl").stat().st_size > 0
     ckpts = list((tmp_path / "demo" / "checkpoints").glob("*/ckpt-*.pt"))
-    assert {p.parent.name for p in ckpts} == {"clicks", "ticks", "sensors"}
+    assert {p.parent.name for p in ckpts} == pipelines
 
-    out, last = run_demo(tmp_path / "demo", port, metrics)
+    out, last, samples, scored = run_demo(tmp_path / "demo", port, metrics, serving)
     assert "run 2: continues the model of earlier runs" in out
-    assert set(last) == {"clicks", "ticks", "sensors"}
+    assert set(last) == pipelines
     for name, row in last.items():  # ~300 events/s for ~20 s, this run's counters
-        assert row["trained"] >= 2000, (name, row, out[-3000:])
+        if name != "recs":  # 60 impressions/s, each trained once its 30 s window ends
+            assert row["trained"] >= 2000, (name, row, out[-3000:])
         assert row["rejected"] < 0.05 * (row["trained"] + row["rejected"]), (name, row)
+    assert last["recs"]["trained"] > 0, out[-3000:]
+    assert scored is not None and 0.0 < scored["score"] < 1.0
+    # the new log's impressions wait for their clicks (about a third are clicked)
+    assert samples is not None, out[-3000:]
+    joined = resolved(samples)
+    assert joined["labelled"] >= 0.2 * (joined["labelled"] + joined["negative"]) > 0, joined
+    assert joined["late"] <= 0.05 * joined["labelled"], joined
     assert "rejected (" not in out  # no "most events rejected" warning line
     time.sleep(0.5)
-    for p in (port, int(metrics.rsplit(":", 1)[1])):  # broker and daemon are gone
-        with pytest.raises(OSError):
+    for p in (port, int(metrics.rsplit(":", 1)[1]), int(serving.rsplit(":", 1)[1])):
+        with pytest.raises(OSError):  # broker and daemon are gone
             socket.create_connection(("127.0.0.1", p), timeout=1).close()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True)
     assert leftovers.stdout == b""

@@ -108,4 +108,26 @@ def test_demo_config_is_valid():
     from stream_trainer.local.demo import CONFIG
 
     s = load_settings(CONFIG, environ={})
-    assert [p.name for p in s.pipelines] == ["clicks", "ticks", "sensors"]
+    assert [p.name for p in s.pipelines] == ["clicks", "ticks", "sensors", "recs"]
+
+
+def test_the_demo_has_a_joined_pipeline_that_it_serves_and_feeds():
+    """recs: delayed labels, served over HTTP (loopback), fed by a --delayed-labels
+    producer into the topics the demo creates; the label window fits a demo."""
+    import yaml
+
+    from stream_trainer.local.demo import CONFIG, SERVED, STREAMS, topics
+
+    s = load_settings(CONFIG, environ={})
+    recs = next(p for p in s.pipelines if p.name == SERVED)
+    assert recs.kind == "clicks" and recs.labels is not None
+    assert recs.labels.on_expiry == "negative" and recs.labels.window_s <= 60
+    assert s.serving.address is not None and s.serving.address.startswith("127.0.0.1:")
+    created = topics(yaml.safe_load(CONFIG.read_text()))
+    assert set(recs.input_topics) <= set(created)  # impressions and impressions.labels
+    assert {t for q in s.pipelines for t in q.input_topics} == set(created)
+    feeds = [st for st in STREAMS if st.topic in recs.topics]
+    assert len(feeds) == 1 and "--delayed-labels" in feeds[0].extra
+    assert f"{recs.topics[0]}.labels" == recs.labels.topic  # the producer's default
+    max_delay = float(feeds[0].extra[feeds[0].extra.index("--max-delay") + 1])
+    assert max_delay <= recs.labels.window_s  # no click comes after its window

@@ -180,6 +180,29 @@ def test_impressions_expire_by_event_time_whatever_order_partitions_were_read_in
     assert q.joiner.counts["negative"] == 2 * 90 and len(q.joiner.pending) == 2 * (11 + 1)
 
 
+def test_a_log_that_went_back_starts_its_event_time_over(tmp_path):
+    """The broker lost its logs (the demo's in-memory broker on a second run) and the new
+    logs' events are older than the ones read before: they wait for their labels and
+    their window as usual, not end at once as negatives whose labels come late."""
+    imp = {"user_id": "u", "item_id": "i"}
+    _, p = joined(tmp_path)  # window_s 60
+    p.sink = ListSink()
+    p.joiner.handle(p, [_doc("t", 0, ts=5000.0, request_id="old", **imp),
+                        _doc("l", 0, ts=5001.0, request_id="x", label=1)])  # fmt: skip
+    # the new logs: offsets from 0 again, event time from 1000
+    p.joiner.handle(p, [_doc("t", 0, ts=1000.0, request_id="a", **imp),
+                        _doc("l", 0, ts=1005.0, request_id="a", label=1)])  # fmt: skip
+    assert p.counters["offset_resets"] == 2
+    assert p.joiner.pending["a"].label == 1 and p.counters["trained"] == 0  # its window
+    news = [_doc("t", i, ts=1000.0 + i, request_id=f"n{i}", **imp) for i in range(1, 62)]
+    p.joiner.handle(p, [*news, _doc("l", 1, ts=1061.0, request_id="y", label=1)])
+    p.flush()
+    c = p.joiner.counts
+    assert (c["labelled"], c["negative"], c["late"]) == (1, 0, 0)  # "a" ended, labelled
+    assert "a" not in p.joiner.pending and "old" in p.joiner.pending
+    assert p.counters["trained"] == 1
+
+
 def test_abort_and_resume_ends_every_impression_exactly_once(tmp_path):
     imps, labs = streams(4000, seed=2)
     data = {("t", 0): imps, ("l", 0): labs}

@@ -18,7 +18,7 @@ from stream_trainer.local.broker import free_port
 from stream_trainer.local.view import LineView, LiveView, Summary, open_view, render
 
 HEADER = re.compile(r"┃\s*pipeline\s*┃\s*events/s\s*┃")
-ROW = re.compile(r"│ (clicks|sensors|ticks)\s*│\s*([\d,]+)\s*│\s*([\d,]+)\s*│")
+ROW = re.compile(r"│ (clicks|recs|sensors|ticks)\s*│\s*([\d,]+)\s*│\s*([\d,]+)\s*│")
 
 
 def samples(consumed: float, trained: float, rejected: float, reason: str = "duplicate"):
@@ -119,10 +119,10 @@ def test_demo_in_a_terminal_refreshes_one_table_in_place(tmp_path):
         first: dict[str, int] = {}
         while time.monotonic() < deadline:  # until the daemon trains (a loaded machine: slow)
             first = trained(capture())
-            if len(first) == 3 and sum(first.values()) > 0:
+            if len(first) == 4 and sum(first.values()) > 0:
                 break
             time.sleep(0.5)
-        assert len(first) == 3 and sum(first.values()) > 0, capture(history=True)
+        assert len(first) == 4 and sum(first.values()) > 0, capture(history=True)
         time.sleep(4.5)  # two more refreshes
         second = trained(capture())
         assert set(second) == set(first)
@@ -132,7 +132,7 @@ def test_demo_in_a_terminal_refreshes_one_table_in_place(tmp_path):
         assert done.read_text().strip() == "0", capture(history=True)
         everything = capture(history=True)  # the whole scrollback, after the demo stopped
         assert len(HEADER.findall(everything)) == 1, everything
-        for name in ("clicks", "sensors", "ticks"):
+        for name in ("clicks", "recs", "sensors", "ticks"):  # recs: the joined pipeline
             assert len(re.findall(rf"│ {name}\s*│", everything)) == 1, everything
         assert "stopped" in everything.splitlines()
         assert LineView.HEADER not in everything  # no lines in a terminal

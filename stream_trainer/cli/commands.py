@@ -204,6 +204,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         metrics_address=a.metrics_address,
         rate=float(a.rate),
         log_level=a.log_level,
+        serving_address=a.serving_address,
     ).run(duration=float(a.duration) if a.duration is not None else None)
 
 

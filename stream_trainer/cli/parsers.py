@@ -123,6 +123,11 @@ def _demo(sub: Subparsers) -> argparse.ArgumentParser:
         help="broker port (a free one is used if taken, or if 0)",
     )
     flag("--metrics-address", default="127.0.0.1:9108", help="daemon metrics address")
+    flag(
+        "--serving-address",
+        default="127.0.0.1:9109",
+        help="the daemon's POST /predict address (a free port is used if taken)",
+    )
     flag("--workdir", default=".demo", help="checkpoints, logs and config of the demo")
     flag("--rate", type=float, default=1000.0, help="events per second for each producer")
     return d

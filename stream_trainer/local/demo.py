@@ -1,6 +1,11 @@
 """``stream-trainer demo`` (``make run``): broker, topics, producers, daemon, live summary
 (a table refreshed in place on a terminal, lines when piped: :mod:`.view`).
 
+Four pipelines: clicks, ticks and sensors with their labels inline, and ``recs``, the
+click stream's hidden truth as impressions whose clicks come later (delayed labels,
+joined in the daemon). The daemon serves ``POST /predict/<pipeline>`` (clicks, recs)
+with the weights it is training.
+
 Each run continues the model learned by the runs before it in the same directory (its
 checkpoints) on fresh events: the broker is in memory and starts empty, and the
 producers send the next stream of the same hidden truth (``produce --stream``), never
@@ -18,7 +23,9 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,11 +37,31 @@ from stream_trainer.local.view import Summary, open_view
 from stream_trainer.metrics.scrape import scrape
 
 CONFIG = Path(__file__).parent.parent / "configs" / "demo.yaml"
-STREAMS = {  # kind -> (seed, drift every N events)
-    "clicks": (1, 60_000),
-    "ticks": (2, 40_000),
-    "sensors": (3, 30_000),
-}
+SERVED = "recs"  # the pipeline of the curl line the demo prints
+EXAMPLE = '{"ts": 1767225600, "user_id": "u1", "item_id": "i7", "context": {"device": "mobile"}}'
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One producer of the demo: ``produce KIND --topic TOPIC`` at ``share`` of --rate."""
+
+    kind: str
+    topic: str
+    seed: int
+    drift_every: int  # events
+    share: float = 1.0
+    extra: tuple[str, ...] = ()
+
+
+STREAMS = (
+    Stream("clicks", "clicks", 1, 60_000),
+    Stream("ticks", "ticks", 2, 40_000),
+    Stream("sensors", "sensors", 3, 30_000),
+    # recs: the same truth as clicks, as impressions, and each click's label on
+    # impressions.labels 1-30 s later (event time: 20 events a second). At a fifth of
+    # --rate (200/s by default) the 30 s window ends ~3 s after an impression.
+    Stream("clicks", "impressions", 1, 60_000, 0.2, ("--delayed-labels", "--max-delay", "30")),
+)
 
 
 class Demo:
@@ -45,9 +72,11 @@ class Demo:
         metrics_address: str = "127.0.0.1:9108",
         rate: float = 1000.0,
         log_level: str = "info",
+        serving_address: str = "127.0.0.1:9109",
     ) -> None:
         self.workdir = Path(workdir)
         self.port, self.metrics_address, self.rate = port, metrics_address, rate
+        self.serving_address = serving_address
         self.log_level = log_level
         self.stop = threading.Event()
         self.children: list[subprocess.Popen[bytes]] = []
@@ -71,6 +100,10 @@ class Demo:
         elif port_in_use("127.0.0.1", port):
             port = free_port()
             self._say(f"port {self.port} is taken; the demo broker uses {port} instead")
+        host, _, sport = self.serving_address.rpartition(":")
+        if self.serving_address == self.metrics_address or port_in_use(host, int(sport)):
+            self.serving_address = f"{host}:{free_port(host)}"
+            self._say(f"{host}:{sport} is taken; the demo serves on {self.serving_address}")
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         broker = LocalBroker(port=port, log=open(logs / "broker.log", "wb"))  # noqa: SIM115
@@ -97,8 +130,10 @@ class Demo:
         run = self._next_run()
         checkpoints = self.workdir / "checkpoints"
         resumes = checkpoints.is_dir() and any(checkpoints.glob("*/ckpt-*.pt"))
-        create_topics(broker.bootstrap, {k: 2 for k in STREAMS})
-        cfg_path = self._write_config(broker.bootstrap, checkpoints)
+        config = self._config(broker.bootstrap, checkpoints)
+        create_topics(broker.bootstrap, topics(config))
+        cfg_path = self.workdir / "pipelines.yaml"
+        cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
         daemon_log = open(logs / "daemon.log", "wb")  # noqa: SIM115
         self.daemon = procs.spawn(
             procs.python_module("run", "--config", str(cfg_path), "--log-level", self.log_level),
@@ -106,12 +141,16 @@ class Demo:
             stderr=daemon_log,
         )
         self.children.append(self.daemon)
-        for kind, (seed, every) in STREAMS.items():
-            self.children.append(self._producer(broker.bootstrap, kind, seed, every, run, logs))
+        for stream in STREAMS:
+            self.children.append(self._producer(broker.bootstrap, stream, run, logs))
         url = f"http://{self.metrics_address}/metrics"
         self._say(
             f"producers   clicks, ticks, sensors at {self.rate:g} events/s each, "
-            "drift injected periodically"
+            "drift injected periodically;"
+        )
+        self._say(
+            f"            impressions at {self.rate * STREAMS[-1].share:g}/s, their clicks "
+            "up to 30 s later (recs: delayed labels)"
         )
         self._say(f"daemon      config {cfg_path}, logs in {logs}/")
         self._say(
@@ -121,31 +160,32 @@ class Demo:
             else f"model       run {run}: a fresh model, checkpointed in {checkpoints}/"
         )
         self._say(f"metrics     {url}  (also /healthz, /readyz)")
+        self._say(f"predict     curl -s http://{self.serving_address}/predict/{SERVED} \\")
+        self._say(f"              -d '{EXAMPLE}'")
         self._say("Ctrl-C to stop\n")
         self._summary_loop(url, duration)
 
-    def _write_config(self, bootstrap: str, checkpoints: Path) -> Path:
-        """The demo's config (the packaged one, pointed at this run's broker and files)."""
-        config = yaml.safe_load(CONFIG.read_text())
+    def _config(self, bootstrap: str, checkpoints: Path) -> dict[str, Any]:
+        """The demo's config (the packaged one, pointed at this run's broker, addresses
+        and files)."""
+        config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
         config["kafka"]["bootstrap_servers"] = bootstrap
         config["metrics"]["address"] = self.metrics_address
+        config["serving"]["address"] = self.serving_address
         config["checkpoint"]["dir"] = str(checkpoints.resolve())
         config["history"] = {
             "path": str((self.workdir / "history.jsonl").resolve()),
             "every_seconds": 2.0,
         }
-        cfg_path = self.workdir / "pipelines.yaml"
-        cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return cfg_path
+        return config
 
-    def _producer(
-        self, bootstrap: str, kind: str, seed: int, every: int, run: int, logs: Path
-    ) -> subprocess.Popen[bytes]:
-        """One kind's producer: this run's stream of the seed (never an earlier run's)."""
-        log = open(logs / f"produce-{kind}.log", "wb")  # noqa: SIM115
-        args = [kind, "--bootstrap-servers", bootstrap, "--rate", str(self.rate),
-                "--seed", str(seed), "--stream", str(run - 1), "--drift-every", str(every),
-                "--quiet", "--linger-ms", "50"]  # fmt: skip
+    def _producer(self, bootstrap: str, s: Stream, run: int, logs: Path) -> subprocess.Popen[bytes]:
+        """One topic's producer: this run's stream of the seed (never an earlier run's)."""
+        log = open(logs / f"produce-{s.topic}.log", "wb")  # noqa: SIM115
+        args = [s.kind, "--topic", s.topic, "--bootstrap-servers", bootstrap,
+                "--rate", str(self.rate * s.share), "--seed", str(s.seed),
+                "--stream", str(run - 1), "--drift-every", str(s.drift_every),
+                "--quiet", "--linger-ms", "50", *s.extra]  # fmt: skip
         # (--linger-ms: fewer, larger batches: the in-memory broker lasts longer)
         return procs.spawn(procs.python_module("produce", *args), stdout=log, stderr=log)
 
@@ -195,3 +235,18 @@ class Demo:
                 f"loss over time: stream-trainer report --history "
                 f"{self.workdir / 'history.jsonl'} --out loss.png"
             )
+
+
+def topics(config: dict[str, Any], partitions: int = 2) -> dict[str, int]:
+    """The topics the demo's producers write: every pipeline's input and labels topics
+    (the daemon creates the rest: dead letters, outputs).
+
+    >>> topics({"pipelines": [{"topics": ["clicks"]},
+    ...                       {"topics": ["imp"], "labels": {"topic": "imp.labels"}}]})
+    {'clicks': 2, 'imp': 2, 'imp.labels': 2}
+    """
+    out: dict[str, int] = {}
+    for p in config["pipelines"]:
+        for t in [*p["topics"], *([p["labels"]["topic"]] if p.get("labels") else [])]:
+            out[t] = partitions
+    return out

@@ -24,7 +24,11 @@ Time is event time: the newest ``ts`` of the slowest partition read (a consumer
 catching up reads some partitions ahead of others; the slowest says how far all are,
 as a Flink watermark does), and none before the labels topic has been read at all (a
 labels topic far behind must not expire impressions whose labels it holds; a labels
-topic that stays empty leaves ``max_pending`` to bound the memory). An
+topic that stays empty leaves ``max_pending`` to bound the memory). A partition whose
+log went back (a broker that lost its data: the demo's in-memory one on a second run)
+starts its event time over: the new log's events may be older than the old log's, and
+measured against the old time every new impression ended at once, a negative whose
+label then came ``late`` (the demo's second run trained on negatives alone). An
 impression older than ``window_s`` becomes an example with its label, or without one
 is resolved by ``on_expiry`` (a negative example, or dropped), whatever order its
 partitions were read in (the due times are a heap, not the arrival order); so does the
@@ -144,6 +148,7 @@ class Joiner:
                 p.batcher.extend(ready)
                 ready = []
                 p._log_went_back(tp, expected, rec.offset)
+                self.newest.pop(f"{rec.topic}:{rec.partition}", None)  # its time starts over
             p.offsets.polled_next[tp] = rec.offset + 1
             if rec.topic == self.topic:
                 self._label(p, rec, ready)
