@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from fakes import ListSink, ListSource, run_until
-from prometheus_client import CollectorRegistry
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from test_decode import FIELDS, ODD, REJECTIONS, json_values
 from test_pipeline import click_stream, settings
 
@@ -252,8 +252,6 @@ def _odd_docs() -> list:
 
 ODD_DOCS = _odd_docs()
 _FAST_SCORER = Scorer(
-    parse_settings(
-        {"pipelines": [{"name": "c", "kind": "clicks", "topics": ["t"]}]}
-    ).pipelines[0],
+    parse_settings({"pipelines": [{"name": "c", "kind": "clicks", "topics": ["t"]}]}).pipelines[0],
     Publisher(),
 )

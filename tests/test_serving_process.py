@@ -103,7 +103,7 @@ def test_an_address_in_use_is_one_clear_error(tmp_path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
-    address = "127.0.0.1:%d" % taken.getsockname()[1]
+    address = f"127.0.0.1:{taken.getsockname()[1]}"
     proc = ServingProcess(
         [s.pipelines[0]], address, token=None, max_body_bytes=1 << 20, max_events=16,
         on_request=lambda *r: None,
