@@ -10,13 +10,17 @@ answers, four phases of ``--seconds`` each, back to back:
 3. the same client sending batches of 256 events: scored events/s, latency per request;
 4. no serving load again (the machine's speed drifts: the baseline is both quiet phases).
 
+Then (unless ``--no-thread``) the same again with a fresh daemon whose requests are
+answered on a thread of its own process (``serving.process: false``), for comparison.
+
 During each phase the daemon's trained events/s (``events_trained_total`` over the
 phase) and consumer lag at its end; the train-to-serve age p99 over the whole run from
 the daemon's ``train_to_serve_age_seconds`` histogram. The client runs in this process
 on the same machine as the daemon, the producer and the broker: on 2 cores they share
 them, which is the point.
 
-    .venv/bin/python scripts/bench_serving.py [--rate 5000] [--seconds 20] [--out BENCHMARKS.md]
+    .venv/bin/python scripts/bench_serving.py [--rate 5000] [--seconds 20] [--no-thread]
+        [--out BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -249,7 +253,9 @@ def describe(p: dict[str, Any]) -> str:
 
 
 # ---- the run -------------------------------------------------------------------------------
-def run(a: argparse.Namespace, say: Any) -> dict[str, Any]:
+def run(a: argparse.Namespace, say: Any, process: bool = True) -> dict[str, Any]:
+    """One daemon, its four phases. ``process``: ``serving.process`` (the default, a
+    serving process of its own) or False (requests on a thread of the daemon's)."""
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     singles = requests_for(2000, 1)
     batches = requests_for(40, BATCH)
@@ -259,7 +265,7 @@ def run(a: argparse.Namespace, say: Any) -> dict[str, Any]:
             "kafka": {"bootstrap_servers": broker.bootstrap},
             "metrics": {"address": metrics_at},
             "checkpoint": {"dir": str(work / "ckpt")},
-            "serving": {"address": serve_at},
+            "serving": {"address": serve_at, "process": process},
             "pipelines": [{"name": PIPELINE, "kind": "clicks", "topics": ["clicks"]}],
         }
         (work / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -327,7 +333,8 @@ def render(r: dict[str, Any], a: argparse.Namespace, argv: list[str]) -> str:
         f"Made by `{' '.join(argv)}` (part of `make bench`; alone: `make bench-serving`) on "
         f"{r['date']}. Machine: " + "; ".join(f"{k} {v}" for k, v in r["machine"].items()) + ".",
         "",
-        f"The daemon (`stream-trainer run`, a minimal clicks config plus `serving.address`) "
+        f"The daemon (`stream-trainer run`, a minimal clicks config plus `serving.address`: "
+        "/predict in a serving process of its own, the default) "
         f"trains on `stream-trainer produce clicks --rate {a.rate:g}`; a client in the bench "
         f"process POSTs to /predict sequentially on one keep-alive connection, "
         f"{a.seconds:g} s per phase, after {a.warmup:g} s of warm-up. The client, the "
@@ -364,6 +371,24 @@ def render(r: dict[str, Any], a: argparse.Namespace, argv: list[str]) -> str:
             f"{p['lag']:,.0f} | "
             f"{p['daemon_cores']:.2f} | {req} |"
         )
+    if "thread" in r:  # the same four phases, serving on a thread of the daemon's
+        th = {p["name"]: p for p in r["thread"]["phases"]}
+        t_quiet = (th[QUIET]["trained_per_s"] + th[QUIET_AGAIN]["trained_per_s"]) / 2
+        t_worse = min(th[SINGLE], th[BATCHES], key=lambda p: p["trained_per_s"])
+        lines += [
+            "",
+            "The same run again with `serving.process: false` (requests on a thread of the "
+            "daemon's, sharing the trainer's GIL), a fresh daemon, right after:",
+            "",
+            "| serving | one event p50 ms | one event p99 ms | batches of "
+            f"{BATCH}: scored events/s | training drop under serving load |",
+            "|---|---|---|---|---|",
+            f"| own process (the default) | {single['p50_ms']:.2f} | {single['p99_ms']:.2f} | "
+            f"{batch['scored_per_s']:,.0f} | {drop:.1%} |",
+            f"| a thread of the daemon's | {th[SINGLE]['p50_ms']:.2f} | "
+            f"{th[SINGLE]['p99_ms']:.2f} | {th[BATCHES]['scored_per_s']:,.0f} | "
+            f"{1.0 - t_worse['trained_per_s'] / t_quiet:.1%} |",
+        ]
     lines += [
         "",
         "Latency is the client's: from sending the request to its parsed answer. Trained "
@@ -387,6 +412,12 @@ def main() -> int:
     ap.add_argument("--start-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     ap.add_argument("--out", help="replace the serving section of this markdown file")
     ap.add_argument("--json", help="also write the raw figures here")
+    ap.add_argument(
+        "--no-thread",
+        dest="thread_too",
+        action="store_false",
+        help="skip the second run with serving on a thread of the daemon's",
+    )
     a = ap.parse_args()
     t0 = time.monotonic()
 
@@ -394,6 +425,9 @@ def main() -> int:
         print(f"[bench-serving {time.monotonic() - t0:6.1f}s] {msg}", flush=True)
 
     r = run(a, say)
+    if a.thread_too:  # the same, serving on a thread of the daemon's: what the process buys
+        say("again, serving on a thread of the daemon's (serving.process: false)")
+        r["thread"] = run(a, say, process=False)
     r["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     r["machine"] = machine()
     section = render(r, a, ["scripts/bench_serving.py", *sys.argv[1:]])
