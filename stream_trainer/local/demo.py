@@ -205,13 +205,14 @@ class Demo:
                         f"the daemon exited (code {self.daemon.returncode}); "
                         f"see {self.workdir}/logs/daemon.log"
                     )
+                now = time.monotonic()
                 try:
                     s = scrape(url)
                 except OSError:
-                    continue  # the daemon is still starting
-                now = time.monotonic()
-                view.show(*summary.update(s, now))
-                if t_end is not None and now >= t_end:
+                    s = None  # the daemon is still starting (or not reachable there)
+                if s is not None:
+                    view.show(*summary.update(s, now))
+                if t_end is not None and now >= t_end:  # scraped or not: --duration ends it
                     break
         finally:
             view.close()
