@@ -47,9 +47,7 @@ def delayed_records(
     """The stream as the joiner's consumer reads it: impressions (offset = event index)
     and labels in event-time order; and each event's delay until its label is known
     (its click's delay, or ``window_s`` for an unclicked one)."""
-    if any(ev is None for ev in stream.events):
-        raise StreamTrainerError("the delayed-labels study needs a stream of valid clicks only")
-    docs = [json.loads(r) for r in stream.raw]
+    docs = [json.loads(r) for r in stream.raw]  # the producer's documents (study() checked them)
     ts = np.array([float(d["ts"]) for d in docs])
     delay = np.full(len(docs), window_s)
     records: list[Record] = []
@@ -144,12 +142,14 @@ def study(
     if stream.kind != "clicks":
         raise StreamTrainerError("the delayed-labels study needs a click stream (--kind clicks)")
     say = progress or (lambda msg: None)
-    records, delay = delayed_records(stream, seed=seed, max_delay_s=max_delay_s, window_s=window_s)
     n = len(stream.raw)
     events: list[dict[str, Any]] = stream.events  # type: ignore[assignment]  # all valid
+    if any(ev is None for ev in events):
+        raise StreamTrainerError("the delayed-labels study needs a stream of valid clicks only")
     ts = np.array([float(ev["ts"]) for ev in events])
-    if not n or ts[-1] - ts[0] <= window_s:
+    if not n or ts[-1] - ts[0] <= window_s:  # before building the joined stream
         raise StreamTrainerError(_too_short(ts, window_s))
+    records, delay = delayed_records(stream, seed=seed, max_delay_s=max_delay_s, window_s=window_s)
     settings = pipeline_settings("clicks", stream, config)
     say("ours, labels inline")
     inline, inline_docs, _ = run_ours(stream, settings)
