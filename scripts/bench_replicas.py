@@ -208,6 +208,7 @@ def _rank(rank: int, world: int, port: int, out: dict, mode: str, sparse: bool, 
             else:
                 out[f"done{rank}"] = True
                 while not all(out.get(f"done{r}") for r in range(world)):
+                    time.sleep(p.poll_timeout(0.01))  # an empty poll's wait
                     if not p.step([], False):
                         break
                 else:

@@ -323,28 +323,38 @@ class Replicas:
         tensors: Sequence[torch.Tensor],
         tables: Sequence[Sequence[torch.Tensor]] = (),
         touched: Sequence[torch.Tensor] = (),
+        weights: Sequence[float] | None = None,
     ) -> None:
-        """Replace each tensor by its mean over the ranks (one flat all-reduce per dtype).
+        """Replace each tensor by its mean over the ranks (one flat all-reduce per dtype),
+        each rank's copy weighed by ``weights`` (every rank's, in rank order, the same
+        list on each; None: equal). Each rank adds its tensors times its weight; the
+        sum is divided by the weights' sum.
 
         ``tables``: per embedding table, the table and its optimizer state shaped like
         it; ``touched``: the rows this rank changed in each since the last averaging.
         Only the rows any rank changed are averaged (the others are equal everywhere
-        already): their ids are all-gathered, then they join the one all-reduce."""
+        already), each over the ranks that changed it (a row one replica trained takes
+        its value, not half of it): their ids are all-gathered, then they join the one
+        all-reduce."""
+        w = [float(x) for x in weights] if weights is not None else [1.0] * self.world.size
+        mine, total = w[self.rank], sum(w)
 
         def reduce() -> None:
-            union = self._union(touched) if tables else []
-            by_dtype: dict[torch.dtype, list[tuple[torch.Tensor, Callable[[torch.Tensor], Any]]]]
-            by_dtype = {}
+            union = self._union(touched, w) if tables else []
+            Part = tuple[torch.Tensor, Callable[[torch.Tensor], Any]]  # sum in, put out
+            by_dtype: dict[torch.dtype, list[Part]] = {}
             for t in tensors:
-                by_dtype.setdefault(t.dtype, []).append((t.detach(), _copy_into(t)))
-            for group, ids in zip(tables, union, strict=True):
+                by_dtype.setdefault(t.dtype, []).append((t.detach() * mine, _mean_into(t, total)))
+            for group, mask, (ids, den) in zip(tables, _own_rows(touched, union), union,
+                                               strict=True):  # fmt: skip
                 for t in group:
-                    by_dtype.setdefault(t.dtype, []).append((t.detach()[ids], _rows_into(t, ids)))
+                    share = (mask * mine).to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
+                    rows = t.detach()[ids] * share
+                    by_dtype.setdefault(t.dtype, []).append((rows, _rows_into(t, ids, den)))
             for parts in by_dtype.values():
                 flat = torch.cat([t.reshape(-1) for t, _ in parts])
                 self._sent("average", [flat])
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.tensor_group)
-                flat /= self.world.size
                 i = 0
                 with torch.no_grad():
                     for t, put in parts:
@@ -353,8 +363,11 @@ class Replicas:
 
         self._run("average", reduce)
 
-    def _union(self, touched: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """The rows any rank changed, per table (sorted, the same on every rank)."""
+    def _union(
+        self, touched: Sequence[torch.Tensor], weights: Sequence[float]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per table, the rows any rank changed (sorted) and, per row, the weights of
+        the ranks that changed it, summed: the same on every rank."""
         dev = touched[0].device if touched else self.device
         meta = torch.tensor([t.numel() for t in touched], dtype=torch.long, device=dev)
         metas = torch.stack(self._gather(meta)).tolist()
@@ -364,13 +377,20 @@ class Replicas:
             ids[: int(meta.sum())] = torch.cat(list(touched))
         self._sent("average", [meta, ids])
         gathered = self._gather(ids)
-        out: list[list[torch.Tensor]] = [[] for _ in touched]
+        per_rank: list[list[torch.Tensor]] = [[] for _ in touched]
         for m, got in zip(metas, gathered, strict=True):
             i = 0
             for s, k in enumerate(m):
-                out[s].append(got[i : i + k])
+                per_rank[s].append(got[i : i + k])
                 i += k
-        return [torch.unique(torch.cat(parts)) for parts in out]
+        out = []
+        for parts in per_rank:
+            union = torch.unique(torch.cat(parts))
+            den = torch.zeros(union.numel(), dtype=torch.float64, device=dev)
+            for w, rows in zip(weights, parts, strict=True):
+                den += w * torch.isin(union, rows)
+            out.append((union, den))
+        return out
 
     def broadcast_tensors(self, tensors: Sequence[torch.Tensor]) -> None:
         def send() -> None:
@@ -389,12 +409,25 @@ def _width(t: torch.Tensor) -> int:
     return w
 
 
-def _copy_into(t: torch.Tensor) -> Callable[[torch.Tensor], Any]:
-    return lambda mean: t.copy_(mean)
+def _mean_into(t: torch.Tensor, total: float) -> Callable[[torch.Tensor], Any]:
+    """Put a weighted sum over the ranks into ``t`` as the mean."""
+    return lambda summed: t.copy_(summed / total)
 
 
-def _rows_into(t: torch.Tensor, ids: torch.Tensor) -> Callable[[torch.Tensor], Any]:
-    return lambda mean: t.index_copy_(0, ids, mean)
+def _rows_into(
+    t: torch.Tensor, ids: torch.Tensor, den: torch.Tensor
+) -> Callable[[torch.Tensor], Any]:
+    """Put the rows' weighted sums into ``t``'s rows ``ids`` as their means (``den``:
+    per row, the weights of the ranks that changed it)."""
+    scale = den.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
+    return lambda summed: t.index_copy_(0, ids, summed / scale)
+
+
+def _own_rows(
+    touched: Sequence[torch.Tensor], union: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """Per table, which of the union's rows this rank changed (1.0) or not (0.0)."""
+    return [torch.isin(ids, mine).double() for mine, (ids, _) in zip(touched, union, strict=True)]
 
 
 def shutdown() -> None:

@@ -164,3 +164,36 @@ def test_allreduce_step_equals_one_step_on_both_batches():
     twin.step(both, np.concatenate([a.targets, b.targets[:40]]))
     for p, q in zip(learner.model.parameters(), twin.model.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def _weighted_worker(rank: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        rep = Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=30)
+        dense = torch.full((3,), 10.0 * (rank + 1))  # 10 on rank 0, 20 on rank 1
+        table = torch.zeros(5, 2)  # equal everywhere at the last averaging: zeros
+        state = torch.zeros(5, 2)  # its optimizer state, shaped like it
+        touched = torch.tensor([1, 2] if rank == 0 else [2, 3])
+        table[touched] = 10.0 * (rank + 1)
+        state[touched] = 1.0 + rank
+        rep.average([dense], [[table, state]], [touched], weights=[3.0, 1.0])
+        out[rank] = (dense.clone(), table.clone(), state.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_averaging_weighs_each_rank_and_a_row_only_where_it_changed():
+    """Each rank's copy counts by its weight (the events it trained since the last
+    averaging); a row counts only on the ranks that changed it: a row one replica
+    trained keeps what it learned instead of half of it, as the stale copies would
+    make it."""
+    out = _run(_weighted_worker)
+    for rank in (0, 1):
+        dense, table, state = out[rank]
+        torch.testing.assert_close(dense, torch.full((3,), (3 * 10.0 + 20.0) / 4))
+        expected = torch.tensor([0.0, 10.0, (3 * 10.0 + 20.0) / 4, 20.0, 0.0])
+        torch.testing.assert_close(table, expected.unsqueeze(1).expand(5, 2))
+        expected = torch.tensor([0.0, 1.0, (3 * 1.0 + 2.0) / 4, 2.0, 0.0])
+        torch.testing.assert_close(state, expected.unsqueeze(1).expand(5, 2))
+    assert all(torch.equal(a, b) for a, b in zip(out[0], out[1], strict=True))

@@ -1,19 +1,31 @@
 """One replica of a shared model under torchrun: the per-batch step of
 :class:`~stream_trainer.pipeline.core.Pipeline`, in rounds with the other replicas.
 
-A round (:meth:`ReplicatedPipeline.step`) happens when there is work: a replica joins
-one when it has a batch due, when it has nothing pending (so it never holds up a busy
-one), or when it has something to say (stop, checkpoint, drift, average); a replica
-filling a batch polls on, and joins when the batch is due (``batch.max_latency_ms`` at
-most). In a round each replica says how many batches it holds and what it wants; all
-then do the same. ``allreduce``: as many synced steps as the busiest replica has
-batches (a replica without one contributes nothing), gradients all-reduced — the
-embeddings as the rows the step touched. ``average``: each steps alone and the
-weights are averaged now and then — the embeddings' rows that changed since. A
-running challenger is synced like the champion; rank 0 decides its race from every
-replica's losses and every replica applies the verdict in the next round.
-A checkpoint is a round too: rank 0 writes the shared model with every partition's
-next offset and the union of all replicas' ledgers; then each replica commits its own
+A round (:meth:`ReplicatedPipeline.step`) is a collective: every replica says what it
+holds and wants (stop, checkpoint, drift, a race verdict) and sees everyone's, and all
+then do the same. Every replica must call the same collectives in the same order, so
+the rounds are the only meeting points; *when* a replica joins one only decides how
+long it waits there for the others.
+
+``allreduce``: a round happens when there is work: a replica joins one when it has a
+batch due, when it has nothing pending (so it never holds up a busy one), or when it
+has something to say; a replica filling a batch polls on, and joins when the batch is
+due (``batch.max_latency_ms`` at most). In the round, as many synced steps as the
+busiest replica has batches (a replica without one contributes nothing), gradients
+all-reduced — the embeddings as the rows the step touched.
+
+``average``: each replica trains its own batches as one process does, with no round
+per batch; the replicas meet on a schedule they agree on in each round (the next one
+after ``sync.every_ms``, sooner when the busiest replica's pace would take it
+``sync.every_steps`` steps before), so a busy replica and an idle one arrive together;
+flags wait for that round. There the weights are averaged, each replica's copy weighed
+by the events it trained since the last averaging — the embeddings on the rows that
+changed, each row over the replicas that changed it.
+
+A running challenger is synced like the champion; rank 0 decides its race from every
+replica's losses and every replica applies the verdict in the next round. A
+checkpoint is a round too: rank 0 writes the shared model with every partition's next
+offset and the union of all replicas' ledgers; then each replica commits its own
 partitions' offsets.
 """
 
@@ -46,9 +58,15 @@ class ReplicatedPipeline(Pipeline):
         self.replicas: Replicas | None = None
         self.drift_pending = False  # a detection to act on in the next round
         self.verdict: str | None = None  # rank 0: the race's outcome, for the next round
-        self._rounds = self._local_steps = 0
-        self._last_avg = self.clock()
+        self._rounds = self._averages = 0
+        # average mode: local steps since the last round, the events trained at the last
+        # averaging, when the last round ended and when the next one is due
+        self._local_steps = 0
+        self._trained_at_avg = 0
+        self._round_end = self.clock()
+        self._next_round = self._round_end + self.spec.sync.every_ms / 1000
         self._quiet = False  # the last round: nobody had work
+        self._lag = self._others_lag = 0  # consumer lag: this replica's, the others' summed
         self._reduce: Any = None  # the current train()'s, for the challenger
         self._raced = False
         self._sync_setup(self.learner)
@@ -73,6 +91,9 @@ class ReplicatedPipeline(Pipeline):
         """Join the replicas: start from rank 0's weights (equal anyway after a restore
         from the shared checkpoint; a fresh model is seeded the same, but make sure)."""
         self.replicas = replicas
+        self._trained_at_avg = self.counters["trained"]  # (restored with a checkpoint)
+        self._round_end = self.clock()
+        self._next_round = self._round_end + self.spec.sync.every_ms / 1000
         for learner in self._learners():
             replicas.broadcast_tensors(learner.sync_tensors(with_optimizer=False))
 
@@ -104,11 +125,21 @@ class ReplicatedPipeline(Pipeline):
 
     # ---- the loop ----------------------------------------------------------------------
     def poll_timeout(self, idle_s: float) -> float:
-        """While every replica is quiet, poll up to a batch's latency between rounds
-        (rather than spinning rounds); else as a single process does."""
+        """allreduce: while every replica is quiet, poll up to a batch's latency between
+        rounds (rather than spinning rounds); average: never past the next round."""
+        if not self.allreduce:
+            left = max(0.0, self._next_round - self.clock())
+            return min(super().poll_timeout(idle_s), left)
         if self._quiet and not len(self.batcher):
             return max(idle_s, self.spec.batch.max_latency_ms / 1000)
         return super().poll_timeout(idle_s)
+
+    def _fit_batches(self, lag: int) -> None:
+        """Batch sizes follow the whole group's lag, the shared model's backlog (as one
+        process behind by all of it would): this replica's, plus the others' as the
+        last round carried them."""
+        self._lag = lag
+        super()._fit_batches(lag + self._others_lag)
 
     def _batches_due(self) -> int:
         """Batches this replica can train now: the full ones, or one that is due."""
@@ -116,24 +147,29 @@ class ReplicatedPipeline(Pipeline):
         return min(MAX_STEPS_PER_ROUND, full or int(self.batcher.ready()))
 
     def step(self, records: list[Record], stopping: bool) -> bool:
-        """Handle the poll; a round with the others when there is work (see the module
+        """Handle the poll; a round with the others when it is time (see the module
         docstring); False once any replica stops."""
         sync = self.spec.sync
         self.handle(records)
-        if not self.allreduce:
-            self._local_steps += self.pump()
         now = self.clock()
         checkpoint = self._rep.rank == 0 and self._checkpoint_time(now)
-        average = not self.allreduce and (
-            self._local_steps >= sync.every_steps or (now - self._last_avg) * 1000 >= sync.every_ms
-        )
-        batches = self._batches_due() if self.allreduce else 0
-        # a replica with work in hand (a batch filling, due within max_latency_ms; or
-        # average mode's local steps) polls on; an idle one joins at once
-        idle = not records and not len(self.batcher)
-        if not (batches or stopping or checkpoint or average or self.drift_pending
-                or self.verdict or idle):  # fmt: skip
-            return True
+        if self.allreduce:
+            batches = self._batches_due()
+            # a replica with a batch filling (due within max_latency_ms) polls on; an
+            # idle one joins at once
+            idle = not records and not len(self.batcher)
+            news = checkpoint or self.drift_pending or self.verdict
+            if not (batches or stopping or idle or news):
+                return True
+        else:
+            batches = 0
+            caught_up = len(records) < self.settings.kafka.max_poll_records
+            self._local_steps += self.pump(caught_up=caught_up)
+            # the agreed time, or this replica's own every_steps (its pace rose since
+            # the last round; a startup); a stop does not wait for either
+            due = now >= self._next_round or self._local_steps >= sync.every_steps
+            if not (due or stopping):
+                return True
         self._rounds += 1
         check = sync.check_every and self._rounds % sync.check_every == 0
         views = self._round(
@@ -141,13 +177,17 @@ class ReplicatedPipeline(Pipeline):
             stop=stopping,
             checkpoint=checkpoint,
             drift=self.drift_pending,
-            average=average,
             race=self.race.take_local() if self.race and self.race.active else None,
             verdict=self.verdict,
+            # average mode: the pace since the last round, for the next one's time
+            steps=self._local_steps,
+            elapsed=now - self._round_end,
+            lag=self._lag,
             # allreduce: the weights are equal after every round; average: only right
             # after an averaging (checked there)
             fp=self._fingerprint() if check and self.allreduce else None,
         )  # fmt: skip
+        self._others_lag = sum(v["lag"] for r, v in enumerate(views) if r != self._rep.rank)
         self._check(views)
         self._act(views)
         stopping_all = any(v["stop"] for v in views)
@@ -158,15 +198,31 @@ class ReplicatedPipeline(Pipeline):
             # for torchrun to restart them in a group of those that remain
             self.regroup = not self.stop.is_set()
             return False
+        if not self.allreduce:
+            self._schedule(views)
         return True
+
+    def _schedule(self, views: list[dict[str, Any]]) -> None:
+        """average: when the next round is due, the same interval on every replica (from
+        the round's views), counted from the end of this one: ``sync.every_ms``, or
+        less when the busiest replica, at its pace since the last round, would take
+        ``sync.every_steps`` steps sooner."""
+        sync = self.spec.sync
+        interval = sync.every_ms / 1000
+        pace = max(v["steps"] / v["elapsed"] if v["elapsed"] > 0 else 0.0 for v in views)
+        if pace > 0:
+            interval = min(interval, sync.every_steps / pace)
+        self._local_steps = 0
+        self._round_end = self.clock()
+        self._next_round = self._round_end + interval
 
     def _fingerprint(self) -> tuple[float, ...]:
         return tuple(x for ln in self._learners() for x in fingerprint(ln.sync_tensors(False)))
 
     def _act(self, views: list[dict[str, Any]]) -> None:
         self._race_round(views)
-        steps = max(v.get("batches", 0) for v in views)
-        self._quiet = not steps and not any(v.get("average") for v in views)
+        steps = max(v["batches"] for v in views)
+        self._quiet = not steps
         for _ in range(steps):  # every replica the same number of synced steps
             batch = self.batcher.take() if self.batcher.ready() else []
             self.train(batch, reduce=self._rep.reduce_grads)
@@ -176,9 +232,8 @@ class ReplicatedPipeline(Pipeline):
             if self.race is not None and self.race.challenger is not None:
                 self._sync_setup(self.race.challenger)  # the same fresh weights everywhere
                 self._rep.broadcast_tensors(self.race.challenger.sync_tensors(False))
-        if any(v["average"] for v in views):
+        if not self.allreduce and any(v["steps"] for v in views):
             self._average()
-            self._local_steps, self._last_avg = 0, self.clock()
 
     def _race_round(self, views: list[dict[str, Any]]) -> None:
         """Pool every replica's race losses (the same numbers, in rank order, on every
@@ -249,17 +304,28 @@ class ReplicatedPipeline(Pipeline):
             )
 
     def _average(self) -> None:
+        """Average the learners over the replicas, each replica's copy weighed by the
+        events it trained since the last averaging (at least 1, so that the mean is
+        defined when none trained; one that trained nothing then counts next to
+        nothing), the optimizers' state too when every replica's has the same shape."""
         rep = self._rep
+        trained = self.counters["trained"]
+        weight, self._trained_at_avg = max(1, trained - self._trained_at_avg), trained
         for learner in self._learners():
             sig = learner.optimizer_signature()
-            views = rep.exchange(sig)
-            with_opt = all(tuple(v) == tuple(sig) for v in views)
+            views = rep.exchange((sig, weight))
+            with_opt = all(tuple(s) == tuple(sig) for s, _ in views)
+            weights = [float(w) for _, w in views]
             if learner.sparse_sync:  # the rows any replica changed, the rest whole
                 whole, tables = learner.sync_parts(with_opt)
-                rep.average(whole, tables, learner.take_touched())
+                rep.average(whole, tables, learner.take_touched(), weights=weights)
             else:
-                rep.average(learner.sync_tensors(with_optimizer=with_opt))
-        if self.spec.sync.check_every:
+                rep.average(learner.sync_tensors(with_optimizer=with_opt), weights=weights)
+        # a fingerprint of the weights costs ~40 ms for the default clicks model: every
+        # check_every-th averaging, as allreduce checks every check_every-th round
+        self._averages += 1
+        every = self.spec.sync.check_every
+        if every and self._averages % every == 0:
             self._check(rep.exchange({"fp": self._fingerprint()}))
 
     def _train_out(self) -> None:

@@ -1,0 +1,108 @@
+"""When replicas meet in ``average`` mode (gloo on loopback, records fed in-process):
+each trains its own batches with no round per batch, on a schedule both keep, so a
+replica whose polls come back empty now and then is not parked in a round meanwhile."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from stream_trainer.config import parse_settings
+from stream_trainer.distributed import Replicas, World, fingerprint
+from stream_trainer.pipeline.hooks import NullHooks
+from stream_trainer.pipeline.ports import Record
+from stream_trainer.producers import make_generator
+
+BATCH = 64
+EVERY_STEPS = 8
+
+
+class Checks(NullHooks):
+    def __init__(self) -> None:
+        self.checks: list[bool] = []
+
+    def on_sync_check(self, equal: bool) -> None:
+        self.checks.append(equal)
+
+
+def _settings(ckpt: str):
+    return parse_settings(
+        {
+            "checkpoint": {"dir": ckpt, "every_seconds": 1e9},
+            "device": "cpu",
+            "pipelines": [
+                {
+                    "name": "p",
+                    "kind": "clicks",
+                    "topics": ["t"],
+                    "featurizer": {"id_buckets": 4096, "pair_buckets": 4096},
+                    "model": {"dim": 8, "hidden": 16},
+                    "batch": {"max_size": BATCH, "max_latency_ms": 0},
+                    "drift": {"detector": "none"},
+                    "sync": {"mode": "average", "every_steps": EVERY_STEPS, "check_every": 1},
+                }
+            ],
+        }
+    )
+
+
+def _polls(rank: int) -> list[list[Record]]:
+    """Rank 0: 48 full polls. Rank 1: every other poll comes back empty (24 full)."""
+    events = list(make_generator("clicks", seed=30 + rank, count=48 * BATCH))
+    recs = [Record("t", rank, i, 0, None, json.dumps(e).encode()) for i, e in enumerate(events)]
+    polls = [recs[i : i + BATCH] for i in range(0, len(recs), BATCH)]
+    if rank == 1:
+        polls = [p for full in polls[:24] for p in (full, [])]
+    return polls
+
+
+def _worker(rank: int, port: int, out: dict, ckpt: str) -> None:
+    from stream_trainer.pipeline.replicated import ReplicatedPipeline
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        s = _settings(ckpt)
+        hooks = Checks()
+        p = ReplicatedPipeline(s, s.pipelines[0], hooks=hooks)
+        p.attach(Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=60))
+        for records in _polls(rank):
+            if not records:
+                time.sleep(p.poll_timeout(0.01))  # what an empty poll waits
+            assert p.step(records, False)
+        out[f"done{rank}"] = True
+        # polls on, empty, until both are done; then the stop round (a last averaging
+        # and a checkpoint), which the first to stop may draw the other into
+        while p.step([], bool(out.get("done0") and out.get("done1"))):
+            time.sleep(p.poll_timeout(0.01))
+        out[rank] = {
+            "rounds": p._rounds,
+            "updates": p.learner.updates,
+            "checks": hooks.checks,
+            "final": fingerprint(p.learner.sync_tensors(True)),
+        }
+    finally:
+        dist.destroy_process_group()
+
+
+def test_average_mode_meets_on_a_schedule_not_per_batch(tmp_path):
+    from stream_trainer.local.broker import free_port
+
+    out = mp.Manager().dict()
+    mp.start_processes(
+        _worker, args=(free_port(), out, str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    a, b = out[0], out[1]
+    assert (a["updates"], b["updates"]) == (48, 24)  # every batch trained, locally
+    # rounds on the schedule (about every EVERY_STEPS of the busier replica's steps,
+    # the last to stop), not on each empty poll of rank 1 (24 of them) or each batch
+    assert a["rounds"] == b["rounds"] <= 48 // EVERY_STEPS + 4
+    # every averaging left both with equal weights and optimizer state
+    assert a["checks"] and all(a["checks"]) and a["checks"] == b["checks"]
+    assert a["final"] == b["final"]
