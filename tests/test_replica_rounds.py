@@ -1,4 +1,4 @@
-"""When replicas meet in ``average`` mode (gloo on loopback, records fed in-process):
+"""When replicas meet (``average`` mode, and ``allreduce`` when behind) (gloo on loopback, records fed in-process):
 each trains its own batches with no round per batch, on a schedule both keep, so a
 replica whose polls come back empty now and then is not parked in a round meanwhile."""
 
@@ -105,4 +105,45 @@ def test_average_mode_meets_on_a_schedule_not_per_batch(tmp_path):
     assert a["rounds"] == b["rounds"] <= 48 // EVERY_STEPS + 4
     # every averaging left both with equal weights and optimizer state
     assert a["checks"] and all(a["checks"]) and a["checks"] == b["checks"]
+    assert a["final"] == b["final"]
+
+
+def _allreduce_worker(rank: int, port: int, out: dict, ckpt: str) -> None:
+    """allreduce, both replicas behind: every poll comes back full (max_poll_records)."""
+    from stream_trainer.pipeline.replicated import MAX_STEPS_PER_ROUND, ReplicatedPipeline
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        doc = _settings(ckpt).model_dump(mode="json")
+        doc["kafka"]["max_poll_records"] = BATCH
+        doc["pipelines"][0]["sync"] = {"mode": "allreduce", "check_every": 1}
+        s = parse_settings(doc)
+        p = ReplicatedPipeline(s, s.pipelines[0], hooks=Checks())
+        p.attach(Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=60))
+        for records in _polls(0 if rank == 0 else 2):
+            assert p.step(records, False)
+        while p.step([], False) and len(p.batcher):  # the short poll: the rest now
+            pass
+        p.step([], True)
+        out[rank] = {"rounds": p._rounds, "updates": p.learner.updates,
+                     "per_round": MAX_STEPS_PER_ROUND,
+                     "final": fingerprint(p.learner.sync_tensors(True))}  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_allreduce_behind_takes_many_synced_steps_per_round(tmp_path):
+    """A replica whose polls come back full polls on until a round's worth of batches is
+    pending: one exchange of flags serves many synced steps, not one per batch."""
+    from stream_trainer.local.broker import free_port
+
+    out = mp.Manager().dict()
+    mp.start_processes(
+        _allreduce_worker, args=(free_port(), out, str(tmp_path)), nprocs=2, start_method="spawn"
+    )
+    a, b = out[0], out[1]
+    assert a["updates"] == b["updates"] == 48  # every batch, in synced steps
+    assert a["rounds"] == b["rounds"] <= 48 // a["per_round"] + 3  # not 48 rounds
     assert a["final"] == b["final"]

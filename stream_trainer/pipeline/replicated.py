@@ -161,6 +161,11 @@ class ReplicatedPipeline(Pipeline):
             news = checkpoint or self.drift_pending or self.verdict
             if not (batches or stopping or idle or news):
                 return True
+            # behind (the poll came back full: more is waiting): poll on until a round's
+            # worth of batches is pending, so that one exchange serves many synced steps
+            behind = len(records) >= self.settings.kafka.max_poll_records
+            if behind and batches < MAX_STEPS_PER_ROUND and not (stopping or news):
+                return True
         else:
             batches = 0
             caught_up = len(records) < self.settings.kafka.max_poll_records
