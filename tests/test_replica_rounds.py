@@ -1,6 +1,7 @@
-"""When replicas meet (``average`` mode, and ``allreduce`` when behind) (gloo on loopback, records fed in-process):
+"""When replicas meet (gloo on loopback, records fed in-process). ``average`` mode:
 each trains its own batches with no round per batch, on a schedule both keep, so a
-replica whose polls come back empty now and then is not parked in a round meanwhile."""
+replica whose polls come back empty now and then is not parked in a round meanwhile.
+``allreduce`` behind: one round serves many synced steps."""
 
 from __future__ import annotations
 
