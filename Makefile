@@ -60,7 +60,8 @@ bench: setup
 	  $(BIN)/python scripts/bench_serving.py --out BENCHMARKS.md $(BENCH_SERVING_ARGS); fi
 
 # /predict on one event and on batches of 256 while the daemon trains at 5k events/s,
-# the training rate beside it, the train-to-serve age (~2 min): its BENCHMARKS.md section.
+# the training rate beside it, the train-to-serve age; then all of it again with serving
+# on a thread of the daemon's, for comparison (~5 min): its BENCHMARKS.md section.
 bench-serving: setup
 	$(BIN)/python scripts/bench_serving.py --out BENCHMARKS.md $(BENCH_SERVING_ARGS)
 
