@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -98,16 +99,33 @@ def wait_group(ports: list[int], proc: subprocess.Popen[bytes], timeout_s: float
     deadline, ok = time.monotonic() + timeout_s, 0
     while ok < 2:
         if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit(f"bench-replicas: the group did not form ({assigned(ports)})")
+            raise SystemExit(
+                f"bench-replicas: the group did not form (partitions per replica "
+                f"{assigned(ports)}, torchrun exit {proc.poll()})"
+            )
         held = assigned(ports)
         ok = ok + 1 if min(held) > 0 and sum(held) == PARTITIONS else 0
         time.sleep(0.5)
 
 
+def free_ports(n: int) -> int:
+    """A port where ``n`` consecutive ports are free (replica r serves metrics on port +
+    r; a port of the last run's replicas may still be held while they exit)."""
+    while True:
+        port = free_port()
+        try:
+            for p in range(port, port + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+
+
 def one_run(
     bootstrap: str, topic: str, n: int, nproc: int, mode: str, sparse: bool, work: Path
 ) -> float:
-    port = free_port()
+    port = free_ports(nproc)
     cfg = {
         "kafka": {"bootstrap_servers": bootstrap, "group_prefix": f"bench-{time.time_ns()}"},
         "device": "cpu",
