@@ -43,7 +43,19 @@ def test_serving_and_delayed_labels_end_to_end(broker, topic, workdir, metrics_p
             lags = [sample(m, "stream_trainer_consumer_lag", pipeline="clicks", topic=t,
                            partition=str(q)) for t in (topic, labels) for q in (0, 1)]  # fmt: skip
             consumed = sample(m, "stream_trainer_events_consumed_total", pipeline="clicks")
-            return consumed == len(imps) + len(labs) and lags == [0, 0, 0, 0]
+            # a poll is counted consumed when it arrives and joined once it is handled: a
+            # scrape can fall in between (the last poll's labels neither joined nor
+            # unmatched yet), so wait until every label has an outcome; the asserts below
+            # say which
+            labels_done = sample(m, name, pipeline="clicks", outcome="labelled") + sum(
+                sample(m, "stream_trainer_labels_unmatched_total", pipeline="clicks", reason=r)
+                for r in ("early", "duplicate", "late", "orphaned", "bad")
+            )
+            return (
+                consumed == len(imps) + len(labs)
+                and lags == [0, 0, 0, 0]
+                and labels_done >= len(labs)
+            )
 
         m = d.wait_for(caught_up, what="impressions and labels consumed")
         unmatched = {
