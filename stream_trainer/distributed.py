@@ -345,8 +345,7 @@ class Replicas:
             by_dtype: dict[torch.dtype, list[Part]] = {}
             for t in tensors:
                 by_dtype.setdefault(t.dtype, []).append((t.detach() * mine, _mean_into(t, total)))
-            for group, mask, (ids, den) in zip(tables, _own_rows(touched, union), union,
-                                               strict=True):  # fmt: skip
+            for group, (ids, den, mask) in zip(tables, union, strict=True):
                 for t in group:
                     share = (mask * mine).to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
                     rows = t.detach()[ids] * share
@@ -365,9 +364,10 @@ class Replicas:
 
     def _union(
         self, touched: Sequence[torch.Tensor], weights: Sequence[float]
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per table, the rows any rank changed (sorted) and, per row, the weights of
-        the ranks that changed it, summed: the same on every rank."""
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per table, the rows any rank changed (sorted), per row the weights of the
+        ranks that changed it, summed (the same on every rank), and which of the rows
+        this rank changed (1.0) or not (0.0)."""
         dev = touched[0].device if touched else self.device
         meta = torch.tensor([t.numel() for t in touched], dtype=torch.long, device=dev)
         metas = torch.stack(self._gather(meta)).tolist()
@@ -387,9 +387,13 @@ class Replicas:
         for parts in per_rank:
             union = torch.unique(torch.cat(parts))
             den = torch.zeros(union.numel(), dtype=torch.float64, device=dev)
-            for w, rows in zip(weights, parts, strict=True):
-                den += w * torch.isin(union, rows)
-            out.append((union, den))
+            own = den
+            for r, (w, rows) in enumerate(zip(weights, parts, strict=True)):
+                changed = torch.isin(union, rows).double()
+                den = den + w * changed
+                if r == self.rank:
+                    own = changed
+            out.append((union, den, own))
         return out
 
     def broadcast_tensors(self, tensors: Sequence[torch.Tensor]) -> None:
@@ -421,13 +425,6 @@ def _rows_into(
     per row, the weights of the ranks that changed it)."""
     scale = den.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
     return lambda summed: t.index_copy_(0, ids, summed / scale)
-
-
-def _own_rows(
-    touched: Sequence[torch.Tensor], union: Sequence[tuple[torch.Tensor, torch.Tensor]]
-) -> list[torch.Tensor]:
-    """Per table, which of the union's rows this rank changed (1.0) or not (0.0)."""
-    return [torch.isin(ids, mine).double() for mine, (ids, _) in zip(touched, union, strict=True)]
 
 
 def shutdown() -> None:

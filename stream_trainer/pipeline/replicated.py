@@ -63,8 +63,8 @@ class ReplicatedPipeline(Pipeline):
         # averaging, when the last round ended and when the next one is due
         self._local_steps = 0
         self._trained_at_avg = 0
-        self._round_end = self.clock()
-        self._next_round = self._round_end + self.spec.sync.every_ms / 1000
+        self._round_end = self._next_round = 0.0
+        self._restart_schedule()
         self._quiet = False  # the last round: nobody had work
         self._lag = self._others_lag = 0  # consumer lag: this replica's, the others' summed
         self._reduce: Any = None  # the current train()'s, for the challenger
@@ -92,8 +92,7 @@ class ReplicatedPipeline(Pipeline):
         from the shared checkpoint; a fresh model is seeded the same, but make sure)."""
         self.replicas = replicas
         self._trained_at_avg = self.counters["trained"]  # (restored with a checkpoint)
-        self._round_end = self.clock()
-        self._next_round = self._round_end + self.spec.sync.every_ms / 1000
+        self._restart_schedule()
         for learner in self._learners():
             replicas.broadcast_tensors(learner.sync_tensors(with_optimizer=False))
 
@@ -207,6 +206,13 @@ class ReplicatedPipeline(Pipeline):
             self._schedule(views)
         return True
 
+    def _restart_schedule(self, interval: float | None = None) -> None:
+        """average: the next round ``interval`` (default ``sync.every_ms``) from now."""
+        if interval is None:
+            interval = self.spec.sync.every_ms / 1000
+        self._round_end = self.clock()
+        self._next_round = self._round_end + interval
+
     def _schedule(self, views: list[dict[str, Any]]) -> None:
         """average: when the next round is due, the same interval on every replica (from
         the round's views), counted from the end of this one: ``sync.every_ms``, or
@@ -218,8 +224,7 @@ class ReplicatedPipeline(Pipeline):
         if pace > 0:
             interval = min(interval, sync.every_steps / pace)
         self._local_steps = 0
-        self._round_end = self.clock()
-        self._next_round = self._round_end + interval
+        self._restart_schedule(interval)
 
     def _fingerprint(self) -> tuple[float, ...]:
         return tuple(x for ln in self._learners() for x in fingerprint(ln.sync_tensors(False)))
