@@ -18,7 +18,7 @@ from test_serving import EVENT
 
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.pipeline.core import Pipeline
-from stream_trainer.serving import Publisher, Scorer
+from stream_trainer.serving import Publisher
 from stream_trainer.serving.process import Published, ServingProcess, SlotReader, Slots
 
 
@@ -43,9 +43,10 @@ def eventually(check, timeout: float = 30.0):
             time.sleep(0.05)
 
 
-@pytest.fixture
-def served(tmp_path):
-    """A pipeline whose publications go to a serving process as well; its requests."""
+@pytest.fixture(params=[True, False], ids=["local-copies", "mirror-only"])
+def served(tmp_path, request):
+    """A pipeline whose publications go to a serving process as well (and to copies in
+    this process, or, with nothing here to read them, only to the process)."""
     s = settings(tmp_path, output_topic=None)
     p = Pipeline(s, s.pipelines[0])
     requests: list[tuple] = []
@@ -53,7 +54,7 @@ def served(tmp_path):
         [p.spec], "127.0.0.1:0", token=None, max_body_bytes=1 << 20, max_events=4096,
         on_request=lambda *r: requests.append(r),
     )  # fmt: skip
-    p.publisher = Publisher(every_s=0.0, mirror=proc.mirror(p.spec.name))
+    p.publisher = Publisher(every_s=0.0, mirror=proc.mirror(p.spec.name), local=request.param)
     proc.start()
     yield p, proc, requests
     proc.stop()
@@ -68,9 +69,11 @@ def test_the_process_scores_with_the_newest_weights(served):
     status, doc = post(proc.address, EVENT)
     assert status == 503 and doc["error"] == "model_not_ready"  # nothing published yet
     train(p, 600, 1)
-    here = Scorer(p.spec, p.publisher).score([EVENT])  # the daemon's own copy
+    fb = p.featurizer.featurize([{**EVENT, "label": 0}])
+    want = float(p.learner.predict(fb.inputs)[0])  # the trainer's own prediction
     status, doc = eventually(lambda: _newest(proc.address, p.learner.updates))
-    assert doc["score"] == pytest.approx(here.scores[0], rel=1e-6)
+    assert doc["score"] == pytest.approx(want, rel=1e-5)
+    assert (p.publisher.current is not None) == p.publisher.local  # copies only if read here
     first = doc["model_version"]
     train(p, 600, 2)  # more steps, more publications: the process follows
     status, doc = eventually(lambda: _newest(proc.address, p.learner.updates))

@@ -9,18 +9,19 @@ scheduler entity of its own: the two only share the machine's cores.
 How the process sees the newest weights: the daemon keeps :data:`SLOTS` copies of each
 served model in shared memory (torch's shared storages, handed to the process when it
 starts). After each publication (``snapshot.py``: at the end of a step, at most every
-``serving.publish_every_s``) the trainer's thread copies the published weights into the
-next slot — the slot's sequence number is odd while it is written — and sends the
-process a short message: the slot, its sequence number, the version, and the running
-baseline and mixture (small). A request scores with the newest slot and reads its
-sequence number again after the forward pass: if the slot was rewritten meanwhile (it
-is then the oldest of three, so only a request slower than two publication periods can
-meet this), it scores again with the newer one. No lock is shared between the
-processes, so neither waits for the other.
+``serving.publish_every_s``) the trainer's thread copies the weights into the next slot
+(from the live model, between two steps, when nothing in the daemon's own process reads
+the published copies: no requests topic); the slot's sequence number is odd while it is
+written. Then it sends the process a short message: the slot, its sequence number, the
+version, and the running baseline and mixture (small). A request scores with the newest
+slot and reads its sequence number again after the forward pass: if the slot was
+rewritten meanwhile (it is then the oldest of three, so only a request slower than two
+publication periods can meet this), it scores again with the newer one. No lock is
+shared between the processes, so neither waits for the other.
 
 How old: a served score's weights are as old as ``snapshot.py`` says (``publish_every_s``
 plus one step, plus the copy: the ``train_to_serve`` age), plus the message's way to the
-process (well under a millisecond). ``stream_trainer_served_model_version`` is the
+process (a pipe on the same machine). ``stream_trainer_served_model_version`` is the
 version published to it.
 
 The process reports every request's outcome to the daemon, which counts them in its

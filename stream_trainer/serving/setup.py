@@ -65,6 +65,8 @@ class Serving:
             )
             for name, p in self.pipelines.items():  # each publication, also to the process
                 p.publisher.mirror = self.process.mirror(name)
+                # copies in this process only for its requests topic's scorer
+                p.publisher.local = p.spec.requests_topic is not None
         self.threads: list[threading.Thread] = []
 
     def publish_restored(self) -> None:

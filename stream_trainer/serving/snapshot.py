@@ -80,10 +80,14 @@ class Publisher:
         clock: Callable[[], float] = time.monotonic,
         on_publish: OnPublish | None = None,
         mirror: Callable[[ServedModel], None] | None = None,
+        local: bool = True,
     ) -> None:
         self.every_s, self.max_copies, self.clock = every_s, max_copies, clock
         self.on_publish = on_publish
         self.mirror = mirror  # also hands each publication on (to a serving process)
+        # whether readers in this process use() the copies; False (only a mirror reads):
+        # no copy here, the mirror copies from the live model, on the trainer's thread
+        self.local = local
         self._lock = threading.Lock()
         self._pool: list[ServedModel] = []
         self.current: ServedModel | None = None
@@ -99,25 +103,29 @@ class Publisher:
         now = self.clock()
         if self._first_unpublished is None:
             self._first_unpublished = now
-        if self.current is not None and now - self._last_publish < self.every_s:
+        if self.published and now - self._last_publish < self.every_s:
             return False
         return self.publish(learner, now)
 
     def publish(self, learner: Any, now: float | None = None) -> bool:
         now = self.clock() if now is None else now
-        spare = self._spare(learner.model)
-        if spare is None:
-            self.skipped_busy += 1
-            return False
-        with torch.no_grad():
-            src = learner.model.state_dict()
-            for k, dst in spare.module.state_dict().items():
-                dst.copy_(src[k])
+        if self.local:
+            spare = self._spare(learner.model)
+            if spare is None:
+                self.skipped_busy += 1
+                return False
+            with torch.no_grad():
+                src = learner.model.state_dict()
+                for k, dst in spare.module.state_dict().items():
+                    dst.copy_(src[k])
+        else:  # the live model, read by the mirror now, between two steps
+            spare = ServedModel(learner.model)
         spare.baseline = copy.deepcopy(getattr(learner, "baseline", None))
         spare.mixture = copy.deepcopy(getattr(learner, "mixture", None))
         spare.version, spare.task, spare.published_at = int(learner.updates), learner.task, now
-        with self._lock:
-            self.current = spare
+        if self.local:
+            with self._lock:
+                self.current = spare
         age = 0.0 if self._first_unpublished is None else max(0.0, now - self._first_unpublished)
         self._first_unpublished = None
         self._last_publish = now
