@@ -241,8 +241,10 @@ def auto_workers(pipelines: int, cores: int | None = None) -> int:
     """``ingest.workers: auto``: the machine's cores shared out over the pipelines, at
     least one worker each, at most 8. Not the cores left beside the trainers: a worker
     waits on the broker for much of a fetch, and a trainer waits for its workers, so one
-    more worker than cores left overlaps those waits (``make bench``, clicks on 2 cores,
-    paired with the bare client: 1 worker 0.79x, 2 workers 1.00x; RSS +7 %).
+    more worker than cores left overlaps those waits. ``make bench`` (BENCHMARKS.md,
+    clicks on 2 cores): 2 workers had the higher median events/s than 1 in the last two
+    runs (+17 %, +21 %), for 40 MB more RSS; paired with the bare client, one run put
+    them above one worker and one below.
 
     >>> auto_workers(1, cores=2), auto_workers(3, cores=2), auto_workers(1, cores=16)
     (2, 1, 8)
