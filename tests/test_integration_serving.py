@@ -71,7 +71,7 @@ def test_serving_and_delayed_labels_end_to_end(broker, topic, workdir, metrics_p
         c.request("POST", "/predict", body, {"Authorization": "Bearer tok"})
         r = c.getresponse()
         doc = json.loads(r.read())
-        assert r.status == 200 and len(doc["scores"]) == 3 and doc["model_version"] > 0
+        assert r.status == 200 and len(doc["scores"]) == 3 and doc["model_version"] > 0, doc
         c.request("POST", "/predict", body)  # no token
         r = c.getresponse()
         assert r.status == 401 and json.loads(r.read())["error"] == "unauthorized"

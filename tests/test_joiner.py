@@ -216,3 +216,28 @@ def test_abort_and_resume_ends_every_impression_exactly_once(tmp_path):
     run_until(second, ListSource(data, second.resume_offsets()), ListSink())
     assert ends(second) == len(imps) and second.joiner.counts["labelled"] == len(labs)
     assert second.counters["trained"] == trained(second)
+
+
+class _LateLabelsPartition(ListSource):
+    """Serves ("l", 1) only once every impression is read: a labels partition that an
+    ingest worker fetches seconds after the others."""
+
+    def poll(self, timeout_s, max_records=None):
+        held = ("l", 1)
+        if self.pos[("t", 0)] >= len(self.data[("t", 0)]):
+            return super().poll(timeout_s, max_records)
+        saved, self.pos[held] = self.pos[held], len(self.data[held])
+        try:
+            return super().poll(timeout_s, max_records)
+        finally:
+            self.pos[held] = saved
+
+
+def test_nothing_expires_while_a_partition_with_records_is_unread(tmp_path):
+    imps, labs = streams(3000)
+    s, p = joined(tmp_path)
+    data = {("t", 0): imps, ("l", 0): labs[0::2], ("l", 1): labs[1::2]}
+    run_until(p, _LateLabelsPartition(data, {}), ListSink())
+    c = p.joiner.counts
+    assert c["labelled"] == len(labs) and c["late"] == 0
+    assert ends(p) == len(imps)

@@ -22,7 +22,8 @@ negative by then).
 
 Time is event time: the newest ``ts`` of the slowest partition read (a consumer
 catching up reads some partitions ahead of others; the slowest says how far all are,
-as a Flink watermark does), and none before the labels topic has been read at all (a
+as a Flink watermark does), none while a partition with records has not been read at
+all, and none before the labels topic has been read at all (a
 labels topic far behind must not expire impressions whose labels it holds; a labels
 topic that stays empty leaves ``max_pending`` to bound the memory). A partition whose
 log went back (a broker that lost its data: the demo's in-memory one on a second run)
@@ -281,9 +282,27 @@ class Joiner:
             return -math.inf
         return min(self.newest.values())
 
+    def _unread(self, p: Pipeline) -> bool:
+        """Whether a partition the pipeline holds has records but none read yet: its event
+        time is unknown, so nothing may expire (ingest workers fetch partitions apart,
+        and a labels partition read seconds after the others made its clicks ``late``).
+        A partition with nothing to read (position at the high watermark) holds nothing."""
+        source = p.source
+        if source is None or len(self.newest) >= len(source.assignment):
+            return False
+        marks = source.watermarks()
+        for tp in source.assignment:
+            if f"{tp[0]}:{tp[1]}" not in self.newest:
+                mark = marks.get(tp)
+                if mark is None or mark[0] < mark[1]:
+                    return True
+        return False
+
     def _expire(self, p: Pipeline, ready: list[Any]) -> None:
         """Every impression and early label older than the window ends, oldest first (not
         in arrival order: partitions read unevenly interleave their event times)."""
+        if self._unread(p):
+            return
         cutoff = self.watermark - self.window
         for rid in _due(self.pending_due, cutoff):
             w = self.pending.get(rid)
