@@ -190,7 +190,13 @@ def test_a_killed_replica_s_partitions_are_taken_over_exactly_once(broker, topic
 
 
 def test_a_replica_joining_mid_stream_loses_and_repeats_nothing(broker, topic, workdir):
-    events, first, second, trickle = elastic(broker, topic, workdir, seed=3)
+    """The second replica joins while events trickle in; the last 5k events wait until
+    both hold their partitions, so that the newcomer has work however long it took to
+    join (on a loaded machine the trickle had ended first, and the first replica had
+    trained everything: nothing was left for the newcomer to train)."""
+    events, first, second, _ = elastic(broker, topic, workdir, seed=3)
+    held = 5000
+    trickle = Trickle(broker.bootstrap, topic, events[5000:-held], "user_id", rate=1500)
     try:
         (a,) = first.addresses()
         wait(
@@ -207,13 +213,19 @@ def test_a_replica_joining_mid_stream_loses_and_repeats_nothing(broker, topic, w
             lambda: (
                 metric(a, "stream_trainer_assigned_partitions") == 2
                 and metric(b, "stream_trainer_assigned_partitions") == 2
-                and metric(b, "stream_trainer_events_trained_total") > 0
             ),
             120,
             "two replicas, two partitions each",
             [first, second],
         )
         trickle.join()
+        produce(broker.bootstrap, topic, events[-held:], key_field="user_id")
+        wait(
+            lambda: metric(b, "stream_trainer_events_trained_total") > 0,
+            90,
+            "the newcomer trains",
+            [first, second],
+        )
         wait(
             lambda: checkpointed(workdir) == len(events),
             90,

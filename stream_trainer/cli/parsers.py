@@ -113,7 +113,11 @@ def _run(sub: Subparsers) -> argparse.ArgumentParser:
 def _demo(sub: Subparsers) -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="broker + producers + daemon + live summary (make run)")
     flag = partial(add_flag, d, scope="demo")
-    flag("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
+    flag(
+        "--duration",
+        type=float,
+        help="stop this many seconds after the daemon first answers (default: Ctrl-C)",
+    )
     add_flag(
         d,
         "--port",

@@ -38,6 +38,7 @@ from stream_trainer.metrics.scrape import scrape
 
 CONFIG = Path(__file__).parent.parent / "configs" / "demo.yaml"
 SERVED = "recs"  # the pipeline of the curl line the demo prints
+START_WAIT_S = 60.0  # how long past --duration the demo waits for the daemon to answer
 EXAMPLE = '{"ts": 1767225600, "user_id": "u1", "item_id": "i7", "context": {"device": "mobile"}}'
 
 
@@ -191,7 +192,12 @@ class Demo:
 
     def _summary_loop(self, url: str, duration: float | None) -> None:
         """Scrape the daemon every 2 s into the view (a live table, or lines when piped)."""
-        t_end = None if duration is None else time.monotonic() + duration
+        # --duration counts from the daemon's first answer (a busy machine can take many
+        # seconds to start it: counted from the spawn, a short run could end before the
+        # pipelines had trained); a daemon that never answers ends the run all the same
+        started = time.monotonic()
+        t_end = None if duration is None else started + duration + START_WAIT_S
+        answered = False
         summary = Summary(log_hint=f"{self.workdir}/logs/daemon.log")
         view = open_view(self._say)
         view.waiting("waiting for the daemon's first metrics ...")
@@ -211,6 +217,9 @@ class Demo:
                 except OSError:
                     s = None  # the daemon is still starting (or not reachable there)
                 if s is not None:
+                    if not answered and t_end is not None:
+                        t_end = min(t_end, now + duration)
+                    answered = True
                     view.show(*summary.update(s, now))
                 if t_end is not None and now >= t_end:  # scraped or not: --duration ends it
                     break

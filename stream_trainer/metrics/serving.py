@@ -67,14 +67,21 @@ class ServingMetrics:
             Gauge, "impressions_pending", "Impressions in their window, waiting for a label"
         )
 
-    def publish_hook(self, pipeline: str) -> Any:
+    def publish_hook(self, pipeline: str, *, served: bool = True) -> Any:
+        """Per publication: its train-to-serve age, and (``served``: requests are answered
+        in this process) the version now served. A serving process reports the version it
+        has taken itself (:meth:`served`), so the gauge never runs ahead of its answers."""
         version, age = self.served_version.labels(pipeline), self.train_to_serve.labels(pipeline)
 
         def on_publish(v: int, age_s: float) -> None:
-            version.set(v)
+            if served:
+                version.set(v)
             age.observe(age_s)
 
         return on_publish
+
+    def served(self, pipeline: str, version: int) -> None:
+        self.served_version.labels(pipeline).set(version)
 
     def on_request(self, pipeline: str, outcome: str, seconds: float, scored: int) -> None:
         self.requests.labels(pipeline, outcome).inc()

@@ -22,7 +22,8 @@ shared between the processes, so neither waits for the other.
 How old: a served score's weights are as old as ``snapshot.py`` says (``publish_every_s``
 plus one step, plus the copy: the ``train_to_serve`` age), plus the message's way to the
 process (a pipe on the same machine). ``stream_trainer_served_model_version`` is the
-version published to it.
+version the process has taken: it says so once a publication's message is read, so a
+request sent after the gauge shows a version is scored with it or a newer one.
 
 The process reports every request's outcome to the daemon, which counts them in its
 own metrics (one ``/metrics`` endpoint); if the process dies, the daemon logs it and
@@ -58,6 +59,7 @@ START_TIMEOUT_S = 120.0  # a cold start imports torch: seconds on a busy machine
 STATS_EVERY_S = 0.25  # how often the process reports its requests to the daemon
 RESTART_AFTER_S = 1.0
 OnRequest = Callable[[str, str, float, int], None]
+OnServed = Callable[[str, int], None]  # (pipeline, version): the process serves it now
 
 
 # ---- the shared copies -----------------------------------------------------------------------
@@ -134,11 +136,13 @@ class ServingProcess:
         max_body_bytes: int,
         max_events: int,
         on_request: OnRequest,
+        on_served: OnServed | None = None,
     ) -> None:
         self.specs = list(specs)
         self.address = address
         self.limits = {"token": token, "max_body_bytes": max_body_bytes, "max_events": max_events}
         self.on_request = on_request
+        self.on_served = on_served
         self.slots: dict[str, Slots] = {}
         self.newest: dict[str, Published] = {}
         self._lock = threading.Lock()  # sends: the trainers' threads and the restart
@@ -239,7 +243,12 @@ class ServingProcess:
             except (EOFError, OSError):
                 msg = None
             if msg is not None:
-                for pipeline, outcome, seconds, scored in msg[1]:
+                what, body = msg
+                if what == "served":
+                    if self.on_served is not None:
+                        self.on_served(*body)
+                    continue
+                for pipeline, outcome, seconds, scored in body:
                     self.on_request(pipeline, outcome, seconds, scored)
                 continue
             if self._stopping.is_set():
@@ -292,6 +301,11 @@ def _serve(
     readers = {s.name: SlotReader(slots.get(s.name)) for s in specs}
     done: list[tuple[str, str, float, int]] = []
     done_lock = threading.Lock()
+    send_lock = threading.Lock()  # two threads send: this one and the reporter
+
+    def send(msg: Any) -> None:
+        with send_lock:
+            conn.send(msg)
 
     def on_request(pipeline: str, outcome: str, seconds: float, scored: int) -> None:
         with done_lock:
@@ -312,7 +326,7 @@ def _serve(
                 batch, done[:] = list(done), []
             if batch:
                 try:
-                    conn.send(("requests", batch))
+                    send(("requests", batch))
                 except OSError:
                     gone.set()
 
@@ -321,7 +335,10 @@ def _serve(
         while True:
             what, body = conn.recv()
             if what == "published":
-                readers[body.pipeline].received(what, body)
+                reader = readers[body.pipeline]
+                reader.received(what, body)
+                if reader.current is not None and reader.current[1] is body:
+                    send(("served", (body.pipeline, body.version)))
             elif what == "slots":
                 name, new = body
                 readers[name].received(what, new)

@@ -49,7 +49,10 @@ class Serving:
             )
             if not wanted or not hasattr(p, "publisher"):
                 continue
-            p.publisher = Publisher(s.publish_every_s, on_publish=self.metrics.publish_hook(p.name))
+            in_process = s.address is None or not s.process
+            p.publisher = Publisher(
+                s.publish_every_s, on_publish=self.metrics.publish_hook(p.name, served=in_process)
+            )
             self.scorers[p.name] = Scorer(p.spec, p.publisher)
             self.pipelines[p.name] = p
         self.server: PredictServer | None = None
@@ -62,6 +65,7 @@ class Serving:
                 max_body_bytes=s.max_body_bytes,
                 max_events=s.max_events,
                 on_request=self.metrics.on_request,
+                on_served=self.metrics.served,
             )
             for name, p in self.pipelines.items():  # each publication, also to the process
                 p.publisher.mirror = self.process.mirror(name)
