@@ -123,12 +123,20 @@ def free_ports(n: int) -> int:
 
 
 def one_run(
-    bootstrap: str, topic: str, n: int, nproc: int, mode: str, sparse: bool, work: Path
+    bootstrap: str,
+    topic: str,
+    n: int,
+    nproc: int,
+    mode: str,
+    sparse: bool,
+    work: Path,
+    ingest: int | str = "auto",
 ) -> float:
     port = free_ports(nproc)
     cfg = {
         "kafka": {"bootstrap_servers": bootstrap, "group_prefix": f"bench-{time.time_ns()}"},
         "device": "cpu",
+        "ingest": {"workers": ingest},
         "metrics": {"address": f"127.0.0.1:{port}"},
         "checkpoint": {"dir": str(work / f"ckpt-{time.time_ns()}"), "every_seconds": 5.0},
         "pipelines": [{"name": "clicks", "kind": "clicks", "topics": [topic],

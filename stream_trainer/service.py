@@ -235,12 +235,13 @@ class Service:
             log.exception("pipeline crashed", extra={"pipeline": p.name})
 
     def _ingest_workers(self, p: Runner) -> int:
-        """Ingest worker processes for ``p``: plain pipelines only (a by_key pipeline's
-        shards and replicas keep fetching in their own process)."""
-        if type(p) is not Pipeline or p.spec.labels is not None:  # the joiner reads raw
+        """Ingest worker processes for ``p``: plain and replicated pipelines (a by_key
+        pipeline's shards keep fetching in their own process); ``auto`` shares the cores
+        out over the pipelines and the replicas on this machine."""
+        if not isinstance(p, Pipeline) or p.spec.labels is not None:  # the joiner reads raw
             return 0
-        plain = sum(type(q) is Pipeline for q in self.pipelines)
-        return worker_count(self.settings.ingest.workers, plain)
+        plain = sum(isinstance(q, Pipeline) for q in self.pipelines)
+        return worker_count(self.settings.ingest.workers, plain * max(1, self.world.local_size))
 
     def _serving_ports(self, spec: PipelineSettings) -> tuple[KafkaSource, KafkaSink]:
         """A consumer (a group of its own) and a producer for a pipeline's requests topic."""
