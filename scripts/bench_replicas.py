@@ -325,7 +325,10 @@ def daemon_rows(a: argparse.Namespace, settings: list[tuple[int, str, bool]]) ->
         for nproc, mode, sparse in settings:
             rates = []
             for k in range(a.repeats):
-                rates.append(one_run(broker.bootstrap, topic, a.events, nproc, mode, sparse, work))
+                rates.append(
+                    one_run(broker.bootstrap, topic, a.events, nproc, mode, sparse, work,
+                            ingest=a.ingest_workers)
+                )  # fmt: skip
                 print(f"bench-replicas: daemon {nproc} x {mode} sparse={sparse}: run {k + 1}: "
                       f"{rates[-1]:,.0f} events/s", file=sys.stderr)  # fmt: skip
             rows.append((nproc, mode, sparse, statistics.median(rates), min(rates), max(rates)))
@@ -346,6 +349,10 @@ def main() -> int:
     ap.add_argument("--inproc-events", type=int, default=INPROC_EVENTS)
     ap.add_argument("--replicas", default="1,2,4", help="comma-separated replica counts")
     ap.add_argument("--no-daemon", action="store_true", help="in-process runs only")
+    ap.add_argument(
+        "--ingest-workers", default="auto", type=lambda v: v if v == "auto" else int(v),
+        help="the daemons' ingest.workers (default auto)",
+    )  # fmt: skip
     ap.add_argument("--out", help="replace the replicas section of this markdown file")
     a = ap.parse_args()
     worlds = [int(x) for x in a.replicas.split(",")]

@@ -130,6 +130,9 @@ def test_two_replicas_train_one_model_in_sync_and_learn_every_offset_once(
     finally:
         t.terminate(60)
     covered_exactly_once(workdir, per_partition(events))
+    # each replica fetched and decoded in ingest workers of its own (auto)
+    started = [line for line in t.log().splitlines() if "ingest workers started" in line]
+    assert len(started) >= 2, t.log()[-3000:]
 
 
 def elastic(broker, topic: str, workdir: Path, seed: int):

@@ -238,8 +238,9 @@ class _Worker:
 
 
 def auto_workers(pipelines: int, cores: int | None = None) -> int:
-    """``ingest.workers: auto``: the machine's cores shared out over the pipelines, at
-    least one worker each, at most 8. Not the cores left beside the trainers: a worker
+    """``ingest.workers: auto``: the machine's cores shared out over the pipelines (the
+    daemon passes its pipelines times the replicas on this machine), at least one worker
+    each, at most 8. Not the cores left beside the trainers: a worker
     waits on the broker for much of a fetch, and a trainer waits for its workers, so one
     more worker than cores left overlaps those waits. ``make bench`` (BENCHMARKS.md,
     clicks on 2 cores): 2 workers had the higher median events/s than 1 in the last two
