@@ -64,7 +64,10 @@ def test_serving_and_delayed_labels_end_to_end(broker, topic, workdir, metrics_p
         }
         joined = sample(m, name, pipeline="clicks", outcome="labelled")
         assert joined == len(labs), (joined, len(labs), unmatched)
-        assert sample(m, "stream_trainer_served_model_version", pipeline="clicks") > 0
+        # the step that learned the expired windows may come just after the scrape: wait for
+        # the serving process to say it serves a version; from then /predict answers at once
+        served = "stream_trainer_served_model_version"
+        d.wait_for(lambda m: (sample(m, served, pipeline="clicks") or 0) > 0, what=served)
         host, port = serve.rsplit(":", 1)
         c = http.client.HTTPConnection(host, int(port), timeout=10)
         body = json.dumps([{k: v for k, v in imps[0].items() if k != "request_id"}] * 3)
