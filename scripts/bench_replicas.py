@@ -27,6 +27,7 @@ broker (and, here, with other work: throughput ratios need a quiet machine).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import itertools
 import json
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -312,29 +314,37 @@ def inprocess(world: int, mode: str, sparse: bool, n: int) -> dict[str, Any]:
     }
 
 
-def daemon_rows(a: argparse.Namespace, settings: list[tuple[int, str, bool]]) -> list[Any]:
+@contextlib.contextmanager
+def click_topic(n: int) -> Iterator[tuple[str, str, Path]]:
+    """A local broker holding ``n`` click events on one topic of ``PARTITIONS``
+    partitions: (bootstrap, topic, a work folder), all gone afterwards."""
     broker = LocalBroker(port=free_port())
     broker.start()
     work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
-    rows = []
     try:
         topic = "bench-clicks"
         create_topics(broker.bootstrap, {topic: PARTITIONS})
-        events = list(make_generator("clicks", seed=0, count=a.events))
+        events = list(make_generator("clicks", seed=0, count=n))
         publish(broker.bootstrap, topic, events, key_field="user_id", progress=False)
+        yield broker.bootstrap, topic, work
+    finally:
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def daemon_rows(a: argparse.Namespace, settings: list[tuple[int, str, bool]]) -> list[Any]:
+    rows = []
+    with click_topic(a.events) as (bootstrap, topic, work):
         for nproc, mode, sparse in settings:
             rates = []
             for k in range(a.repeats):
                 rates.append(
-                    one_run(broker.bootstrap, topic, a.events, nproc, mode, sparse, work,
+                    one_run(bootstrap, topic, a.events, nproc, mode, sparse, work,
                             ingest=a.ingest_workers)
                 )  # fmt: skip
                 print(f"bench-replicas: daemon {nproc} x {mode} sparse={sparse}: run {k + 1}: "
                       f"{rates[-1]:,.0f} events/s", file=sys.stderr)  # fmt: skip
             rows.append((nproc, mode, sparse, statistics.median(rates), min(rates), max(rates)))
-    finally:
-        broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
     return rows
 
 

@@ -321,15 +321,19 @@ def run(a: argparse.Namespace, say: Any, process: bool = True) -> dict[str, Any]
 
 # ---- the report ----------------------------------------------------------------------------
 def figures(r: dict[str, Any]) -> dict[str, Any]:
-    """One run's target figures: one-event p99, batch scored/s, training drop, age p99."""
+    """One run's target figures (one-event p99, batch scored/s, training drop, age p99),
+    and what the drop is made of: the quiet phases' mean rate and the slower loaded phase."""
     ph = {p["name"]: p for p in r["phases"]}
     quiet = (ph[QUIET]["trained_per_s"] + ph[QUIET_AGAIN]["trained_per_s"]) / 2
     worse = min((ph[SINGLE], ph[BATCHES]), key=lambda p: p["trained_per_s"])
     return {
         "p99_ms": ph[SINGLE]["p99_ms"],
+        "p50_ms": ph[SINGLE]["p50_ms"],
         "scored_per_s": ph[BATCHES]["scored_per_s"],
         "drop": 1.0 - worse["trained_per_s"] / quiet,
         "age_p99_s": r["age_p99_s"],
+        "quiet": quiet,
+        "worse": worse,
     }
 
 
@@ -340,28 +344,22 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ordered[(len(ordered) - 1) // 2], "repeats": [figures(r) for r in runs]}
 
 
-def spread(r: dict[str, Any], key: str, fmt: str, unit: str = "") -> str:
-    """The median of ``key`` over the repeats, and their range when there are several."""
-    vals = [f[key] for f in r.get("repeats") or [figures(r)]]
-    med = float(np.median(vals))
-    if len(vals) == 1:
-        return format(med, fmt) + unit
-    lo, hi = format(min(vals), fmt), format(max(vals), fmt)
-    return f"{format(med, fmt)}{unit} (median of {len(vals)}; {lo}–{hi})"
-
-
 def render(r: dict[str, Any], a: argparse.Namespace, argv: list[str]) -> str:
-    ph = {p["name"]: p for p in r["phases"]}
-    quiet = (ph[QUIET]["trained_per_s"] + ph[QUIET_AGAIN]["trained_per_s"]) / 2
-    single, batch = ph[SINGLE], ph[BATCHES]
-    worse = min((single, batch), key=lambda p: p["trained_per_s"])
-    drop = 1.0 - worse["trained_per_s"] / quiet
+    f = figures(r)  # the median run's
+    quiet, worse, drop, age = f["quiet"], f["worse"], f["drop"], r["age_p99_s"]
     kept_up = worse["trained_per_s"] / max(worse["produced_per_s"], 1e-9)
-    age = r["age_p99_s"]
-    reps = r.get("repeats") or [figures(r)]
+    reps = r.get("repeats") or [f]
 
     def med(key: str) -> float:
-        return float(np.median([f[key] for f in reps]))
+        return float(np.median([x[key] for x in reps]))
+
+    def spread(key: str, fmt: str, unit: str = "") -> str:
+        """The median over the repeats, and their range when there are several."""
+        if len(reps) == 1:
+            return format(med(key), fmt) + unit
+        vals = [x[key] for x in reps]
+        lo, hi = format(min(vals), fmt), format(max(vals), fmt)
+        return f"{format(med(key), fmt)}{unit} (median of {len(reps)}; {lo}–{hi})"
 
     lines = [
         START,
@@ -380,19 +378,19 @@ def render(r: dict[str, Any], a: argparse.Namespace, argv: list[str]) -> str:
         "| target | measured | |",
         "|---|---|---|",
         f"| /predict p99 ≤ {TARGET_P99_MS:g} ms, one event | "
-        f"{spread(r, 'p99_ms', '.2f', ' ms')} | "
+        f"{spread('p99_ms', '.2f', ' ms')} | "
         f"{verdict(med('p99_ms') <= TARGET_P99_MS)} |",
         f"| ≥ {TARGET_BATCH_EVENTS_S:,.0f} scored events/s in batches of {BATCH} | "
-        f"{spread(r, 'scored_per_s', ',.0f', '/s')} | "
+        f"{spread('scored_per_s', ',.0f', '/s')} | "
         f"{verdict(med('scored_per_s') >= TARGET_BATCH_EVENTS_S)} |",
         f"| training events/s drop ≤ {TARGET_TRAIN_DROP:.0%} under serving load | "
-        f"{spread(r, 'drop', '.1%')}; in the median run {drop:.1%}: "
+        f"{spread('drop', '.1%')}; in the median run {drop:.1%}: "
         f"{worse['trained_per_s']:,.0f}/s ({worse['name']}) vs {quiet:,.0f}/s "
         f"(the quiet phases' mean); meanwhile produced {worse['produced_per_s']:,.0f}/s, "
         f"trained / produced {kept_up:.2f}, lag {worse['lag']:,.0f} at its end | "
         f"{verdict(med('drop') <= TARGET_TRAIN_DROP)} |",
         f"| train-to-serve age p99 ≤ {TARGET_AGE_P99_S:g} s | "
-        f"{spread(r, 'age_p99_s', '.3f', ' s')}; "
+        f"{spread('age_p99_s', '.3f', ' s')}; "
         f"in the median run {age:.3f} s (p50 "
         f"{r['age_p50_s']:.3f} s, {r['publications']:,.0f} publications) | "
         f"{verdict(med('age_p99_s') <= TARGET_AGE_P99_S)} |",
@@ -416,9 +414,7 @@ def render(r: dict[str, Any], a: argparse.Namespace, argv: list[str]) -> str:
             f"{p['daemon_cores']:.2f} | {req} |"
         )
     if "thread" in r:  # the same four phases, serving on a thread of the daemon's
-        th = {p["name"]: p for p in r["thread"]["phases"]}
-        t_quiet = (th[QUIET]["trained_per_s"] + th[QUIET_AGAIN]["trained_per_s"]) / 2
-        t_worse = min(th[SINGLE], th[BATCHES], key=lambda p: p["trained_per_s"])
+        t = figures(r["thread"])
         lines += [
             "",
             "The same run again with `serving.process: false` (requests on a thread of the "
@@ -427,11 +423,10 @@ def render(r: dict[str, Any], a: argparse.Namespace, argv: list[str]) -> str:
             "| serving | one event p50 ms | one event p99 ms | batches of "
             f"{BATCH}: scored events/s | training drop under serving load |",
             "|---|---|---|---|---|",
-            f"| own process (the default) | {single['p50_ms']:.2f} | {single['p99_ms']:.2f} | "
-            f"{batch['scored_per_s']:,.0f} | {drop:.1%} |",
-            f"| a thread of the daemon's | {th[SINGLE]['p50_ms']:.2f} | "
-            f"{th[SINGLE]['p99_ms']:.2f} | {th[BATCHES]['scored_per_s']:,.0f} | "
-            f"{1.0 - t_worse['trained_per_s'] / t_quiet:.1%} |",
+            f"| own process (the default) | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | "
+            f"{f['scored_per_s']:,.0f} | {drop:.1%} |",
+            f"| a thread of the daemon's | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | "
+            f"{t['scored_per_s']:,.0f} | {t['drop']:.1%} |",
         ]
     lines += [
         "",

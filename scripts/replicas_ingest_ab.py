@@ -8,17 +8,9 @@ one broker and one topic, medians of ``--repeats``.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
-from pathlib import Path
 
-from bench_replicas import PARTITIONS, one_run
-
-from stream_trainer.edges.admin import create_topics
-from stream_trainer.local.broker import LocalBroker, free_port
-from stream_trainer.producers import make_generator
-from stream_trainer.producers.publish import publish
+from bench_replicas import click_topic, one_run
 
 ROWS = [(1, "-", "auto"), (2, "allreduce", 0), (2, "allreduce", "auto"),
         (2, "average", 0), (2, "average", "auto")]  # fmt: skip
@@ -29,23 +21,13 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=150_000)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    broker = LocalBroker(port=free_port())
-    broker.start()
-    work = Path(tempfile.mkdtemp(prefix="replicas-ingest-ab-"))
     rates: dict[tuple, list[float]] = {row: [] for row in ROWS}
-    try:
-        topic = "bench-clicks"
-        create_topics(broker.bootstrap, {topic: PARTITIONS})
-        events = list(make_generator("clicks", seed=0, count=a.events))
-        publish(broker.bootstrap, topic, events, key_field="user_id", progress=False)
+    with click_topic(a.events) as (bootstrap, topic, work):
         for k in range(a.repeats):
             for nproc, mode, ingest in ROWS:
-                r = one_run(broker.bootstrap, topic, a.events, nproc, mode, True, work, ingest)
+                r = one_run(bootstrap, topic, a.events, nproc, mode, True, work, ingest)
                 rates[(nproc, mode, ingest)].append(r)
                 print(f"run {k + 1}: {nproc} x {mode}, ingest.workers {ingest}: {r:,.0f}/s")
-    finally:
-        broker.stop()
-        shutil.rmtree(work, ignore_errors=True)
     one = statistics.median(rates[ROWS[0]])
     print("\n| replicas | sync | ingest.workers | events/s (median) | runs | vs 1 replica |")
     print("|---:|---|---|---:|---|---:|")

@@ -72,7 +72,7 @@ class World:
                 size=int(e.get("WORLD_SIZE", "1")),
                 local_rank=int(e.get("LOCAL_RANK", "0")),
                 restart=int(e.get("TORCHELASTIC_RESTART_COUNT", "0")),
-                local_size=int(e.get("LOCAL_WORLD_SIZE", "1")),
+                local_size=max(1, int(e.get("LOCAL_WORLD_SIZE", "1"))),
             )
         except ValueError as err:
             raise StreamTrainerError(f"torchrun environment: {err}") from None

@@ -240,8 +240,8 @@ class Service:
         out over the pipelines and the replicas on this machine."""
         if not isinstance(p, Pipeline) or p.spec.labels is not None:  # the joiner reads raw
             return 0
-        plain = sum(isinstance(q, Pipeline) for q in self.pipelines)
-        return worker_count(self.settings.ingest.workers, plain * max(1, self.world.local_size))
+        fed = sum(isinstance(q, Pipeline) for q in self.pipelines)  # each may have workers
+        return worker_count(self.settings.ingest.workers, fed * self.world.local_size)
 
     def _serving_ports(self, spec: PipelineSettings) -> tuple[KafkaSource, KafkaSink]:
         """A consumer (a group of its own) and a producer for a pipeline's requests topic."""

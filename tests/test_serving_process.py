@@ -92,29 +92,19 @@ def _counted(requests: list[tuple], outcome: str, n: int) -> None:
     assert sum(r[1] == outcome for r in requests) >= n
 
 
-def test_the_served_version_is_reported_once_the_process_serves_it(tmp_path):
+def test_the_served_version_is_reported_once_the_process_serves_it(served):
     """What ``stream_trainer_served_model_version`` shows: a request sent once the process
     has reported a version is answered with that version or a newer one, never 503 (the
     gauge used to be set at publication, before the process had read it)."""
-    s = settings(tmp_path, output_topic=None)
-    p = Pipeline(s, s.pipelines[0])
-    served: list[tuple[str, int]] = []
-    proc = ServingProcess(
-        [p.spec], "127.0.0.1:0", token=None, max_body_bytes=1 << 20, max_events=4096,
-        on_request=lambda *r: None, on_served=lambda *v: served.append(v),
-    )  # fmt: skip
-    p.publisher = Publisher(every_s=0.0, mirror=proc.mirror(p.spec.name), local=False)
-    proc.start()
-    try:
-        assert served == []
-        train(p, 300, 1)
-        eventually(lambda: _served_at_least(served, p.learner.updates))
-        status, doc = post(proc.address, EVENT)  # at once: no retry
-        assert status == 200 and doc["model_version"] == p.learner.updates, doc
-        assert {name for name, _ in served} == {p.spec.name}
-        assert [v for _, v in served] == sorted(v for _, v in served)
-    finally:
-        proc.stop()
+    p, proc, _ = served
+    versions: list[tuple[str, int]] = []
+    proc.on_served = lambda *v: versions.append(v)
+    train(p, 300, 1)
+    eventually(lambda: _served_at_least(versions, p.learner.updates))
+    status, doc = post(proc.address, EVENT)  # at once: no retry
+    assert status == 200 and doc["model_version"] == p.learner.updates, doc
+    assert {name for name, _ in versions} == {p.spec.name}
+    assert [v for _, v in versions] == sorted(v for _, v in versions)
 
 
 def _served_at_least(served: list[tuple[str, int]], version: int) -> None:

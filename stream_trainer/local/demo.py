@@ -195,8 +195,7 @@ class Demo:
         # --duration counts from the daemon's first answer (a busy machine can take many
         # seconds to start it: counted from the spawn, a short run could end before the
         # pipelines had trained); a daemon that never answers ends the run all the same
-        started = time.monotonic()
-        t_end = None if duration is None else started + duration + START_WAIT_S
+        t_end = None if duration is None else time.monotonic() + duration + START_WAIT_S
         answered = False
         summary = Summary(log_hint=f"{self.workdir}/logs/daemon.log")
         view = open_view(self._say)
@@ -217,8 +216,8 @@ class Demo:
                 except OSError:
                     s = None  # the daemon is still starting (or not reachable there)
                 if s is not None:
-                    if not answered and t_end is not None:
-                        t_end = min(t_end, now + duration)
+                    if not answered and duration is not None:
+                        t_end = now + duration
                     answered = True
                     view.show(*summary.update(s, now))
                 if t_end is not None and now >= t_end:  # scraped or not: --duration ends it

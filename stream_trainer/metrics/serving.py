@@ -67,14 +67,14 @@ class ServingMetrics:
             Gauge, "impressions_pending", "Impressions in their window, waiting for a label"
         )
 
-    def publish_hook(self, pipeline: str, *, served: bool = True) -> Any:
-        """Per publication: its train-to-serve age, and (``served``: requests are answered
-        in this process) the version now served. A serving process reports the version it
-        has taken itself (:meth:`served`), so the gauge never runs ahead of its answers."""
+    def publish_hook(self, pipeline: str, *, set_version: bool = True) -> Any:
+        """Per publication: its train-to-serve age, and (``set_version``: requests are
+        answered in this process) the version now served. A serving process reports the
+        version it has taken itself (:meth:`served`): the gauge never runs ahead of it."""
         version, age = self.served_version.labels(pipeline), self.train_to_serve.labels(pipeline)
 
         def on_publish(v: int, age_s: float) -> None:
-            if served:
+            if set_version:
                 version.set(v)
             age.observe(age_s)
 

@@ -102,11 +102,14 @@ class SlotReader:
         self._slots = slots  # the newest slots (new ones come before their publication)
         self.current: tuple[Slots, Published] | None = None  # swapped as one reference
 
-    def received(self, what: str, body: Any) -> None:
+    def received(self, what: str, body: Any) -> bool:
+        """Take new slots or a publication; True when a publication is now served."""
         if what == "slots":
             self._slots = body
         elif self._slots is not None:
             self.current = (self._slots, body)
+            return True
+        return False
 
     @contextlib.contextmanager
     def use(self) -> Iterator[ServedModel | None]:
@@ -335,9 +338,7 @@ def _serve(
         while True:
             what, body = conn.recv()
             if what == "published":
-                reader = readers[body.pipeline]
-                reader.received(what, body)
-                if reader.current is not None and reader.current[1] is body:
+                if readers[body.pipeline].received(what, body):
                     send(("served", (body.pipeline, body.version)))
             elif what == "slots":
                 name, new = body

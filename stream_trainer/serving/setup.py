@@ -41,6 +41,7 @@ class Serving:
         self.token = read_token(s.token_file)  # a missing file: an error before anything starts
         self.scorers: dict[str, Scorer] = {}
         self.pipelines: dict[str, Any] = {}
+        own_process = s.address is not None and s.process  # /predict in a serving process
         for p in pipelines:
             if getattr(p, "joiner", None) is not None:  # delayed labels: their counters
                 p.joiner.hooks = self.metrics.joiner_hooks(p.name)
@@ -49,15 +50,14 @@ class Serving:
             )
             if not wanted or not hasattr(p, "publisher"):
                 continue
-            in_process = s.address is None or not s.process
-            p.publisher = Publisher(
-                s.publish_every_s, on_publish=self.metrics.publish_hook(p.name, served=in_process)
-            )
+            # a serving process reports the version it serves itself
+            hook = self.metrics.publish_hook(p.name, set_version=not own_process)
+            p.publisher = Publisher(s.publish_every_s, on_publish=hook)
             self.scorers[p.name] = Scorer(p.spec, p.publisher)
             self.pipelines[p.name] = p
         self.server: PredictServer | None = None
         self.process: ServingProcess | None = None
-        if s.address is not None and s.process and self.scorers:
+        if own_process and self.scorers:
             self.process = ServingProcess(
                 [p.spec for p in self.pipelines.values()],
                 s.address,
