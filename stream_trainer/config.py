@@ -57,7 +57,9 @@ class KafkaSettings(_Frozen):
     heartbeat_interval_ms: int = Field(1000, ge=100)
     max_poll_interval_ms: int = Field(30000, ge=1000)
     max_poll_records: int = Field(2000, ge=1)
-    fetch_max_wait_ms: int = Field(20, ge=0)
+    # How long the broker may hold a fetch that found nothing new: a floor under the
+    # event-to-update latency (`make bench`'s latency rows). Idle fetches cost little.
+    fetch_max_wait_ms: int = Field(5, ge=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     request_timeout_ms: int = Field(15000, ge=1000)
     create_topics: bool = True

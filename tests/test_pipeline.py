@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from fakes import ListSink, ListSource, run_until
 
 from stream_trainer.config import parse_settings
-from stream_trainer.errors import ConfigError
+from stream_trainer.errors import CheckpointError, ConfigError
 from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.pipeline.hooks import PipelineHooks
 from stream_trainer.producers import make_generator
@@ -108,6 +109,61 @@ def test_a_crash_loses_only_what_the_checkpoint_did_not_hold(tmp_path):
     restarted.restore()
     assert restarted.resume_offsets() == {("t", 0): 100}
     assert restarted.counters["trained"] == 100
+
+
+def test_the_periodic_checkpoint_is_written_beside_training_and_committed_once_durable(
+    tmp_path,
+):
+    """The loop's checkpoint copies the state, writes it on a thread and commits its
+    offsets after the file is durable: training that goes on meanwhile is in neither."""
+    s = settings(tmp_path)
+    p = Pipeline(s, s.pipelines[0])
+    src = ListSource({("t", 0): click_stream(300, 8)}, {}, batch=100)
+    p.source, p.sink = src, ListSink()
+    p.handle(src.poll(0))
+    p.flush()
+    weights = {k: v.clone() for k, v in p.learner.model.state_dict().items()}
+    gate = threading.Event()
+    save = p.store.save
+    p.store.save = lambda doc: (gate.wait(10), save(doc))[1]  # a slow disk
+    assert p.periodic_checkpoint()
+    p.handle(src.poll(0))  # training goes on while the file is written
+    p.flush()
+    p.collect_checkpoint()
+    assert src.commits == [] and p.store.load_latest() is None  # not durable: no commit
+    gate.set()
+    p.collect_checkpoint(wait=True)
+    assert src.commits == [{("t", 0): 100}]
+    saved = p.store.load_latest()
+    assert saved["offsets"] == {"t:0": 100} and saved["counters"]["trained"] == 100
+    for k, v in saved["learner"]["model"].items():  # the weights of the copy, not later ones
+        assert torch.equal(v, weights[k]), k
+    assert p.offsets.dirty  # what was trained meanwhile waits for the next checkpoint
+    assert p.checkpoint() and src.commits[-1] == {("t", 0): 200}
+
+
+def test_a_periodic_checkpoint_that_cannot_be_written_is_taken_again(tmp_path):
+    s = settings(tmp_path)
+    p = Pipeline(s, s.pipelines[0])
+    src = ListSource({("t", 0): click_stream(100, 9)}, {}, batch=100)
+    p.source, p.sink = src, ListSink()
+    p.handle(src.poll(0))
+    p.flush()
+    save, calls = p.store.save, []
+
+    def flaky(doc):
+        calls.append(1)
+        if len(calls) == 1:
+            raise CheckpointError("disk full")
+        return save(doc)
+
+    p.store.save = flaky
+    assert p.periodic_checkpoint()
+    p.collect_checkpoint(wait=True)
+    assert src.commits == [] and p.offsets.dirty  # postponed, nothing committed
+    assert p.periodic_checkpoint()
+    p.collect_checkpoint(wait=True)
+    assert src.commits == [{("t", 0): 100}] and not p.offsets.dirty
 
 
 def test_bad_events_go_to_dead_letters_and_never_stop_training(tmp_path):

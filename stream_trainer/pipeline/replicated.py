@@ -289,6 +289,9 @@ class ReplicatedPipeline(Pipeline):
     def checkpoint(self, *, commit: bool = True) -> bool:
         return self.checkpoint_replicated()
 
+    def periodic_checkpoint(self) -> bool:
+        return self.checkpoint_replicated()
+
     def finish(self) -> None:
         """The last round took the final checkpoint."""
 

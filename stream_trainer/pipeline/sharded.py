@@ -154,6 +154,9 @@ class ShardedPipeline:
         self.last_checkpoint = time.monotonic()
         return self._checkpoint(self.shards)
 
+    def periodic_checkpoint(self) -> bool:
+        return self.checkpoint()
+
     def finish(self) -> None:
         self._checkpoint(self.shards)
 
