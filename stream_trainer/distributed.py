@@ -267,9 +267,9 @@ class Replicas:
         in place. ``rows``: per embedding table, the (row ids, gradient rows times
         ``n``) this rank touched; returned as every rank's rows (in rank order, a row
         touched by two ranks twice: the optimizer's coalesce sums them) over the total.
-        With no rows, one all-reduce of ``flat``; with rows, three all-gathers (the
-        sizes, the ids, the dense gradient and rows in one buffer) whose size is the
-        rows touched, not the tables. Returns (total examples, rows)."""
+        With no rows, one all-reduce of ``flat``; with rows, two all-gathers (the
+        sizes; then the ids, the dense gradient and the rows in one buffer) whose size
+        is the rows touched, not the tables. Returns (total examples, rows)."""
         if not rows:
             return self._reduce_dense(n, flat), []
         return self._run("gradients", lambda: self._reduce_sparse(n, flat, list(rows)))
@@ -300,24 +300,29 @@ class Replicas:
         self._sent("gradients", [meta])
         if total == 0:
             return 0, []
-        n_ids = [sum(m[1:]) for m in metas]
-        n_vals = [flat.numel() + sum(k * w for k, w in zip(m[1:], widths, strict=True))
-                  for m in metas]  # fmt: skip
-        ids = torch.zeros(max(n_ids), dtype=torch.long, device=dev)
-        ids[: n_ids[self.rank]] = torch.cat([i for i, _ in rows])
-        vals = torch.zeros(max(n_vals), dtype=flat.dtype, device=dev)
-        vals[: n_vals[self.rank]] = torch.cat([flat, *(v.reshape(-1) for _, v in rows)])
-        self._sent("gradients", [ids, vals])
-        all_ids, all_vals = self._gather(ids), self._gather(vals)
+        # one gather for the ids, the dense gradient and the rows: the ids' bytes ride
+        # in the gradient's dtype (a gather copies bytes, it never adds them)
+        k = torch.empty(0, dtype=torch.long).element_size() // flat.element_size()
         d = flat.numel()
-        flat.copy_(torch.stack([v[:d] for v in all_vals]).sum(0) / total)
+        sizes = [k * sum(m[1:]) + d + sum(c * w for c, w in zip(m[1:], widths, strict=True))
+                 for m in metas]  # fmt: skip
+        buf = torch.zeros(max(sizes), dtype=flat.dtype, device=dev)
+        mine = torch.cat([i for i, _ in rows]).view(flat.dtype)
+        buf[: sizes[self.rank]] = torch.cat([mine, flat, *(v.reshape(-1) for _, v in rows)])
+        self._sent("gradients", [buf])
+        gathered = self._gather(buf)
+        parts = []
+        for m, g in zip(metas, gathered, strict=True):
+            n_ids = k * sum(m[1:])
+            parts.append((g[:n_ids].view(torch.long), g[n_ids : n_ids + d], g[n_ids + d :]))
+        flat.copy_(torch.stack([dense for _, dense, _ in parts]).sum(0) / total)
         out: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in rows]
-        for m, r_ids, r_vals in zip(metas, all_ids, all_vals, strict=True):
-            i, j = 0, d
-            for s, (k, w) in enumerate(zip(m[1:], widths, strict=True)):
-                out[s][0].append(r_ids[i : i + k])
-                out[s][1].append(r_vals[j : j + k * w].view(k, *rows[s][1].shape[1:]))
-                i, j = i + k, j + k * w
+        for m, (r_ids, _, r_vals) in zip(metas, parts, strict=True):
+            i = j = 0
+            for s, (c, w) in enumerate(zip(m[1:], widths, strict=True)):
+                out[s][0].append(r_ids[i : i + c])
+                out[s][1].append(r_vals[j : j + c * w].view(c, *rows[s][1].shape[1:]))
+                i, j = i + c, j + c * w
         return total, [(torch.cat(i), torch.cat(v) / total) for i, v in out]
 
     def average(
