@@ -316,7 +316,8 @@ class Learner:
         ``reduce`` (replicas in ``allreduce`` mode): called with this batch's example
         count and flat gradient, it sums both over the replicas and leaves the mean
         gradient in place; every replica then applies the same update."""
-        self.model.train()
+        if not self.model.training:  # (a walk over every module: ~0.1 ms a step)
+            self.model.train()
         n = int(targets.shape[0])
         if replay is not None:
             old_inputs, old_targets = replay
@@ -396,7 +397,8 @@ class Learner:
     def idle_step(self, reduce: Reduce) -> bool:
         """A replica without data this round: contribute nothing, apply the others'
         update. True when an update was applied."""
-        self.model.train()
+        if not self.model.training:  # (a walk over every module: ~0.1 ms a step)
+            self.model.train()
         return self._synced_update(reduce, 0, None)
 
     def _trainable(self) -> list[nn.Parameter]:
