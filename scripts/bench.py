@@ -593,7 +593,8 @@ def render(r: dict[str, Any], argv: Sequence[str]) -> str:
         ],
         "",
         f"`auto` is {r['workers_used'].get('clicks', '?')} here "
-        "(`edges/ingest.py: auto_workers`: the cores shared out over the pipelines, at least one).",
+        "(`edges/ingest.py: auto_workers`: the cores beside one for the trainer, shared out "
+        "over the pipelines, at least one).",
         "",
         "## Trainers on the same click events (no Kafka)",
         "",

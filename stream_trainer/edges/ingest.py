@@ -238,20 +238,18 @@ class _Worker:
 
 
 def auto_workers(pipelines: int, cores: int | None = None) -> int:
-    """``ingest.workers: auto``: the machine's cores shared out over the pipelines (the
-    daemon passes its pipelines times the replicas on this machine), at least one worker
-    each, at most 8. Not the cores left beside the trainers: a worker
-    waits on the broker for much of a fetch, and a trainer waits for its workers, so one
-    more worker than cores left overlaps those waits. ``make bench`` (BENCHMARKS.md,
-    clicks on 2 cores): 2 workers had the higher median events/s than 1 in the last two
-    runs (+17 %, +21 %), for 40 MB more RSS; paired with the bare client, one run put
-    them above one worker and one below.
+    """``ingest.workers: auto``: the cores beside one for the trainers, shared out over
+    the pipelines (the daemon passes its pipelines times the replicas on this machine),
+    at least one worker each, at most 8. On 2 cores that is one worker: in both
+    `make bench` runs of 2026-12-06 (clicks) one worker trained more events/s
+    than two (65,279 vs 61,164; 64,930 vs 58,834), and the event-to-update p99 at
+    20k events/s was lower with one; a run on 2026-12-01 had put two ahead (+17 %).
 
     >>> auto_workers(1, cores=2), auto_workers(3, cores=2), auto_workers(1, cores=16)
-    (2, 1, 8)
+    (1, 1, 8)
     """
     cores = cores or os.cpu_count() or 1
-    return max(1, min(8, cores // pipelines))
+    return max(1, min(8, (cores - 1) // pipelines))
 
 
 class IngestSource:
