@@ -240,10 +240,10 @@ class _Worker:
 def auto_workers(pipelines: int, cores: int | None = None) -> int:
     """``ingest.workers: auto``: the cores beside one for the trainers, shared out over
     the pipelines (the daemon passes its pipelines times the replicas on this machine),
-    at least one worker each, at most 8. On 2 cores that is one worker: in both
-    `make bench` runs of 2026-12-06 (clicks) one worker trained more events/s
-    than two (65,279 vs 61,164; 64,930 vs 58,834), and the event-to-update p99 at
-    20k events/s was lower with one; a run on 2026-12-01 had put two ahead (+17 %).
+    at least one worker each, at most 8. On 2 cores that is one worker: in all three
+    `make bench` runs of 2026-12-06 (clicks, the same run's rows) one worker trained
+    more events/s than two (65,613 vs 60,947; 65,279 vs 61,164; 64,930 vs 58,834)
+    with less CPU at low rates; a run on 2026-12-01 had put two ahead (+17 %).
 
     >>> auto_workers(1, cores=2), auto_workers(3, cores=2), auto_workers(1, cores=16)
     (1, 1, 8)
