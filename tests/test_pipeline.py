@@ -111,17 +111,23 @@ def test_a_crash_loses_only_what_the_checkpoint_did_not_hold(tmp_path):
     assert restarted.counters["trained"] == 100
 
 
+def trained_on_a_poll(tmp_path, stream: list[bytes]) -> tuple[Pipeline, ListSource]:
+    """A pipeline on one partition of ``stream`` that has trained its first poll (100)."""
+    s = settings(tmp_path)
+    p = Pipeline(s, s.pipelines[0])
+    src = ListSource({("t", 0): stream}, {}, batch=100)
+    p.source, p.sink = src, ListSink()
+    p.handle(src.poll(0))
+    p.flush()
+    return p, src
+
+
 def test_the_periodic_checkpoint_is_written_beside_training_and_committed_once_durable(
     tmp_path,
 ):
     """The loop's checkpoint copies the state, writes it on a thread and commits its
     offsets after the file is durable: training that goes on meanwhile is in neither."""
-    s = settings(tmp_path)
-    p = Pipeline(s, s.pipelines[0])
-    src = ListSource({("t", 0): click_stream(300, 8)}, {}, batch=100)
-    p.source, p.sink = src, ListSink()
-    p.handle(src.poll(0))
-    p.flush()
+    p, src = trained_on_a_poll(tmp_path, click_stream(300, 8))
     weights = {k: v.clone() for k, v in p.learner.model.state_dict().items()}
     gate = threading.Event()
     save = p.store.save
@@ -143,12 +149,7 @@ def test_the_periodic_checkpoint_is_written_beside_training_and_committed_once_d
 
 
 def test_a_periodic_checkpoint_that_cannot_be_written_is_taken_again(tmp_path):
-    s = settings(tmp_path)
-    p = Pipeline(s, s.pipelines[0])
-    src = ListSource({("t", 0): click_stream(100, 9)}, {}, batch=100)
-    p.source, p.sink = src, ListSink()
-    p.handle(src.poll(0))
-    p.flush()
+    p, src = trained_on_a_poll(tmp_path, click_stream(100, 9))
     save, calls = p.store.save, []
 
     def flaky(doc):
