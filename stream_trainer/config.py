@@ -395,8 +395,8 @@ class PipelineSettings(_Frozen):
 
 class IngestSettings(_Frozen):
     # processes that fetch and decode beside each pipeline's trainer (edges/ingest.py):
-    # "auto" = the machine's cores shared out over the pipelines and the replicas on
-    # this machine (at least 1, at most 8); 0 = in the trainer's own process. by_key and
+    # "auto" = the machine's cores but one shared out over the pipelines and the replicas
+    # on this machine (at least 1, at most 8); 0 = in the trainer's own process. by_key and
     # joined (labels:) pipelines always use 0.
     workers: int | Literal["auto"] = "auto"
 
