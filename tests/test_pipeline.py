@@ -137,6 +137,8 @@ def test_the_periodic_checkpoint_is_written_beside_training_and_committed_once_d
     p.flush()
     p.collect_checkpoint()
     assert src.commits == [] and p.store.load_latest() is None  # not durable: no commit
+    writing = p._writing
+    assert p.periodic_checkpoint() and p._writing is writing  # the next waits, training not
     gate.set()
     p.collect_checkpoint(wait=True)
     assert src.commits == [{("t", 0): 100}]

@@ -350,13 +350,16 @@ class Pipeline(AfterUpdate):
 
     def periodic_checkpoint(self) -> bool:
         """The loop's checkpoint, every ``checkpoint.every_seconds``: the same flush ->
-        save -> commit, but only the copy of the state stops training (``snapshot``,
-        ~10 ms for the click model); the file is written and fsynced on a thread
-        (50-80 ms) and its offsets committed by :meth:`collect_checkpoint` once it is
-        durable. Per-key learners save as they go (their models' files): in place."""
+        save -> commit, but only the copy of the state stops training (``snapshot``;
+        ``scripts/checkpoint_cpu.py`` times it against the save); the file is written and
+        fsynced on a thread and its offsets committed by :meth:`collect_checkpoint` once
+        it is durable. While the last one is still being written (a slow disk), the next
+        waits for it off the loop's thread: training never does. Per-key learners save as
+        they go (their models' files): in place."""
         if self.keyed:
             return self.checkpoint()
-        self.collect_checkpoint(wait=True)  # (one at a time; the last one is long done)
+        if self._writing is not None:  # (collected by a later step; due again then)
+            return True
         self.flush()
         self.last_checkpoint = self.clock()
         if not self.offsets.dirty:

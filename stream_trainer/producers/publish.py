@@ -177,13 +177,8 @@ class _Chunks:
         self._send(batches, time.monotonic() + RETRY_S)
 
     def _send(self, batches: dict[tuple[str, int], bytes], deadline: float) -> None:
-        by_leader: dict[Any, dict[tuple[str, int], bytes]] = {}
-        for (t, p), raw in batches.items():
-            leader = self.producer._metadata.leader_for_partition(TopicPartition(t, p))  # noqa: SLF001
-            if leader is None or leader == -1:
-                self._retry(batches, deadline, "no leader")
-                return
-            by_leader.setdefault(leader, {})[(t, p)] = raw
+        while (by_leader := self._by_leader(batches)) is None:
+            self._back_off(deadline, "no leader")
         for node, part in by_leader.items():
             while len(self._flight) >= MAX_IN_FLIGHT:
                 self._settle_oldest()
@@ -198,6 +193,18 @@ class _Chunks:
             future = self.client.send(node, request)
             self.producer._sender.wakeup()  # noqa: SLF001 - its thread drives the network
             self._flight.append((future, part, deadline))
+
+    def _by_leader(
+        self, batches: dict[tuple[str, int], bytes]
+    ) -> dict[Any, dict[tuple[str, int], bytes]] | None:
+        """The batches per leader broker; None while a partition has none."""
+        out: dict[Any, dict[tuple[str, int], bytes]] = {}
+        for (t, p), raw in batches.items():
+            leader = self.producer._metadata.leader_for_partition(TopicPartition(t, p))  # noqa: SLF001
+            if leader is None or leader == -1:
+                return None
+            out.setdefault(leader, {})[(t, p)] = raw
+        return out
 
     def _settle_oldest(self) -> None:
         future, part, deadline = self._flight.popleft()
@@ -224,16 +231,21 @@ class _Chunks:
             self._retry(again, deadline, "retriable error")
 
     def _retry(self, batches: dict[tuple[str, int], bytes], deadline: float, why: str) -> None:
+        self._back_off(deadline, why)
+        self._send(batches, deadline)
+
+    def _back_off(self, deadline: float, why: str) -> None:
+        """Past ``deadline`` an error; else a metadata refresh (a leader may have moved)
+        and a pause before the next try."""
         if time.monotonic() > deadline:
             raise StreamTrainerError(
                 f"producing to {self.bootstrap} failed for {RETRY_S:.0f} s ({why}); "
                 "is the broker up?"
             )
         log.debug("produce request failed; sending again", extra={"why": why[:200]})
-        self.producer._metadata.request_update()  # noqa: SLF001 - a leader may have moved
+        self.producer._metadata.request_update()  # noqa: SLF001
         self.producer._sender.wakeup()  # noqa: SLF001
         time.sleep(0.2)
-        self._send(batches, deadline)
 
     def drain(self) -> None:
         while self._flight:
