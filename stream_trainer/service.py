@@ -219,6 +219,7 @@ class Service:
                         decoder_spec=p.decoder_spec,  # type: ignore[attr-defined]
                         positions=lambda: p.polled_next,  # type: ignore[attr-defined]
                         name=p.name,
+                        featurizer_spec=getattr(p, "worker_featurizer", None),
                     )
                     stack.callback(source.close)
                 p.run(source, sink, self.stop)

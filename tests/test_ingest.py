@@ -46,6 +46,7 @@ def test_two_workers_apply_every_event_once_and_dead_letter_the_bad(
     try:
         d.wait_for(lambda m: consumed(m) >= total, what="every event consumed")
         assert len(worker_pids(d)) == 2
+        assert "featurize=yes" in d.log()  # the workers make the examples
     finally:
         assert d.terminate() == 0
     state = newest_checkpoint(workdir / "ckpt", "clicks")

@@ -22,8 +22,16 @@ from the trainer's next offset. Per-key featurizer state stays in the trainer (i
 checkpointed with the model there); the workers are stateless and restartable: one that
 dies is started again from the trainer's positions.
 
+A stateless featurizer (clicks', or one that sets ``stateless = True``) runs in the
+workers too, where the trainer needs only the examples (no joined labels, no output
+records, no per-key models: ``Pipeline.worker_featurizer``): a poll then travels as its
+examples' arrays, and the trainer gathers its batches from them
+(:func:`~stream_trainer.features.base.gather`). The examples are the same as the
+trainer's featurizer would make (``tests/test_worker_features.py``); an event the
+featurizer fails on is dead-lettered alone.
+
 The hand-off is one msgpack message per fetched poll over a pipe, not a shared-memory
-ring: the payload (raw values, decoded events) is small next to the Python work it
+ring: the payload (raw values, events or examples) is small next to the Python work it
 moves off the trainer. ``make bench``'s ingest-worker rows measure the whole effect.
 """
 
@@ -37,13 +45,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from itertools import repeat
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from stream_trainer.config import KafkaSettings
 from stream_trainer.errors import BrokerError
+from stream_trainer.events.decode import Rejected
+from stream_trainer.features.base import Made
 from stream_trainer.log import current as log_current
 from stream_trainer.pipeline.ports import TP, Record
 
@@ -73,6 +85,11 @@ class Polled(msgspec.Struct, array_like=True):
     # (topic, partition, the worker's position, the high watermark), read together
     highwater: list[tuple[str, int, int, int]] = []
     error: str = ""
+    # made by the worker (a stateless featurizer): per input (name, dtype, shape, bytes)
+    # and the targets (dtype, shape, bytes), a row per accepted event; ``events`` is then
+    # empty (the trainer needs the examples, not the events)
+    columns: list[tuple[str, str, list[int], bytes]] = []
+    targets: tuple[str, list[int], bytes] | None = None
 
 
 class Command(msgspec.Struct, array_like=True):
@@ -98,9 +115,12 @@ def _worker(
     client_id: str,
     security: Mapping[str, Any],
     decoder_spec: tuple[str, tuple[str, ...], int],
+    featurizer_spec: tuple[str, Any] | None,
     log_setup: tuple[str, str],
 ) -> None:
-    """A worker's whole life: commands in, decoded polls out, until the trainer goes."""
+    """A worker's whole life: commands in, decoded polls out, until the trainer goes.
+    With ``featurizer_spec`` (kind, the pipeline's ``featurizer:``), a stateless
+    featurizer's examples go out instead of the events."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer decides when to stop
     from stream_trainer.log import setup_logging
 
@@ -115,6 +135,11 @@ def _worker(
 
     kind, channels, max_bytes = decoder_spec
     decode = batch_decoder(kind, channels=channels, max_bytes=max_bytes)
+    featurizer = None
+    if featurizer_spec is not None:
+        from stream_trainer.models.registry import build_featurizer
+
+        featurizer = build_featurizer(*featurizer_spec)
     consumer = KafkaConsumer(**consumer_config(kafka, group_id, client_id), **dict(security))
     encode = msgspec.msgpack.Encoder().encode
     commands = msgspec.msgpack.Decoder(Command).decode
@@ -189,12 +214,62 @@ def _worker(
                 msg.events.append(None)
                 msg.digests.append(0)
                 msg.rejects.append((row, result.reason, result.detail))
+        if featurizer is not None:
+            _make(msg, featurizer)
         out.put(encode(msg))
     out.put(None)
     try:
         consumer.close(autocommit=False)
     except Exception:  # noqa: BLE001 - exiting anyway
         pass
+
+
+def _make(msg: Polled, featurizer: Any) -> None:
+    """Featurize the poll's accepted events into ``msg.columns`` / ``msg.targets``. An
+    event the featurizer fails on is rejected alone (``featurizer_error``, as the
+    trainer's featurizing rejects a batch); the others still make their examples."""
+    from stream_trainer.events import reasons
+
+    rows = [row for row, ev in enumerate(msg.events) if ev is not None]
+    if not rows:
+        return
+    try:
+        fb = _featurize(featurizer, [msg.events[row] for row in rows])
+    except Exception as err:  # noqa: BLE001 - user featurizers may fail on odd events
+        log.warning(
+            "featurizer failed; its events sent to dead letters",
+            extra={"error": repr(err)[:200]},
+        )
+        kept = []
+        for row in rows:
+            try:
+                _featurize(featurizer, [msg.events[row]])
+                kept.append(row)
+            except Exception as one:  # noqa: BLE001
+                msg.rejects.append((row, reasons.FEATURIZER_ERROR, repr(one)[:200]))
+        rows = kept
+        try:
+            fb = _featurize(featurizer, [msg.events[row] for row in rows])
+        except Exception as again:  # noqa: BLE001 - fails together, not alone: all of them
+            msg.rejects.extend((row, reasons.FEATURIZER_ERROR, repr(again)[:200]) for row in rows)
+            rows = []
+        if not rows:
+            msg.events = [None] * len(msg.events)
+            return
+    msg.columns = [(k, v.dtype.str, list(v.shape), v.tobytes()) for k, v in fb.inputs.items()]
+    t = fb.targets
+    msg.targets = (t.dtype.str, list(t.shape), t.tobytes())
+    msg.events = []
+
+
+def _featurize(featurizer: Any, events: list[Any]) -> Any:
+    fb = featurizer.featurize(events)
+    if len(fb) != len(events):
+        raise ValueError(
+            f"a stateless featurizer made {len(fb)} examples of {len(events)} events "
+            "(it must make one per event, in order: or leave stateless unset)"
+        )
+    return fb
 
 
 def _watermarks(consumer: Any) -> list[tuple[str, int, int, int]]:
@@ -269,6 +344,7 @@ class IngestSource:
         decoder_spec: tuple[str, tuple[str, ...], int],
         positions: Callable[[], Mapping[TP, int]],
         name: str,
+        featurizer_spec: tuple[str, Any] | None = None,
     ) -> None:
         self.group = group
         self.kafka = kafka
@@ -276,13 +352,19 @@ class IngestSource:
         self.name = name
         self.epoch = 0
         self._decode = msgspec.msgpack.Decoder(Polled).decode
-        self._args = (kafka, group_id, client_id, dict(security), decoder_spec, log_current())
+        self._args = (kafka, group_id, client_id, dict(security), decoder_spec,
+                      featurizer_spec, log_current())  # fmt: skip
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload(["stream_trainer.edges.ingest"])
         self.workers = [self._start(i) for i in range(workers)]
         log.info(
             "ingest workers started",
-            extra={"pipeline": name, "pids": ",".join(str(w.process.pid) for w in self.workers)},
+            extra={
+                "pipeline": name,
+                "pids": ",".join(str(w.process.pid) for w in self.workers),
+                # they send examples (a stateless featurizer's), or events
+                "featurize": "yes" if featurizer_spec is not None else "no",
+            },
         )
         self._received: dict[TP, int] = {}
         self._highwater: dict[TP, tuple[int, int]] = {}
@@ -345,14 +427,8 @@ class IngestSource:
         for t, p, pos, hw in msg.highwater:
             self._highwater[(t, p)] = (pos, hw)
         out.extend(map(Record, *self._columns(msg)))
-        out.decoded.extend(msg.events)
         out.digests.extend(msg.digests)
-        if msg.rejects:
-            from stream_trainer.events import Rejected
-
-            base = len(out.decoded) - len(msg.events)
-            for row, reason, detail in msg.rejects:
-                out.decoded[base + row] = Rejected(reason, detail)
+        out.decoded.extend(decoded(msg))
         self._received.update(zip(tps, msg.ends, strict=True))
         return ""
 
@@ -409,6 +485,36 @@ class IngestSource:
         """Stop the workers (whoever made the group member closes it)."""
         for w in self.workers:
             w.stop()
+
+
+def decoded(msg: Polled) -> list[Any]:
+    """Per record of a worker's poll: its event, a Rejected, or, where the worker
+    featurized, ``(block, j)``: the ``j``-th example of the poll's :class:`Made` block."""
+    rejected = {row: Rejected(reason, detail) for row, reason, detail in msg.rejects}
+    if msg.targets is None:
+        out: list[Any] = list(msg.events)
+        for row, why in rejected.items():
+            out[row] = why
+        return out
+    block = _block(msg)
+    if not rejected:
+        return list(zip(repeat(block), range(len(msg.offsets))))
+    out, j = [], 0
+    for row in range(len(msg.offsets)):
+        why = rejected.get(row)
+        if why is None:
+            why, j = (block, j), j + 1
+        out.append(why)
+    return out
+
+
+def _block(msg: Polled) -> Made:
+    """The examples a worker made, as arrays over the message's bytes (read-only views:
+    :func:`~stream_trainer.features.base.gather` copies what it takes)."""
+    assert msg.targets is not None
+    dtype, shape, data = msg.targets
+    inputs = {k: np.frombuffer(b, np.dtype(t)).reshape(shape) for k, t, shape, b in msg.columns}
+    return Made(inputs, np.frombuffer(data, np.dtype(dtype)).reshape(shape))
 
 
 def worker_count(setting: int | str, pipelines: int) -> int:

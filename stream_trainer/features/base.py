@@ -1,4 +1,7 @@
-"""The featurizer interface and the keyed-state helpers the built-in ones share."""
+"""The featurizer interface and the keyed-state helpers the built-in ones share.
+
+Imports no torch (an ingest worker featurizes with it): the keyed state's tensors are
+made where a checkpoint is."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -35,6 +37,58 @@ class FeatureBatch:
         if self.scale is None:
             return outputs, self.targets
         return outputs * self.scale + self.shift, self.targets * self.scale + self.shift
+
+
+@dataclass(slots=True)
+class Made:
+    """Examples an ingest worker made from one poll's accepted events with a stateless
+    featurizer: row ``j`` is the ``j``-th accepted event's. The trainer's batches refer
+    to rows as ``(block, j)`` tuples and :func:`gather` them."""
+
+    inputs: dict[str, np.ndarray]
+    targets: np.ndarray
+
+
+def gather(rows: Sequence[tuple[Made, int]]) -> FeatureBatch:
+    """One batch from rows of made blocks, in the order given (what the featurizer would
+    have made from those events in one call: a stateless one's rows do not depend on
+    their neighbours).
+
+    >>> a = Made({"x": np.arange(4)}, np.arange(4.0))
+    >>> b = Made({"x": np.arange(10, 12)}, np.arange(10.0, 12.0))
+    >>> fb = gather([(a, 1), (a, 3), (b, 0)])
+    >>> fb.inputs["x"].tolist(), fb.targets.tolist(), fb.index.tolist()
+    ([1, 3, 10], [1.0, 3.0, 10.0], [0, 1, 2])
+    """
+    runs: list[tuple[Made, list[int]]] = []
+    block: Made | None = None
+    for b, j in rows:
+        if b is not block:
+            block, js = b, []
+            runs.append((b, js))
+        js.append(j)
+    parts = []
+    for b, js in runs:
+        lo, hi = js[0], js[-1] + 1
+        take: Any = slice(lo, hi) if hi - lo == len(js) else np.array(js, np.int64)
+        parts.append(({k: v[take] for k, v in b.inputs.items()}, b.targets[take]))
+    if len(parts) == 1:  # copied: a slice is a view of the (read-only) received bytes
+        copy = np.array if isinstance(take, slice) else np.asarray
+        inputs = {k: copy(v) for k, v in parts[0][0].items()}
+        targets = copy(parts[0][1])
+    else:
+        inputs = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+        targets = np.concatenate([p[1] for p in parts])
+    n = len(rows)
+    return FeatureBatch(inputs=inputs, targets=targets, index=np.arange(n))
+
+
+def is_stateless(featurizer: Any, kind: str) -> bool:
+    """Whether ``featurizer`` makes each event's example from that event alone (one
+    example per event, in order): the clicks featurizer, and custom classes that set
+    ``stateless = True``. Such a featurizer can run anywhere: in an ingest worker, in
+    the serving process."""
+    return bool(getattr(featurizer, "stateless", kind == "clicks"))
 
 
 @runtime_checkable
@@ -97,6 +151,8 @@ class KeyedSlots:
         )
 
     def state_dict(self) -> dict[str, Any]:
+        import torch
+
         n = len(self.slot)
         keys = sorted(self.slot, key=self.slot.__getitem__)
         return {
@@ -113,7 +169,7 @@ class KeyedSlots:
         for k in keys:
             self.get(k)
         for name, value in arrays.items():
-            arr = value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
             if arr.shape[1:] != self._shapes[name] or arr.shape[0] != len(keys):
                 raise ValueError(f"keyed state column {name!r} has shape {arr.shape}")
             self.arrays[name][: len(keys)] = arr

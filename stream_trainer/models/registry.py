@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from stream_trainer import domains
 from stream_trainer.errors import PluginError
 from stream_trainer.features.base import Featurizer
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def import_path(path: str, what: str) -> Any:
@@ -72,6 +73,8 @@ def build_model(kind: str, spec: str | Mapping[str, Any], featurizer: Featurizer
         raise _needs_path(kind, "model", "pkg.module:factory")
     else:
         model = _call(factory, f"{kind} model", dict(featurizer.input_spec), **dict(spec))
+    from torch import nn
+
     if not isinstance(model, nn.Module):
         raise PluginError(
             f"model factory for {kind!r} returned {type(model).__name__}, not a torch.nn.Module"

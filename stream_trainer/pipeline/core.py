@@ -28,6 +28,7 @@ from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.errors import BrokerError
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.dedup import Deduper
+from stream_trainer.features.base import Made, gather, is_stateless
 from stream_trainer.learner.keyed import KeyedLearner
 from stream_trainer.learner.quality import Quality, profile_for
 from stream_trainer.learner.replay import ReplayBuffer
@@ -53,7 +54,7 @@ CAUGHT_UP_BATCHES = 4
 @dataclass(slots=True)
 class Item:
     record: Record
-    event: dict[str, Any]
+    event: dict[str, Any] | tuple[Made, int]  # the event, or its example (an ingest worker's)
 
 
 class _Write:
@@ -131,6 +132,14 @@ class Pipeline(AfterUpdate):
         self.publisher: Any = None  # serving's Publisher, when the service serves this pipeline
         # delayed labels: impressions wait in the joiner for their label (joiner.py)
         self.joiner = Joiner(spec.labels, spec.max_event_bytes) if spec.labels else None
+        # what ingest workers featurize with (kind, featurizer settings): a stateless
+        # featurizer, when the trainer needs only the examples (no joined labels, no
+        # output records, no per-key models); None: the workers send events
+        self.worker_featurizer: tuple[str, Any] | None = None
+        if is_stateless(self.featurizer, spec.kind) and not (
+            self.joiner or self.output or self.keyed
+        ):
+            self.worker_featurizer = (spec.kind, spec.featurizer)
 
     @property
     def next_offsets(self) -> dict[TP, int]:
@@ -191,7 +200,7 @@ class Pipeline(AfterUpdate):
                 accepted = []
                 self._log_went_back(tp, expected, rec.offset)
             polled_next[tp] = rec.offset + 1
-            if type(result) is dict and not seen(key, tp):
+            if (type(result) is dict or type(result) is tuple) and not seen(key, tp):
                 accepted.append(Item(rec, result))
                 continue
             if not isinstance(result, Rejected):
@@ -307,7 +316,12 @@ class Pipeline(AfterUpdate):
 
     def _featurize(self, items: list[Item]) -> Any:
         """The batch's features (None when the featurizer failed: dead letters, never
-        fatal); the offsets of every item are applied (trained, or seeded state)."""
+        fatal); the offsets of every item are applied (trained, or seeded state). Items an
+        ingest worker featurized carry their examples: gathered, not made again."""
+        if type(items[0].event) is tuple:  # (a pipeline's workers featurize all or none)
+            fb = gather([it.event for it in items])  # type: ignore[misc]
+            self.offsets.applied_records(it.record for it in items)
+            return fb
         try:
             fb = self.featurizer.featurize([it.event for it in items])
         except Exception as err:  # user featurizers may fail on odd events

@@ -23,6 +23,7 @@ from stream_trainer.config import PipelineSettings
 from stream_trainer.errors import ConfigError
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.decode import _Reject  # the schema checks' own refusal
+from stream_trainer.features.base import is_stateless
 from stream_trainer.models.registry import build_featurizer
 from stream_trainer.serving.snapshot import Publisher, ServedModel
 
@@ -31,7 +32,7 @@ TRIES = 3  # forwards per request when the copy was rewritten under it (process.
 
 
 def serveable(spec: PipelineSettings, featurizer: Any) -> bool:
-    return bool(getattr(featurizer, "stateless", spec.kind == "clicks"))
+    return is_stateless(featurizer, spec.kind)
 
 
 @dataclass
