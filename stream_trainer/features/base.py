@@ -184,17 +184,27 @@ def occurrence_rounds(rows: np.ndarray) -> list[np.ndarray]:
     >>> [r.tolist() for r in occurrence_rounds(np.array([5, 3, 5, 5, 3, 9]))]
     [[0, 1, 5], [2, 4], [3]]
     """
-    n = len(rows)
-    if n == 0:
+    if len(rows) == 0:
         return []
+    rank = occurrence_rank(rows)
+    by_rank = np.argsort(rank, kind="stable")
+    return np.split(by_rank, np.cumsum(np.bincount(rank))[:-1])
+
+
+def occurrence_rank(rows: np.ndarray) -> np.ndarray:
+    """Per position: how many times its row came before it in the batch.
+
+    >>> occurrence_rank(np.array([5, 3, 5, 5, 3, 9])).tolist()
+    [0, 0, 1, 2, 1, 0]
+    """
+    n = len(rows)
     order = np.argsort(rows, kind="stable")
     ordered = rows[order]
     first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # each row's first
     starts = np.repeat(first, np.diff(np.r_[first, n]))
     rank = np.empty(n, np.int64)
     rank[order] = np.arange(n) - starts
-    by_rank = np.argsort(rank, kind="stable")
-    return np.split(by_rank, np.cumsum(np.bincount(rank))[:-1])
+    return rank
 
 
 class RunningMoments:

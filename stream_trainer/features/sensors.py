@@ -20,7 +20,7 @@ from stream_trainer.features.base import (
     FeatureBatch,
     KeyedSlots,
     RunningMoments,
-    occurrence_rounds,
+    occurrence_rank,
     stable_hash,
 )
 
@@ -51,39 +51,75 @@ class SensorFeaturizer:
         self.slots = KeyedSlots(
             readings=((window, c), math.nan), mean=((c,), 0.0), var=((c,), 0.0), count=((), 0.0)
         )
-        self._buckets: dict[str, int] = {}  # sensor -> its embedding bucket
+        self._buckets = np.zeros(0, np.int64)  # per state row: its sensor's embedding bucket
 
     def featurize(self, events: Sequence[Mapping[str, Any]]) -> FeatureBatch:
         """Per event: read the key's state, then update it (in order: two readings of a
         key in one batch see each other), every sensor at once: numpy over the batch's
-        occurrence rounds. Normalising and clipping happen once, on the whole batch."""
+        occurrence rounds, on the batch's sensors' statistics taken out of the state
+        once. The windows are not shifted round by round: each sensor's readings (its
+        window, then the batch's readings as its statistics learn them) lie end to end
+        in one buffer, and every window is one gather from it. Normalising and clipping
+        happen once, on the whole batch."""
         c, w, n_ev = len(self.channels), self.window, len(events)
         sids = [ev["sensor_id"] for ev in events]
         values = np.array(
             [[ev["values"][ch] for ch in self.channels] for ev in events], np.float64
         ).reshape(n_ev, c)
-        slot = self.slots.rows(sids)
         a = self.slots.arrays
-        emit = np.zeros(n_ev, bool)
-        raw_win, means, variances = np.empty((n_ev, w, c)), np.empty((n_ev, c)), np.empty((n_ev, c))
-        for idx in occurrence_rounds(slot):
-            s, x = slot[idx], values[idx]
-            fit = a["count"][s] >= WARMUP  # a sensor's first readings only seed it
-            if fit.any():
-                i, sf = idx[fit], s[fit]
-                mean, var = a["mean"][sf], a["var"][sf]
-                emit[i] = True
-                raw_win[i], means[i], variances[i] = a["readings"][sf], mean, var
-                k = self.robust_k * np.sqrt(var)  # the state learns a spike clipped
-                x = x.copy()
-                x[fit] = np.minimum(np.maximum(x[fit], mean - k), mean + k)
-            a["readings"][s] = np.concatenate([a["readings"][s, 1:], x[:, None, :]], axis=1)
-            self.moments.update(self.slots, s, x)
+        rows_ev = self.slots.rows(sids)
+        if len(self.slots) > len(self._buckets):
+            self._hash_new(rows_ev, sids)
+        state, kid = np.unique(rows_ev, return_inverse=True)
+        kid = kid.reshape(n_ev)
+        n_k = len(state)
+        count, means_k, vars_k = a["count"][state], a["mean"][state], a["var"][state]
+        # the events in rounds (each sensor's r-th reading in round r), by sensor within
+        # a round: while every sensor has an r-th reading, round r is a run of n_k
+        # events in sensor order and reads and writes the statistics without gathers
+        rank = occurrence_rank(kid)
+        order = np.lexsort((kid, rank))
+        k_sorted, x_sorted = kid[order], values[order]
+        learned = x_sorted.copy()  # each reading as the statistics and the window learn it
+        fit = np.empty(n_ev, bool)
+        means, variances = np.empty((n_ev, c)), np.empty((n_ev, c))
+        ends = np.cumsum(np.bincount(rank))
+        seen = np.bincount(kid, minlength=n_k)
+        full = int(seen.min())
+        alpha, robust_k = self.moments.alpha, self.robust_k
+        lo = 0
+        for r, end in enumerate(ends.tolist()):
+            k: Any = slice(None) if r < full else k_sorted[lo:end]
+            x, cnt, mean, var = x_sorted[lo:end], count[k], means_k[k], vars_k[k]
+            ok = cnt >= WARMUP  # a sensor's first readings only seed it
+            fit[lo:end], means[lo:end], variances[lo:end] = ok, mean, var
+            bound = robust_k * np.sqrt(var)  # the state learns a spike clipped
+            clipped = np.minimum(np.maximum(x, mean - bound), mean + bound)
+            x = learned[lo:end] = clipped if ok.all() else np.where(ok[:, None], clipped, x)
+            # RunningMoments.update, on the batch's copy of the statistics
+            cnt = count[k] = cnt + 1
+            wt = np.maximum(alpha, 1.0 / cnt)[:, None]
+            delta = x - mean
+            means_k[k] = mean + wt * delta
+            vars_k[k] = (1 - wt) * (var + wt * delta * delta)
+            lo = end
+        emit = np.empty(n_ev, bool)
+        emit[order] = fit
+        means[order], variances[order] = means.copy(), variances.copy()
+        learned[order] = learned.copy()
+        a["count"][state], a["mean"][state], a["var"][state] = count, means_k, vars_k
+        # sensor k's segment of the buffer: its window (oldest first), then its readings
+        start = np.cumsum(w + seen) - (w + seen)
+        lags = np.arange(w)
+        buf = np.empty((int(start[-1] + w + seen[-1]), c))
+        buf[start[:, None] + lags] = a["readings"][state]
+        buf[start[kid] + w + rank] = learned
+        a["readings"][state] = buf[(start + seen)[:, None] + lags]
         rows = np.flatnonzero(emit)
         n = len(rows)
         mean = means[rows]
         std = np.sqrt(variances[rows]) + 1e-9
-        win = raw_win[rows]
+        win = buf[(start[kid[rows]] + rank[rows])[:, None] + lags]  # the readings before
         win = np.where(np.isnan(win), mean[:, None, :], win)
         windows = np.clip((win - mean[:, None, :]) / std[:, None, :], -CLIP, CLIP)
         targets = np.clip((values[rows] - mean) / std, -CLIP, CLIP)
@@ -91,7 +127,7 @@ class SensorFeaturizer:
         return FeatureBatch(
             inputs={
                 "window": windows.astype(np.float32).reshape(n, w, c),
-                "sensor": np.fromiter((self._bucket(k) for k in keys), np.int64, n),
+                "sensor": self._buckets[rows_ev[rows]],
             },
             targets=targets.astype(np.float32).reshape(n, c),
             index=rows.astype(np.int64),
@@ -100,11 +136,14 @@ class SensorFeaturizer:
             keys=keys,
         )
 
-    def _bucket(self, sensor: str) -> int:
-        b = self._buckets.get(sensor)
-        if b is None:
-            b = self._buckets[sensor] = stable_hash(sensor, self.sensor_buckets)
-        return b
+    def _hash_new(self, rows: np.ndarray, sids: Sequence[str]) -> None:
+        """The embedding bucket of each state row that has none yet (new sensors)."""
+        have = len(self._buckets)
+        buckets = np.zeros(len(self.slots), np.int64)
+        buckets[:have] = self._buckets
+        for i in np.flatnonzero(rows >= have).tolist():
+            buckets[rows[i]] = stable_hash(sids[i], self.sensor_buckets)
+        self._buckets = buckets
 
     def annotate(self, out: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         """Anomaly score: RMS forecast error across channels, in running-std units."""
@@ -126,3 +165,6 @@ class SensorFeaturizer:
                 f"{list(self.channels)}/{self.window}"
             )
         self.slots.load_state_dict(state["slots"])
+        keys = sorted(self.slots.slot, key=self.slots.slot.__getitem__)
+        self._buckets = np.zeros(0, np.int64)
+        self._hash_new(np.arange(len(keys)), keys)
