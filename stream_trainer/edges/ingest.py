@@ -37,6 +37,7 @@ moves off the trainer. ``make bench``'s ingest-worker rows measure the whole eff
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -153,6 +154,11 @@ def _worker(
                 os._exit(0)
 
     threading.Thread(target=send, daemon=True, name="ingest-send").start()
+    # what the worker has built lives as long as it does: out of the collector's sight (a
+    # full collection walked its ~50k objects, 10-30 ms, and the stream waited: the
+    # service does the same for the trainer)
+    gc.collect()
+    gc.freeze()
     epoch, owned, reported = 0, False, 0.0
     while True:
         try:
