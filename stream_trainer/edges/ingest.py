@@ -155,7 +155,7 @@ def _worker(
 
     threading.Thread(target=send, daemon=True, name="ingest-send").start()
     # what the worker has built lives as long as it does: out of the collector's sight (a
-    # full collection walked its ~50k objects, 10-30 ms, and the stream waited: the
+    # full collection walked all of it, and the stream waited: scripts/gc_pause.py; the
     # service does the same for the trainer)
     gc.collect()
     gc.freeze()
