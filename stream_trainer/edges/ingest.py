@@ -243,8 +243,8 @@ def _make(msg: Polled, featurizer: Any) -> None:
         fb = _featurize(featurizer, [msg.events[row] for row in rows])
     except Exception as err:  # noqa: BLE001 - user featurizers may fail on odd events
         log.warning(
-            "featurizer failed; its events sent to dead letters",
-            extra={"error": repr(err)[:200]},
+            "featurizer failed; the events it fails on sent to dead letters",
+            extra={"worker": mp.current_process().name, "error": repr(err)[:200]},
         )
         kept = []
         for row in rows:
