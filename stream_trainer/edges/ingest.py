@@ -519,7 +519,7 @@ def _block(msg: Polled) -> Made:
     :func:`~stream_trainer.features.base.gather` copies what it takes)."""
     assert msg.targets is not None
     dtype, shape, data = msg.targets
-    inputs = {k: np.frombuffer(b, np.dtype(t)).reshape(shape) for k, t, shape, b in msg.columns}
+    inputs = {k: np.frombuffer(b, np.dtype(t)).reshape(dims) for k, t, dims, b in msg.columns}
     return Made(inputs, np.frombuffer(data, np.dtype(dtype)).reshape(shape))
 
 

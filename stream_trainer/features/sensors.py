@@ -85,7 +85,7 @@ class SensorFeaturizer:
         means, variances = np.empty((n_ev, c)), np.empty((n_ev, c))
         ends = np.cumsum(np.bincount(rank))
         seen = np.bincount(kid, minlength=n_k)
-        full = int(seen.min())
+        full = int(seen.min()) if n_k else 0
         alpha, robust_k = self.moments.alpha, self.robust_k
         lo = 0
         for r, end in enumerate(ends.tolist()):
@@ -111,7 +111,7 @@ class SensorFeaturizer:
         # sensor k's segment of the buffer: its window (oldest first), then its readings
         start = np.cumsum(w + seen) - (w + seen)
         lags = np.arange(w)
-        buf = np.empty((int(start[-1] + w + seen[-1]), c))
+        buf = np.empty((int(np.sum(w + seen)), c))
         buf[start[:, None] + lags] = a["readings"][state]
         buf[start[kid] + w + rank] = learned
         a["readings"][state] = buf[(start + seen)[:, None] + lags]
