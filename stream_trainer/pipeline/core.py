@@ -32,7 +32,6 @@ from stream_trainer.features.base import Made, gather, is_stateless
 from stream_trainer.learner.keyed import KeyedLearner
 from stream_trainer.learner.quality import Quality, profile_for
 from stream_trainer.learner.replay import ReplayBuffer
-from stream_trainer.memory import release_free_memory
 from stream_trainer.pipeline import build, state
 from stream_trainer.pipeline.after import AfterUpdate
 from stream_trainer.pipeline.batcher import MicroBatcher
@@ -60,23 +59,19 @@ class Item:
 
 class _Write:
     """A periodic checkpoint's file, written on its own thread (flush -> *save* -> commit:
-    the commit waits for :meth:`Pipeline.collect_checkpoint`). Once written, the copy of
-    the state is dropped and its pages go back to the OS (``memory.py``), on this
-    thread: the trim runs without the GIL, beside training."""
+    the commit waits for :meth:`Pipeline.collect_checkpoint`)."""
 
     def __init__(self, p: Pipeline, doc: dict[str, Any], offsets: dict[TP, int]) -> None:
         self.offsets = offsets
         self.ok = False
-        self._doc: dict[str, Any] | None = doc
+        save = lambda: p.store.save(doc)  # noqa: E731
         self.thread = threading.Thread(
-            target=self._run, args=(p.name, p.hooks, p.store), name=f"checkpoint-{p.name}"
+            target=self._run, args=(p.name, p.hooks, save), name=f"checkpoint-{p.name}"
         )
         self.thread.start()
 
-    def _run(self, name: str, hooks: PipelineHooks, store: CheckpointStore) -> None:
-        self.ok = make_durable(name, hooks, None, lambda: store.save(self._doc))
-        self._doc = None
-        release_free_memory()
+    def _run(self, name: str, hooks: PipelineHooks, save: Callable[[], object]) -> None:
+        self.ok = make_durable(name, hooks, None, save)
 
 
 class Pipeline(AfterUpdate):
