@@ -497,8 +497,8 @@ def decoded(msg: Polled) -> list[Any]:
     """Per record of a worker's poll: its event, a Rejected, or, where the worker
     featurized, ``(block, j)``: the ``j``-th example of the poll's :class:`Made` block."""
     rejected = {row: Rejected(reason, detail) for row, reason, detail in msg.rejects}
-    if msg.targets is None:
-        out: list[Any] = list(msg.events)
+    if msg.targets is None:  # (the message's own list: nothing else holds it)
+        out: list[Any] = msg.events
         for row, why in rejected.items():
             out[row] = why
         return out

@@ -165,6 +165,6 @@ class SensorFeaturizer:
                 f"{list(self.channels)}/{self.window}"
             )
         self.slots.load_state_dict(state["slots"])
-        keys = sorted(self.slots.slot, key=self.slots.slot.__getitem__)
+        keys = list(self.slots.slot)  # in row order: rows are given out in order
         self._buckets = np.zeros(0, np.int64)
         self._hash_new(np.arange(len(keys)), keys)
