@@ -266,7 +266,8 @@ class ServingSettings(_Frozen):
     token_file: Path | None = None
     max_body_bytes: int = Field(1 << 20, ge=64)
     max_events: int = Field(4096, ge=1)  # events per request
-    # the trainer publishes its weights to serving at most this often (at a step's end)
+    # the trainer publishes its weights to serving at most this often (at a step's end, or
+    # at an idle poll's when the stream went quiet with updates not yet published)
     publish_every_s: float = Field(0.5, gt=0)
     # answer /predict in a process of its own (weights through shared memory), not on a
     # thread of the daemon's, where requests and the trainer share one GIL

@@ -89,6 +89,30 @@ def test_publication_age_and_period():
     assert [round(a, 3) for _, a in seen] == [0.0, 0.9, 0.9]
 
 
+def test_catch_up_publishes_what_the_last_steps_left_once_due():
+    now = [0.0]
+    seen = []
+    pub = Publisher(every_s=1.0, clock=lambda: now[0], on_publish=lambda v, a: seen.append((v, a)))
+
+    class L:
+        model, updates, task = torch.nn.Linear(2, 1), 0, "binary"
+
+    learner = L()
+    assert not pub.catch_up(learner)  # nothing trained: nothing to publish
+    for t in (0.0, 0.1, 0.2):  # a burst: the first step publishes, the others wait
+        now[0] = t
+        learner.updates += 1
+        pub.updated(learner)
+    assert [v for v, _ in seen] == [1]
+    now[0] = 0.9  # silence: not due yet
+    assert not pub.catch_up(learner) and [v for v, _ in seen] == [1]
+    now[0] = 1.0  # due: the burst's last update, aged from its first unpublished step
+    assert pub.catch_up(learner)
+    assert seen[-1] == (3, pytest.approx(0.9))
+    now[0] = 5.0  # nothing new since: no publication
+    assert not pub.catch_up(learner) and len(seen) == 2
+
+
 def test_stateful_featurizers_are_not_served(tmp_path):
     s = parse_settings(
         {"device": "cpu", "pipelines": [{"name": "t", "kind": "ticks", "topics": ["x"]}]}

@@ -439,7 +439,14 @@ class Pipeline(AfterUpdate):
             return False
         self.handle(records)
         self.pump(caught_up=len(records) < self.settings.kafka.max_poll_records)
+        self.publish_pending()
         return True
+
+    def publish_pending(self) -> None:
+        """Serving: the updates the last steps left unpublished, once their period is up
+        (a burst's last steps reach serving while the stream is quiet)."""
+        if self.publisher is not None:
+            self.publisher.catch_up(self.learner)
 
     def every_second(self, now: float) -> None:
         """Quality, lag, and a warning when most recent events were rejected."""

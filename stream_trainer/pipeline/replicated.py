@@ -150,6 +150,7 @@ class ReplicatedPipeline(Pipeline):
         docstring); False once any replica stops."""
         sync = self.spec.sync
         self.handle(records)
+        self.publish_pending()
         now = self.clock()
         checkpoint = self._rep.rank == 0 and self._checkpoint_time(now)
         if self.allreduce:

@@ -13,7 +13,10 @@ How old a served score's weights can be: updates are published at the first step
 least ``every_s`` after the previous publication, so an update reaches serving within
 ``every_s`` plus one step (plus the copy), as long as the trainer is stepping; the
 ``train_to_serve`` age reported per publication is exactly that, for the oldest update
-it carries. When training is idle there is nothing newer to serve.
+it carries. When the stream goes quiet, the trainer's loop still polls (every
+``IDLE_POLL_S``) and :meth:`Publisher.catch_up` publishes what the last steps left: the
+newest weights reach serving within ``every_s`` plus one idle poll of the last step,
+whether or not more events come.
 """
 
 from __future__ import annotations
@@ -103,6 +106,18 @@ class Publisher:
         now = self.clock()
         if self._first_unpublished is None:
             self._first_unpublished = now
+        return self._publish_due(learner, now)
+
+    def catch_up(self, learner: Any) -> bool:
+        """Between steps, on the trainer's thread (each poll, an idle one too): publish
+        the updates the last steps left unpublished, once their period is up. Without
+        it, a burst's last updates wait for the next event, however long that takes.
+        True when this call published."""
+        if self._first_unpublished is None:
+            return False
+        return self._publish_due(learner, self.clock())
+
+    def _publish_due(self, learner: Any, now: float) -> bool:
         if self.published and now - self._last_publish < self.every_s:
             return False
         return self.publish(learner, now)
