@@ -3,7 +3,8 @@
 Written to a temp file, fsynced, renamed over, and the directory fsynced, so a
 crash leaves either the old or the new file, never half of one. Loaded with
 ``torch.load(weights_only=True)``; an unreadable newest file falls back to the
-previous one with a warning.
+previous one with a warning. A file of an older format loads as it is: the pipeline
+upgrades it (``versions.py``) against its own fresh state before it restores.
 """
 
 from __future__ import annotations
@@ -19,14 +20,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from stream_trainer import __version__
+from stream_trainer.checkpoint.versions import FORMAT_VERSION, on_disk_version
 from stream_trainer.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# the keys of every version (what a file must have to be worth upgrading)
+BASE_KEYS = frozenset(
+    {
+        "format_version",
+        "pipeline",
+        "created",
+        "learner",
+        "featurizer",
+        "drift",
+        "policy",
+        "offsets",
+        "ledger",
+        "dedup",
+        "counters",
+    }
+)
 KEYS = frozenset(
     {
         "format_version",
+        "package_version",
         "pipeline",
         "created",
         "learner",
@@ -74,11 +93,12 @@ class CheckpointStore:
         """Write ``state`` (must have exactly :data:`KEYS`) durably; return its path."""
         doc = {
             "format_version": FORMAT_VERSION,
+            "package_version": __version__,
             "pipeline": self.pipeline,
             "created": time.time(),
             **state,
         }
-        _check_keys(doc)
+        check_keys(doc)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             existing = self.files()
@@ -93,12 +113,17 @@ class CheckpointStore:
         return final
 
     def load_latest(self) -> dict[str, Any] | None:
-        """Newest readable checkpoint, or None when there is none at all."""
+        """Newest readable checkpoint (of any known format version: the caller upgrades
+        it), or None when there is none at all."""
         files = self.files()
         for path in reversed(files):
             try:
                 doc = torch.load(path, map_location="cpu", weights_only=True)
-                _check_keys(doc)
+                if not isinstance(doc, dict):
+                    raise ValueError("checkpoint is not a dict")
+                on_disk_version(doc)
+                if missing := BASE_KEYS - doc.keys():
+                    raise ValueError(f"checkpoint keys: missing {sorted(missing)}")
                 if doc["pipeline"] != self.pipeline:
                     raise ValueError(f"belongs to pipeline {doc['pipeline']!r}")
                 return doc
@@ -145,7 +170,8 @@ def _unwritable(path: Path, err: OSError) -> CheckpointError:
     )
 
 
-def _check_keys(doc: Any) -> None:
+def check_keys(doc: Any) -> None:
+    """A document of today's format has exactly :data:`KEYS` (and perhaps the optional)."""
     if not isinstance(doc, dict):
         raise ValueError("checkpoint is not a dict")
     if doc.get("format_version") != FORMAT_VERSION:

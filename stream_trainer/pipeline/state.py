@@ -12,6 +12,14 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from stream_trainer.checkpoint.store import check_keys
+from stream_trainer.checkpoint.versions import (
+    FORMAT_VERSION,
+    Context,
+    UnknownFormat,
+    not_carried,
+    upgrade,
+)
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.pipeline.offsets import fmt_offsets
 
@@ -39,6 +47,26 @@ def document(p: Pipeline) -> dict[str, Any]:
 
 
 def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
+    """Restore ``doc`` into ``p``, upgraded first when an older release wrote it."""
+    try:
+        doc, path = upgrade(doc, Context(p.spec.kind, document(p)))
+        check_keys(doc)
+    except (KeyError, ValueError, UnknownFormat) as err:
+        raise StreamTrainerError(
+            f"pipeline {p.name}: checkpoint in {p.store.dir} cannot be read by this "
+            f"release ({str(err)[:300]}); move the checkpoint directory away to start fresh"
+        ) from None
+    if path:
+        log.info(
+            "checkpoint upgraded",
+            extra={
+                "pipeline": p.name,
+                "from_format": path[0],
+                "to_format": FORMAT_VERSION,
+                "written_by": doc["package_version"],
+                "not_carried": not_carried(path) or "nothing",
+            },
+        )
     try:
         p.learner.load_state_dict(doc["learner"])
         if p.replay is not None and doc["learner"].get("replay"):

@@ -1,0 +1,138 @@
+"""The checkpoint format's versions and the migrations between them.
+
+A checkpoint is the product's memory, and it must outlive the code that wrote it (like
+Flink's savepoints). So: one place declares the format (:data:`FORMAT_VERSION`); every
+change to what a checkpoint holds bumps it and adds a step here (vN -> vN+1) that carries
+everything it can; loading runs the chain from whatever version a file holds. Each
+release's CHANGELOG entry says what an upgrade does to existing checkpoints, and
+``tests/fixtures/checkpoints/`` holds files written by real releases that
+``tests/test_upgrade.py`` loads (``tests/test_checkpoint_guard.py`` fails when the
+structure changes without a bump).
+
+The versions (what each added to the one before):
+
+1. 2026-11-30 (93b9173): model, optimizers, featurizer, drift, policy, offsets, ledger,
+   duplicate window (blake2b digests), counters.
+2. 2026-12-07 (e1fb2d7), still labelled 1 on disk: the learner's trivial baseline and
+   mixture; the duplicate window's hash (xxhash), owners and partitions; a pending count
+   in the drift signal; delayed labels' joiner state (an optional key).
+3. 0.2.0: the package version that wrote the file.
+
+A migration cannot invent what an older release never kept; for that it takes today's
+fresh state (:class:`Context`: the document a new pipeline of the same config would
+write), so that a new part starts as it would on a first run and everything else is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 3
+# the first version that records the package (a file written before says nothing)
+UNKNOWN_PACKAGE = "unknown (before 0.2.0)"
+
+Doc = dict[str, Any]
+Migration = Callable[[Doc, "Context"], Doc]
+
+
+class UnknownFormat(ValueError):
+    """A file of a format this code does not know (newer, or not ours)."""
+
+
+def on_disk_version(doc: Mapping[str, Any]) -> int:
+    """The version of a loaded document (2 is labelled 1 on disk: told by its layout)."""
+    v = doc.get("format_version")
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise UnknownFormat(f"format_version {v!r} is not a version")
+    if v == 1 and "mixture" in doc.get("learner", {}):
+        return 2
+    if not 1 <= v <= FORMAT_VERSION:
+        raise UnknownFormat(
+            f"format_version {v} is newer than this release reads ({FORMAT_VERSION}): "
+            "run the release that wrote it, or a newer one"
+        )
+    return v
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a migration may ask of the pipeline that restores: its kind, and the document
+    a new pipeline of its config would write (for the parts a version added)."""
+
+    kind: str
+    fresh: Mapping[str, Any]
+
+
+def upgrade(doc: Mapping[str, Any], ctx: Context) -> tuple[Doc, list[int]]:
+    """``doc`` in today's format, and the versions it passed through (empty when it
+    already was)."""
+    v = on_disk_version(doc)
+    out: Doc = dict(doc)
+    path: list[int] = []
+    while v < FORMAT_VERSION:
+        path.append(v)
+        out = MIGRATIONS[v](out, ctx)
+        v += 1
+        out["format_version"] = v
+    return out, path
+
+
+# ---- the steps ----------------------------------------------------------------------------
+def _v1_to_v2(doc: Doc, ctx: Context) -> Doc:
+    """The heads learn on top of a running baseline since 2026-12 (models/baseline.py):
+    the trivial baseline and the mixture start as on a first run (the old release kept no
+    running means to carry), and where the baseline adds an offset the old model did not
+    expect, the model is changed so that it forecasts exactly what it did:
+
+    - clicks: the offset is the logit of the running rate, 0 while it is fresh: the same
+      scores at once (the output bias then learns the difference as the rate moves);
+    - sensors: the offset is the window's last reading (persistence): the linear skip
+      path's weight on that reading, per channel, less one, so that the sum is the old
+      forecast;
+    - ticks: no offset.
+
+    The duplicate window says which hash made its digests: blake2b, which today's xxhash
+    digests never match, so the deduper starts its window afresh (events/dedup.py; the
+    offsets and ledger still hold: nothing is read twice, only a producer's repeat of an
+    event from before the upgrade goes unnoticed). The drift signal's missing pending
+    count reads as none (drift/signal.py)."""
+    learner = dict(doc["learner"])
+    for part in ("baseline", "mixture"):
+        learner[part] = copy.deepcopy(ctx.fresh["learner"][part])
+    if ctx.kind == "sensors":
+        model = dict(learner["model"])
+        w = model["linear.weight"].clone()  # [channels, window * channels]
+        channels = w.shape[0]
+        last = w.shape[1] - channels  # the flattened window's last reading, channel 0
+        w[torch.arange(channels), last + torch.arange(channels)] -= 1.0
+        model["linear.weight"] = w
+        learner["model"] = model
+    dedup = dict(doc["dedup"])
+    if dedup:
+        dedup.setdefault("hash", "blake2b_64")
+    return {**doc, "learner": learner, "dedup": dedup}
+
+
+def _v2_to_v3(doc: Doc, ctx: Context) -> Doc:
+    return {**doc, "package_version": UNKNOWN_PACKAGE}
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
+# what a step could not carry (said in the log when a file passes through it)
+NOT_CARRIED: dict[int, str] = {
+    1: "the trivial baseline and mixture start afresh (not kept before); the duplicate "
+    "window starts afresh (blake2b digests)",
+}
+
+
+def not_carried(path: list[int]) -> str:
+    """What an upgrade through the versions ``path`` left behind ("" when nothing)."""
+    return "; ".join(NOT_CARRIED[v] for v in path if v in NOT_CARRIED)
+
+
+assert sorted(MIGRATIONS) == list(range(1, FORMAT_VERSION)), "a step per version"
