@@ -11,6 +11,7 @@ from stream_trainer.errors import CheckpointError
 
 def state(n: int) -> dict:
     return {
+        "kind": "clicks",
         "learner": {"w": torch.full((3,), float(n))},
         "featurizer": {},
         "drift": {},

@@ -110,3 +110,17 @@ def test_a_release_checkpoint_restores_whole(tmp_path, caplog, commit, case):
     np.testing.assert_allclose(scores, np.asarray(record["scores"]), rtol=1e-5, atol=1e-6)
     # and it saves in today's format
     assert p.state()["learner"].keys() >= {"baseline", "mixture"}
+
+
+def test_the_changelog_says_what_this_release_does_to_checkpoints():
+    from support import REPO
+
+    from stream_trainer import __version__
+
+    text = (REPO / "CHANGELOG.md").read_text()
+    table = {r.split("|")[1].strip(): r.split("|")[2].strip() for r in text.splitlines()
+             if r.startswith("| ") and not r.startswith("| release")}  # fmt: skip
+    assert table[__version__] == str(FORMAT_VERSION)  # the release's row: its format
+    assert f"\n## {__version__} " in text and "**Upgrading.**" in text
+    for commit in RELEASES:  # every release with fixtures has an entry
+        assert f"({commit})\n" in text

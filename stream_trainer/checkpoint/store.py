@@ -47,6 +47,7 @@ KEYS = frozenset(
         "format_version",
         "package_version",
         "pipeline",
+        "kind",
         "created",
         "learner",
         "featurizer",

@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from stream_trainer.cli.checkpoint import cmd_checkpoint
 from stream_trainer.cli.commands import (
     cmd_broker,
     cmd_check_config,
@@ -30,6 +31,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "report": cmd_report,
     "evaluate": cmd_evaluate,
+    "checkpoint": cmd_checkpoint,
 }
 
 

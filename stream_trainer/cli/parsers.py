@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_broker, _produce, _run, _demo, _report, _evaluate, _check_config):
+    for add in (_broker, _produce, _run, _demo, _report, _evaluate, _check_config, _checkpoint):
         add_logging_flags(add(sub))
     return parser
 
@@ -209,4 +209,16 @@ def _evaluate(sub: Subparsers) -> argparse.ArgumentParser:
 def _check_config(sub: Subparsers) -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config and print the effective one")
     c.add_argument("file", help="pipelines YAML file")
+    return c
+
+
+def _checkpoint(sub: Subparsers) -> argparse.ArgumentParser:
+    c = sub.add_parser("checkpoint", help="what a checkpoint holds (inspect)")
+    what = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    i = what.add_parser(
+        "inspect",
+        help="format and package version, pipeline, kind, offsets, model version, tensors",
+    )
+    i.add_argument("path", help="a ckpt-*.pt file, a pipeline's directory, or checkpoint.dir")
+    i.add_argument("--json", action="store_true", help="one JSON document per file")
     return c

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 def document(p: Pipeline) -> dict[str, Any]:
     replay = p.replay.state_dict() if p.replay is not None else {}
     return {
+        "kind": p.spec.kind,
         "learner": {**p.learner.state_dict(), "replay": replay},
         "featurizer": p.featurizer.state_dict(),
         "drift": {
