@@ -83,9 +83,10 @@ bench-replicas: setup
 lint: setup
 	$(BIN)/ruff check stream_trainer tests scripts
 	$(BIN)/ruff format --check stream_trainer tests scripts
+	$(BIN)/python -m mypy  # stream_trainer/, as pyproject.toml's [tool.mypy] says
 
 fmt: setup
 	$(BIN)/ruff format stream_trainer tests
 
 clean:
-	rm -rf $(VENV) .demo checkpoints .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .demo checkpoints .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info

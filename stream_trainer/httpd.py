@@ -56,6 +56,7 @@ class BackgroundServer:
     @property
     def address(self) -> str:
         host, port = self.httpd.server_address[:2]
+        assert isinstance(host, str)  # (bytes only for a socket family other than IP)
         return f"{host}:{port}"
 
     def start(self) -> Self:

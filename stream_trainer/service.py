@@ -193,7 +193,7 @@ class Service:
                     k.bootstrap_servers, client_id=f"stream-trainer-{p.name}", **self.security
                 )
                 stack.callback(sink.close)
-                source = KafkaSource(
+                source: KafkaSource | IngestSource = KafkaSource(
                     k,
                     p.spec.input_topics,
                     f"{k.group_prefix}.{p.name}",
@@ -209,6 +209,7 @@ class Service:
                 stack.callback(source.close)
                 workers = self._ingest_workers(p)
                 if workers:
+                    assert isinstance(p, Pipeline)  # (_ingest_workers)
                     source = IngestSource(
                         source,
                         k,
@@ -216,8 +217,8 @@ class Service:
                         group_id=f"{k.group_prefix}.{p.name}",
                         client_id=f"stream-trainer-{p.name}-{self.world.rank}-ingest",
                         security=self.security,
-                        decoder_spec=p.decoder_spec,  # type: ignore[attr-defined]
-                        positions=lambda: p.polled_next,  # type: ignore[attr-defined]
+                        decoder_spec=p.decoder_spec,
+                        positions=lambda: p.polled_next,
                         name=p.name,
                         featurizer_spec=getattr(p, "worker_featurizer", None),
                     )
@@ -267,13 +268,13 @@ class Service:
             wanted[p.spec.dlq_topic] = 1
             if p.output:
                 wanted[p.output] = self.settings.kafka.default_partitions
-            for t in (
+            for topic in (
                 p.spec.requests_topic,
                 p.spec.serving_output,
-                p.spec.labels and p.spec.labels.topic,
+                p.spec.labels.topic if p.spec.labels else None,
             ):
-                if t:
-                    wanted[t] = self.settings.kafka.default_partitions
+                if topic:
+                    wanted[topic] = self.settings.kafka.default_partitions
         created = create_topics(self.settings.kafka.bootstrap_servers, wanted, **self.security)
         if created:
             log.info("created topics", extra={"topics": ",".join(created)})

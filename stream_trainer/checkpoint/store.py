@@ -103,7 +103,8 @@ class CheckpointStore:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             existing = self.files()
-            seq = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
+            last = _NAME.match(existing[-1].name) if existing else None  # files(): all match
+            seq = int(last.group(1)) + 1 if last else 1
             final = self.dir / f"ckpt-{seq:012d}.pt"
         except OSError as err:
             raise _unwritable(self.dir, err) from None

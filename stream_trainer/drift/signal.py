@@ -74,6 +74,17 @@ class BlockSignal:
         "mean", "var_block", "var_level", "var_event", "range2", "last",
         "part_sum", "part_sq", "part_max", "part_min",
     )  # fmt: skip
+    # set by name from FIELDS (reset, load): one float per column each
+    mean: np.ndarray
+    var_block: np.ndarray
+    var_level: np.ndarray
+    var_event: np.ndarray
+    range2: np.ndarray
+    last: np.ndarray
+    part_sum: np.ndarray
+    part_sq: np.ndarray
+    part_max: np.ndarray
+    part_min: np.ndarray
     MAX_RHO = 0.9
 
     def __init__(

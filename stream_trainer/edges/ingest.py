@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Mapping
 from itertools import repeat
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -214,7 +214,8 @@ def _worker(
         for row, (value, result) in enumerate(zip(msg.values, decode(msg.values), strict=True)):
             if type(result) is dict:
                 msg.events.append(result)
-                msg.digests.append(digest(value))  # type: ignore[arg-type]
+                assert value is not None  # (a tombstone never decodes to an event)
+                msg.digests.append(digest(value))
             else:
                 assert isinstance(result, Rejected)
                 msg.events.append(None)
@@ -407,7 +408,8 @@ class IngestSource:
         limit = max_records or self.kafka.max_poll_records
         out = DecodedPoll()
         out.decoded, out.digests = [], []
-        ready = wait([w.conn for w in self.workers], timeout_s)
+        # (typeshed's wait() returns any waitable; it returns some of those it was given)
+        ready = cast(list[Connection], wait([w.conn for w in self.workers], timeout_s))
         error = ""
         while ready and len(out) < limit:
             for conn in ready:
@@ -499,15 +501,15 @@ def decoded(msg: Polled) -> list[Any]:
     rejected = {row: Rejected(reason, detail) for row, reason, detail in msg.rejects}
     if msg.targets is None:  # (the message's own list: nothing else holds it)
         out: list[Any] = msg.events
-        for row, why in rejected.items():
-            out[row] = why
+        for row, rej in rejected.items():
+            out[row] = rej
         return out
     block = _block(msg)
     if not rejected:
         return list(zip(repeat(block), range(len(msg.offsets))))
     out, j = [], 0
     for row in range(len(msg.offsets)):
-        why = rejected.get(row)
+        why: Rejected | tuple[Made, int] | None = rejected.get(row)
         if why is None:
             why, j = (block, j), j + 1
         out.append(why)

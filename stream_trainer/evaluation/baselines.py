@@ -175,6 +175,7 @@ def click_baselines(
 def _feature_rows(fb: FeatureBatch, feature_key: str) -> Iterable[Row]:
     """(event index, River features, normalised target, (scale, shift)) per example."""
     win = fb.inputs["window"].reshape(len(fb), -1)
+    assert fb.scale is not None and fb.shift is not None  # a series featurizer's
     for j, idx in enumerate(fb.index.tolist()):
         x = {f"w{k}": float(v) for k, v in enumerate(win[j])}
         x[f"key={fb.inputs[feature_key][j]}"] = 1.0
@@ -197,6 +198,7 @@ def _return_baselines(valid: Valid, kind: EvalKind, featurizer: Any) -> list[Sco
     last: dict[str, Any] = {}
     prev_price: dict[str, float] = {}
     zero, persist = {}, {}
+    assert kind.key_field is not None  # a series kind's (EVAL_KINDS)
     t0 = time.perf_counter()
     for i, ev in valid:
         k = ev[kind.key_field]
@@ -215,6 +217,7 @@ def _last_value_baselines(valid: Valid, kind: EvalKind, featurizer: Any) -> list
     """Readings per channel: predict the key's last reading."""
     last: dict[str, Any] = {}
     persist = {}
+    assert kind.key_field is not None  # a series kind's (EVAL_KINDS)
     t0 = time.perf_counter()
     for i, ev in valid:
         k = ev[kind.key_field]
@@ -269,6 +272,7 @@ def series_baselines(
 ) -> list[Scored]:
     """Zero change, last value, and River regressors on our featurizer's features."""
     kind = traits(stream.kind)
+    assert kind.trivial is not None and kind.feature_key is not None  # a series kind's
     featurizer = build_featurizer(stream.kind, featurizer_spec)
     valid = [(i, ev) for i, ev in enumerate(stream.events) if ev is not None]
     rows, t_feat = _examples(valid, featurizer, kind.feature_key)

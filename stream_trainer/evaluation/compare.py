@@ -87,7 +87,7 @@ def _late(kind: str, preds: dict[int, Any], truth: dict, late: list[int]) -> flo
     return score(kind, preds, truth, late)[PRIMARY[profile_of(kind)]]
 
 
-def bars(results: list[Result], metric: str) -> dict[str, float]:
+def bars(results: list[Result], metric: str) -> dict[str, float | str]:
     """Ours / the best trivial baseline, and ours / the best learner (River, VW), on
     ``metric`` (lower is better)."""
     ours = results[0].metrics[metric]

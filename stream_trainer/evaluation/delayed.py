@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -95,14 +95,15 @@ def river_logistic(
             "delay": lambda x, y: float(delay[x[_INDEX]]),
         }
     t0 = time.perf_counter()
-    evaluate.progressive_val_score(data, tapped, metrics.LogLoss(), **when)
+    # River types x as dict[Hashable, Any] (not a Mapping): a dict[str, ...] is refused
+    evaluate.progressive_val_score(data, tapped, metrics.LogLoss(), **when)  # type: ignore[arg-type]
     return tapped.preds, time.perf_counter() - t0
 
 
 _INDEX = "__event_index"  # carried in River's x to name the event; never a feature
 
 
-def _strip(x: dict[str, Any]) -> dict[str, Any]:
+def _strip(x: dict[Hashable, Any]) -> dict[Hashable, Any]:
     return {k: v for k, v in x.items() if k != _INDEX}
 
 
@@ -116,12 +117,16 @@ def _tapped(model: Any) -> Any:
             self.model = model
             self.preds: dict[int, float] = {}
 
-        def predict_proba_one(self, x: dict[str, Any]) -> dict[bool, float]:
-            proba = self.model.predict_proba_one(_strip(x))
+        def predict_proba_one(
+            self, x: dict[base.typing.FeatureName, Any], **kwargs: Any
+        ) -> dict[base.typing.ClfTarget, float]:
+            proba = self.model.predict_proba_one(_strip(x), **kwargs)
             self.preds[x[_INDEX]] = proba.get(True, 0.5)
             return proba
 
-        def learn_one(self, x: dict[str, Any], y: bool) -> None:
+        def learn_one(
+            self, x: dict[base.typing.FeatureName, Any], y: base.typing.ClfTarget
+        ) -> None:
             self.model.learn_one(_strip(x), y)
 
     return Tapped(model)
@@ -143,7 +148,7 @@ def study(
         raise StreamTrainerError("the delayed-labels study needs a click stream (--kind clicks)")
     say = progress or (lambda msg: None)
     n = len(stream.raw)
-    events: list[dict[str, Any]] = stream.events  # type: ignore[assignment]  # all valid
+    events = cast(list[dict[str, Any]], stream.events)  # all valid: checked next
     if any(ev is None for ev in events):
         raise StreamTrainerError("the delayed-labels study needs a stream of valid clicks only")
     ts = np.array([float(ev["ts"]) for ev in events])

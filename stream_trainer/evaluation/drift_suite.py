@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ def run(
     cases = _cases(events, sizes, seed, say, streams, cache)
     methods: dict[str, Callable[[np.ndarray], list[int]]] = {
         BASELINE: adwin_default,
-        **{f"ours: {d}": (lambda e, d=d: ours(d, e)) for d in detectors if d in DETECTORS},
+        **{f"ours: {d}": partial(ours, d) for d in detectors if d in DETECTORS},
     }
     per: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for case in cases:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,15 +42,18 @@ class _Capture:
     """A Sink that keeps the output records in memory (what the daemon would publish)."""
 
     def __init__(self) -> None:
-        self.docs: dict[int, dict[str, Any]] = {}
+        self.docs: dict[int, Mapping[str, Any]] = {}
 
-    def output(self, topic: str, key: str | None, doc: dict[str, Any]) -> None:
+    def output(self, topic: str, key: str | None, doc: Mapping[str, Any]) -> None:
         self.docs[doc["offset"]] = doc
 
     def dead_letter(self, topic: str, record: Record, why: Rejected) -> None:
         pass
 
     def flush(self, timeout_s: float = 0.0) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -78,7 +82,7 @@ def pipeline_settings(kind: str, stream: Stream, config: str | None = None) -> S
 
 def run_ours(
     stream: Stream, settings: Settings, records: list[Record] | None = None
-) -> tuple[Result, dict[int, dict], Any]:
+) -> tuple[Result, dict[int, Mapping[str, Any]], Any]:
     """Our pipeline over the whole stream (or over ``records``, the stream's messages as
     the caller lays them out: impressions and labels): its result (unscored), the output
     record of each example by offset, and the pipeline as it ended (monitor, policy)."""

@@ -69,8 +69,10 @@ def _number(
 
 
 # One decoder, built once: ``json.loads(text, parse_constant=...)`` builds a new decoder
-# per call, which cost as much as the parsing itself.
-_scan = json.JSONDecoder(parse_constant=_no_constants).scan_once
+# per call, which cost as much as the parsing itself. (JSONDecoder.__init__ sets
+# ``scan_once``; typeshed leaves the attribute out, hence the ignore.)
+_scan: Callable[[str, int], tuple[Any, int]]
+_scan = json.JSONDecoder(parse_constant=_no_constants).scan_once  # type: ignore[attr-defined]
 
 
 def _parse(text: str) -> Any:

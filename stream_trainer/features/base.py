@@ -62,6 +62,7 @@ def gather(rows: Sequence[tuple[Made, int]]) -> FeatureBatch:
     """
     runs: list[tuple[Made, list[int]]] = []
     block: Made | None = None
+    js: list[int]
     for b, j in rows:
         if b is not block:
             block, js = b, []

@@ -50,7 +50,7 @@ class ClickFeaturizer:
         self._pairs: dict[str, int] = {}
         self._tokens: dict[tuple[str, Any, type], tuple[int, float]] = {}
         # each distinct context once: its tokens as a row of these tables (row 0: none)
-        self._contexts: dict[tuple[tuple, tuple], int] = {(): 0}
+        self._contexts: dict[tuple[tuple, tuple] | tuple[()], int] = {(): 0}
         self._ctx_ids = np.zeros((64, max_context), np.int64)
         self._ctx_w = np.zeros((64, max_context), np.float32)
 
@@ -116,7 +116,7 @@ class ClickFeaturizer:
             labels.append(ev["label"])
             keys.append(u)
         row = np.array(rows, np.int64)
-        inputs = {
+        inputs: dict[str, np.ndarray] = {
             "user": np.array(users, np.int64).reshape(n),
             "item": np.array(items, np.int64).reshape(n),
             "ctx": self._ctx_ids[row],

@@ -52,6 +52,7 @@ class TickFeaturizer:
         symbols = [ev["symbol"] for ev in events]
         slot = self.slots.rows(symbols).tolist()
         a = self.slots.arrays
+        state: dict[int, list[Any]]  # slot -> [price, count, var, its returns in this batch]
         state = {s: [float(a["price"][s]), float(a["count"][s]), float(a["var"][s, 0]), []]
                  for s in dict.fromkeys(slot)}  # fmt: skip
         rows: list[int] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
@@ -43,6 +43,8 @@ def use_sparse_embeddings(model: nn.Module, sparse: bool) -> list[nn.Parameter]:
     for module in model.modules():
         if isinstance(module, nn.Embedding):
             module.sparse = sparse
+            # torch types it Tensor (a parametrization makes it one, which no optimizer takes)
+            assert isinstance(module.weight, nn.Parameter)
             out.append(module.weight)
     return out
 
@@ -73,7 +75,7 @@ class RowAdagrad(torch.optim.Adagrad):
     gradient, ``lr_decay`` or ``weight_decay`` takes torch's own step for all."""
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if (
             closure is not None
@@ -106,6 +108,17 @@ def _sparse(params: list[nn.Parameter], name: str, lr: float) -> torch.optim.Opt
     raise ValueError(
         f"unknown embedding optimizer {name!r} (one of {', '.join(SPARSE_OPTIMIZERS)})"
     )
+
+
+class SplitOptimizerArgs(TypedDict):
+    """``SplitOptimizer``'s keyword arguments but ``lr_multiplier``, kept to build another."""
+
+    name: str
+    lr: float
+    weight_decay: float
+    sparse_name: str
+    sparse_lr: float | None
+    fused: bool
 
 
 class SplitOptimizer:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from stream_trainer.learner.optim import (
     DEFAULT_EMBEDDING_LR,
     DEFAULT_EMBEDDING_OPTIMIZER,
     SplitOptimizer,
+    SplitOptimizerArgs,
     clip_grad_norm,
     use_sparse_embeddings,
 )
@@ -87,6 +88,23 @@ def _sparse_or_dense(
     return sparse
 
 
+class _LearnerArgs(TypedDict):
+    """``Learner``'s arguments but the model, kept to spawn another (``Learner.spawn``)."""
+
+    task: str
+    optimizer: str
+    lr: float
+    weight_decay: float
+    grad_clip_norm: float | None
+    device: torch.device | str
+    sparse_embeddings: bool | None
+    embedding_optimizer: str
+    embedding_lr: float | None
+    fixed_batch: int | None
+    cuda_graphs: bool
+    bf16: bool
+
+
 class Learner:
     """Owns a model and its optimizer; ``step`` is the only place weights change.
 
@@ -134,7 +152,7 @@ class Learner:
             [p for p in self.model.parameters() if id(p) not in sparse_ids],
             sparse,
         )
-        self._opt_args = {
+        self._opt_args: SplitOptimizerArgs = {
             "name": optimizer,
             "lr": lr,
             "weight_decay": weight_decay,
@@ -155,7 +173,7 @@ class Learner:
         )
         # the weights it started from: reset_model() and spawn() go back to them
         self._initial = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self._init_args = {
+        self._init_args: _LearnerArgs = {
             "task": task,
             "optimizer": optimizer,
             "lr": lr,

@@ -204,7 +204,7 @@ def _num(v: float | None, fmt: str) -> str:
 
 def render(rows: list[Row], warnings: list[str]) -> Any:
     """The table (and warnings) as one rich renderable."""
-    from rich.console import Group
+    from rich.console import Group, JustifyMethod
     from rich.table import Table
     from rich.text import Text
 
@@ -212,11 +212,13 @@ def render(rows: list[Row], warnings: list[str]) -> Any:
         title="stream-trainer demo (every 2 s; loss trend: smoothed loss, last minute)",
         title_justify="left",
     )
-    for col, justify in [("pipeline", "left"), ("events/s", "right"), ("trained", "right"),
-                         ("loss", "right"), ("smoothed", "right"),
-                         ("loss trend", "left"),
-                         ("drifts", "right"), ("rejected", "right"), ("lag", "right")]:  # fmt: skip
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    columns: list[tuple[str, JustifyMethod]]
+    columns = [("pipeline", "left"), ("events/s", "right"), ("trained", "right"),
+               ("loss", "right"), ("smoothed", "right"),
+               ("loss trend", "left"),
+               ("drifts", "right"), ("rejected", "right"), ("lag", "right")]  # fmt: skip
+    for col, justify in columns:
+        table.add_column(col, justify=justify, no_wrap=True)
     for r in rows:
         table.add_row(
             r.name,

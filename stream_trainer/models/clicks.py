@@ -36,11 +36,13 @@ class ClickModel(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1))
         for emb in (self.user, self.item, self.ctx):
             nn.init.normal_(emb.weight, std=0.01)
-        for emb in (self.user_bias, self.item_bias, self.ctx_bias, self.pair_bias):
-            if emb is not None:
-                nn.init.zeros_(emb.weight)
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        for bias in (self.user_bias, self.item_bias, self.ctx_bias, self.pair_bias):
+            if bias is not None:
+                nn.init.zeros_(bias.weight)
+        out = self.mlp[-1]
+        assert isinstance(out, nn.Linear)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
 
     def make_baseline(self) -> RateBaseline:
         """The running baseline this head predicts on top of (the learner keeps it)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -93,10 +93,18 @@ def learner(
         raise ConfigError(f"pipeline {spec.name}: {err}") from None
 
 
+class _Signal(TypedDict):
+    """The block signal's settings, which both drift monitors take."""
+
+    block: int
+    warmup: int
+    half_life: float
+
+
 def monitors(spec: PipelineSettings) -> tuple[DriftMonitor | None, InputDriftMonitor | None]:
     """The loss's drift monitor and the inputs' (either may be off)."""
     d = spec.drift
-    signal = {"block": d.block, "warmup": d.warmup_blocks, "half_life": d.reference_half_life}
+    signal = _Signal(block=d.block, warmup=d.warmup_blocks, half_life=d.reference_half_life)
     try:
         loss = DriftMonitor(d.detector, d.params, **signal) if d.detector != "none" else None
     except ValueError as err:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -185,9 +185,10 @@ class Pipeline(AfterUpdate):
             self.joiner.handle(self, records)
             return
         polled_next = self.offsets.polled_next
+        seen: Callable[[Any, TP], bool]  # on a value's bytes, or on a worker's digest of them
         decoded = getattr(records, "decoded", None)  # an ingest worker decoded them
         if decoded is None:
-            keys = [r.value for r in records]
+            keys: Sequence[Any] = [r.value for r in records]
             seen, decoded = self.dedup.seen, self.decode(keys)
         else:
             seen, keys = self.dedup.seen_digest, records.digests  # type: ignore[attr-defined]
@@ -307,8 +308,10 @@ class Pipeline(AfterUpdate):
             self.hooks.on_anomalies(anomalies)
         if self.output is not None and self.sink is not None:
             only = extra.get(self.output_flag) if self.output_flag else None
+            # events, not examples: workers featurize only for pipelines without outputs
+            events = cast(list[dict[str, Any]], [it.event for it in items])
             records = prediction_records(
-                [it.record for it in items], [it.event for it in items], fb,
+                [it.record for it in items], events, fb,
                 res.outputs, res.losses, extra, self.learner.updates, only,
             )  # fmt: skip
             for key, doc in records:
@@ -319,7 +322,7 @@ class Pipeline(AfterUpdate):
         fatal); the offsets of every item are applied (trained, or seeded state). Items an
         ingest worker featurized carry their examples: gathered, not made again."""
         if type(items[0].event) is tuple:  # (a pipeline's workers featurize all or none)
-            fb = gather([it.event for it in items])  # type: ignore[misc]
+            fb = gather(cast(list[tuple[Made, int]], [it.event for it in items]))
             self.offsets.applied_records(it.record for it in items)
             return fb
         try:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 
 class PipelineHooks:
     def on_consumed(self, n: int) -> None: ...
@@ -23,7 +25,7 @@ class PipelineHooks:
         batch_loss: float,
         smoothed_loss: float,
         update_seconds: float,
-        event_ages: Sequence[float],  # seconds since each trained event was produced
+        event_ages: Sequence[float] | np.ndarray,  # seconds since each trained event was produced
         lr: float,
         model_version: int,
         skipped: str | None,

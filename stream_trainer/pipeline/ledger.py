@@ -92,7 +92,7 @@ class OffsetLedger:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
+        OffsetLedger.__init__(self)
         for key, flat in state["ranges"].items():
             topic, _, part = key.rpartition(":")
             values = flat.tolist()

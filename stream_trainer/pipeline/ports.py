@@ -39,7 +39,8 @@ class Source(Protocol):
     """A consumer-group member: records of the partitions it is assigned, and their
     commits. Broker failures raise BrokerError (see the module docstring)."""
 
-    assignment: list[TP]
+    @property
+    def assignment(self) -> list[TP]: ...  # read only: the group assigns
 
     def poll(self, timeout_s: float, max_records: int | None = None) -> list[Record]: ...
 

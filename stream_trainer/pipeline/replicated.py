@@ -277,7 +277,8 @@ class ReplicatedPipeline(Pipeline):
         super().train(items, reduce)
         race = self.race
         if reduce is not None and race is not None and race.active and not self._raced:
-            race.challenger.idle_step(reduce)  # type: ignore[union-attr]
+            assert race.challenger is not None  # (active: it has one)
+            race.challenger.idle_step(reduce)
 
     def checkpoint_due(self, now: float) -> bool:
         """Never between rounds: a checkpoint is a collective, so rank 0 asks for one

@@ -24,13 +24,13 @@ from stream_trainer import domains
 START_TS = 1_767_225_600.0  # 2026-01-01T00:00:00Z: streams are reproducible, not wall-clock
 
 
-def _drift_points(drift_at: int | None, drift_every: int | None):
+def _drift_points(drift_at: int | None, drift_every: int | None) -> Callable[[int], bool]:
     def is_drift(i: int) -> bool:
         if i == 0:
             return False
         if drift_at is not None and i == drift_at:
             return True
-        return bool(drift_every) and i % drift_every == 0
+        return bool(drift_every and i % drift_every == 0)
 
     return is_drift
 

@@ -124,7 +124,9 @@ class PredictServer(BackgroundServer):
                 413, "too_many_events", f"{len(docs)} events > {self.max_events} per request"
             )
         res = scorer.score(docs)
-        errors = [{"index": i, "error": why.reason, "detail": why.detail} for i, why in res.errors]
+        errors: list[dict[str, Any]] = [
+            {"index": i, "error": why.reason, "detail": why.detail} for i, why in res.errors
+        ]
         if any(e["error"] == NOT_READY for e in errors):
             raise _Refused(503, NOT_READY, "no weights published yet: the pipeline has not trained")
         scored = sum(s is not None for s in res.scores)

@@ -315,7 +315,7 @@ def _serve(
             done.append((pipeline, outcome, seconds, scored))
 
     try:
-        scorers = {s.name: Scorer(s, readers[s.name]) for s in specs}  # type: ignore[arg-type]
+        scorers = {s.name: Scorer(s, readers[s.name]) for s in specs}
         server = PredictServer(address, scorers, on_request=on_request, **limits).start()
     except StreamTrainerError as err:
         conn.send(("error", str(err)))

@@ -11,8 +11,9 @@ clicks, and custom ones whose class sets ``stateless = True``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import numpy as np
@@ -25,7 +26,7 @@ from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.decode import _Reject  # the schema checks' own refusal
 from stream_trainer.features.base import is_stateless
 from stream_trainer.models.registry import build_featurizer
-from stream_trainer.serving.snapshot import Publisher, ServedModel
+from stream_trainer.serving.snapshot import ServedModel
 
 NOT_READY = "model_not_ready"  # no weights published yet (the trainer has not stepped)
 TRIES = 3  # forwards per request when the copy was rewritten under it (process.py)
@@ -44,8 +45,15 @@ class Scored:
     version: int = -1
 
 
+class Weights(Protocol):
+    """Where a scorer reads the served weights: the daemon's Publisher (serving on its
+    threads) or the serving process's SlotReader."""
+
+    def use(self) -> AbstractContextManager[ServedModel | None]: ...
+
+
 class Scorer:
-    def __init__(self, spec: PipelineSettings, publisher: Publisher) -> None:
+    def __init__(self, spec: PipelineSettings, publisher: Weights) -> None:
         self.name, self.publisher = spec.name, publisher
         self.featurizer = build_featurizer(spec.kind, spec.featurizer)
         if not serveable(spec, self.featurizer):

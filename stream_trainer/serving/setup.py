@@ -58,6 +58,7 @@ class Serving:
         self.server: PredictServer | None = None
         self.process: ServingProcess | None = None
         if own_process and self.scorers:
+            assert s.address is not None  # (own_process)
             self.process = ServingProcess(
                 [p.spec for p in self.pipelines.values()],
                 s.address,
