@@ -12,6 +12,7 @@ from stream_trainer.errors import CheckpointError
 def state(n: int) -> dict:
     return {
         "kind": "clicks",
+        "settings": "{}",
         "learner": {"w": torch.full((3,), float(n))},
         "featurizer": {},
         "drift": {},

@@ -48,6 +48,7 @@ KEYS = frozenset(
         "package_version",
         "pipeline",
         "kind",
+        "settings",
         "created",
         "learner",
         "featurizer",

@@ -16,7 +16,8 @@ The versions (what each added to the one before):
 2. 2026-12-07 (e1fb2d7), still labelled 1 on disk: the learner's trivial baseline and
    mixture; the duplicate window's hash (xxhash), owners and partitions; a pending count
    in the drift signal; delayed labels' joiner state (an optional key).
-3. 0.2.0: the package version that wrote the file, and the pipeline's kind.
+3. 0.2.0: the package version that wrote the file, the pipeline's kind and its settings
+   (JSON; an upgraded file gets those of the config it was restored with).
 
 A migration cannot invent what an older release never kept; for that it takes today's
 fresh state (:class:`Context`: the document a new pipeline of the same config would
@@ -133,7 +134,8 @@ def _v1_to_v2(doc: Doc, ctx: Context) -> Doc:
 
 
 def _v2_to_v3(doc: Doc, ctx: Context) -> Doc:
-    return {**doc, "package_version": UNKNOWN_PACKAGE, "kind": ctx.kind}
+    return {**doc, "package_version": UNKNOWN_PACKAGE, "kind": ctx.kind,
+            "settings": ctx.fresh["settings"]}  # fmt: skip
 
 
 MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}

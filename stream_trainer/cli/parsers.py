@@ -221,4 +221,15 @@ def _checkpoint(sub: Subparsers) -> argparse.ArgumentParser:
     )
     i.add_argument("path", help="a ckpt-*.pt file, a pipeline's directory, or checkpoint.dir")
     i.add_argument("--json", action="store_true", help="one JSON document per file")
+    e = what.add_parser(
+        "export", help="the model /predict serves, to serve elsewhere, with a model card"
+    )
+    e.add_argument("path", help="a ckpt-*.pt file, or a pipeline's checkpoint directory")
+    e.add_argument(
+        "--format", required=True, choices=("onnx", "safetensors"),
+        help="onnx: the served score as one graph; safetensors: the weights",
+    )  # fmt: skip
+    e.add_argument("--out", required=True, help="directory for the model and model_card.json")
+    e.add_argument("--config", help="pipelines YAML (only for files written before 0.2.0)")
+    e.add_argument("--pipeline", help="the pipeline's name in --config (default: the file's)")
     return c

@@ -7,6 +7,7 @@ document that does not fit the pipeline's config is one clear error.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -33,6 +34,9 @@ def document(p: Pipeline) -> dict[str, Any]:
     replay = p.replay.state_dict() if p.replay is not None else {}
     return {
         "kind": p.spec.kind,
+        # the pipeline's settings as written (JSON): what built the model, for export and
+        # for a restore to tell a config change from a code change
+        "settings": json.dumps(p.spec.model_dump(mode="json"), sort_keys=True),
         "learner": {**p.learner.state_dict(), "replay": replay},
         "featurizer": p.featurizer.state_dict(),
         "drift": {
