@@ -23,6 +23,7 @@ from fixtures.checkpoints.regenerate import RELEASES
 
 from stream_trainer.checkpoint.versions import FORMAT_VERSION, on_disk_version
 from stream_trainer.config import parse_settings
+from stream_trainer.errors import StreamTrainerError
 from stream_trainer.pipeline.core import Pipeline
 
 CASES = sorted(
@@ -124,3 +125,51 @@ def test_the_changelog_says_what_this_release_does_to_checkpoints():
     assert f"\n## {__version__} " in text and "**Upgrading.**" in text
     for commit in RELEASES:  # every release with fixtures has an entry
         assert f"({commit})\n" in text
+
+
+# ---- a config change between two runs --------------------------------------------------
+def changed(tmp_path, **pipeline):
+    """The 2026-12-07 clicks fixture restored under a config changed by ``pipeline``."""
+    src = FIXTURES / "e1fb2d7" / "clicks"
+    record = json.loads((src / "case.json").read_text())
+    shutil.copytree(src / "ckpt", tmp_path / "ckpt")
+    spec = {**record["settings"]["pipelines"][0], **pipeline}
+    raw = {**record["settings"], "pipelines": [spec], "checkpoint": {"dir": str(tmp_path / "ckpt")}}
+    settings = parse_settings(raw)
+    (path,) = (tmp_path / "ckpt" / record["pipeline"]).glob("ckpt-*.pt")
+    p = Pipeline(settings, settings.pipelines[0])
+    assert p.restore()
+    return torch.load(path, weights_only=True), p
+
+
+def test_the_config_s_learning_rates_apply_to_the_carried_optimizer(tmp_path):
+    old, p = changed(tmp_path, optimizer={"lr": 0.01, "embedding_lr": 0.2})
+    lrs = {k: [g["lr"] for g in o.param_groups] for k, o in p.learner.optimizer.parts.items()}
+    assert lrs == {"dense": [0.01], "sparse": [0.2]}  # not the checkpoint's 0.003 / 0.1
+    for part, opt in old["learner"]["optimizer"].items():  # the moments carried
+        same(p.learner.optimizer.state_dict()[part]["state"], opt["state"], f"/{part}")
+
+
+@pytest.mark.parametrize(
+    ("change", "afresh"),
+    [
+        ({"drift": {"detector": "adwin"}}, "drift detector (page_hinkley -> adwin)"),
+        ({"optimizer": {"sparse_embeddings": False}}, "optimizer state (parts"),
+    ],
+    ids=["detector", "sparse_embeddings"],
+)
+def test_a_config_change_starts_only_what_it_changed_afresh(tmp_path, caplog, change, afresh):
+    with caplog.at_level(logging.WARNING, logger="stream_trainer.pipeline.state"):
+        old, p = changed(tmp_path, **change)
+    (note,) = [r for r in caplog.records if r.getMessage().startswith("config changed")]
+    assert afresh in note.afresh
+    same(p.offsets.state(), {"offsets": old["offsets"], "ledger": old["ledger"]})
+    same(p.dedup.state_dict(), old["dedup"])
+    same(p.learner.model.state_dict(), old["learner"]["model"])
+    same(p.learner.baseline.state_dict(), old["learner"]["baseline"])
+    assert p.learner.updates == old["learner"]["updates"]
+
+
+def test_a_new_model_shape_is_still_refused_with_what_to_do(tmp_path):
+    with pytest.raises(StreamTrainerError, match="move the\\s+checkpoint directory away"):
+        changed(tmp_path, model={"dim": 8, "hidden": 32})

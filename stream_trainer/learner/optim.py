@@ -189,7 +189,12 @@ class SplitOptimizer:
                 f"optimizer state has parts {sorted(state)}, this model needs {sorted(self.parts)}"
             )
         for k, opt in self.parts.items():
+            # the checkpoint carries the state (moments, step counts); the config's
+            # hyperparameters (lr, weight decay, betas...) apply, as they were built
+            hyper = [{h: v for h, v in g.items() if h != "params"} for g in opt.param_groups]
             opt.load_state_dict(state[k])
+            for group, own in zip(opt.param_groups, hyper, strict=True):
+                group.update(own)
 
 
 def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:

@@ -72,6 +72,7 @@ def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
                 "not_carried": not_carried(path) or "nothing",
             },
         )
+    afresh = _afresh(p, doc)
     try:
         p.learner.load_state_dict(doc["learner"])
         if p.replay is not None and doc["learner"].get("replay"):
@@ -93,6 +94,11 @@ def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
             f"config ({str(err)[:300]}); restore the old config, or move the "
             "checkpoint directory away to start fresh"
         ) from None
+    if afresh:
+        log.warning(
+            "config changed since the checkpoint; kept all else",
+            extra={"pipeline": p.name, "afresh": "; ".join(afresh)},
+        )
     p.counters.update({k: int(v) for k, v in doc["counters"].items() if k in p.counters})
     p.smoothed_loss = float(doc["counters"].get("smoothed_loss", math.nan))
     log.info(
@@ -104,3 +110,23 @@ def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
             "model_version": p.learner.updates,
         },
     )
+
+
+def _afresh(p: Pipeline, doc: dict[str, Any]) -> list[str]:
+    """Parts of ``doc`` that a config change made meaningless, replaced in ``doc`` by the
+    pipeline's own fresh ones (so the strict load keeps everything else): a new drift
+    detector starts its watch afresh; an optimizer of other parts (``sparse_embeddings``
+    switched) starts its moments afresh under the carried weights. What they are."""
+    out = []
+    drift = doc["drift"]
+    monitor = p.monitor
+    if monitor is not None and drift.get("detector") not in (None, monitor.detector_name):
+        out.append(f"drift detector ({drift['detector']} -> {monitor.detector_name})")
+        doc["drift"] = {**monitor.state_dict(), "input": drift.get("input", {})}
+    learner = doc["learner"]
+    parts = getattr(getattr(p.learner, "optimizer", None), "parts", None)
+    saved = learner.get("optimizer")
+    if isinstance(parts, dict) and isinstance(saved, Mapping) and set(saved) != set(parts):
+        out.append(f"optimizer state (parts {sorted(saved)} -> {sorted(parts)})")
+        doc["learner"] = {**learner, "optimizer": p.learner.optimizer.state_dict()}
+    return out
