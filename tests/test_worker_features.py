@@ -12,9 +12,9 @@ import pytest
 from support import base_config
 
 from stream_trainer.config import parse_settings
+from stream_trainer.domains.decoders import batch_decoder
 from stream_trainer.edges.ingest import Polled, _make, decoded
 from stream_trainer.events import Rejected, reasons
-from stream_trainer.events.fast import batch_decoder
 from stream_trainer.features.base import gather
 from stream_trainer.features.clicks import ClickFeaturizer
 from stream_trainer.pipeline.core import Pipeline

@@ -129,10 +129,10 @@ def _worker(
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
+    from stream_trainer.domains.decoders import batch_decoder
     from stream_trainer.edges.source import consumer_config
     from stream_trainer.events import Rejected
     from stream_trainer.events.dedup import digest
-    from stream_trainer.events.fast import batch_decoder
 
     kind, channels, max_bytes = decoder_spec
     decode = batch_decoder(kind, channels=channels, max_bytes=max_bytes)
