@@ -33,7 +33,7 @@ import torch
 
 from stream_trainer.config import KafkaSettings, parse_settings
 from stream_trainer.edges.admin import create_topics
-from stream_trainer.edges.source import consumer_config
+from stream_trainer.edges.consumer import consumer_config
 from stream_trainer.evaluation.baselines import click_tokens, vw_line
 from stream_trainer.features.clicks import ClickFeaturizer
 from stream_trainer.learner import Learner

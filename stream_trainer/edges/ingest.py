@@ -54,6 +54,7 @@ import msgspec
 import numpy as np
 
 from stream_trainer.config import KafkaSettings
+from stream_trainer.edges.consumer import BEGINNING, consumer_config
 from stream_trainer.errors import BrokerError
 from stream_trainer.events.decode import Rejected
 from stream_trainer.features.base import Made
@@ -62,8 +63,6 @@ from stream_trainer.pipeline.ports import TP, Record
 
 log = logging.getLogger(__name__)
 
-BEGINNING = -2  # a start position: the log's first offset
-COMMITTED = -1  # a start position: the group's committed offset, else auto_offset_reset
 QUEUE_DEPTH = 4  # decoded polls a worker holds while the trainer is busy
 HIGHWATER_EVERY_S = 1.0  # how often a worker reports high watermarks
 JOIN_WAIT_S = 0.25  # how long the trainer's group poll waits while the group (re)joins
@@ -130,7 +129,6 @@ def _worker(
     from kafka.errors import KafkaError
 
     from stream_trainer.domains.decoders import batch_decoder
-    from stream_trainer.edges.source import consumer_config
     from stream_trainer.events import Rejected
     from stream_trainer.events.dedup import digest
 
@@ -527,4 +525,4 @@ def worker_count(setting: int | str, pipelines: int) -> int:
     return auto_workers(pipelines) if setting == "auto" else int(setting)
 
 
-__all__ = ["BEGINNING", "COMMITTED", "DecodedPoll", "IngestSource", "auto_workers"]
+__all__ = ["DecodedPoll", "IngestSource", "auto_workers"]
