@@ -16,7 +16,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,13 +27,13 @@ from stream_trainer.config import PipelineSettings, Settings
 from stream_trainer.errors import BrokerError
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.dedup import Deduper
-from stream_trainer.features.base import Made, gather, is_stateless
+from stream_trainer.features.base import gather, is_stateless
 from stream_trainer.learner.keyed import KeyedLearner
 from stream_trainer.learner.quality import Quality, profile_for
 from stream_trainer.learner.replay import ReplayBuffer
 from stream_trainer.pipeline import build, state
 from stream_trainer.pipeline.after import AfterUpdate
-from stream_trainer.pipeline.batcher import MicroBatcher
+from stream_trainer.pipeline.batcher import Item, MicroBatcher
 from stream_trainer.pipeline.commit import commit_offsets, make_durable
 from stream_trainer.pipeline.hooks import NullHooks, PipelineHooks
 from stream_trainer.pipeline.joiner import Joiner
@@ -49,12 +48,6 @@ log = logging.getLogger(__name__)
 
 # caught up: the consumer lag is down to this many batches of batch.max_size
 CAUGHT_UP_BATCHES = 4
-
-
-@dataclass(slots=True)
-class Item:
-    record: Record
-    event: dict[str, Any] | tuple[Made, int]  # the event, or its example (an ingest worker's)
 
 
 class _Write:

@@ -10,18 +10,39 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from stream_trainer.checkpoint import CheckpointStore
+from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.errors import StreamTrainerError
-from stream_trainer.pipeline.offsets import fmt_offsets
-
-if TYPE_CHECKING:
-    from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.events.dedup import Deduper
+from stream_trainer.learner.replay import ReplayBuffer
+from stream_trainer.pipeline.joiner import Joiner
+from stream_trainer.pipeline.offsets import Offsets, fmt_offsets
 
 log = logging.getLogger(__name__)
 
 
-def document(p: Pipeline) -> dict[str, Any]:
+class Stateful(Protocol):
+    """What a checkpoint document holds of a pipeline (core.py's ``Pipeline``): declared
+    here, so that this module never imports the pipeline it saves."""
+
+    name: str
+    store: CheckpointStore
+    learner: Any
+    featurizer: Any
+    replay: ReplayBuffer | None
+    monitor: DriftMonitor | None
+    input_monitor: InputDriftMonitor | None
+    policy: AdaptationPolicy
+    offsets: Offsets
+    dedup: Deduper
+    counters: dict[str, int]
+    smoothed_loss: float
+    joiner: Joiner | None
+
+
+def document(p: Stateful) -> dict[str, Any]:
     replay = p.replay.state_dict() if p.replay is not None else {}
     return {
         "learner": {**p.learner.state_dict(), "replay": replay},
@@ -38,7 +59,7 @@ def document(p: Pipeline) -> dict[str, Any]:
     }
 
 
-def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
+def load(p: Stateful, doc: Mapping[str, Any]) -> None:
     try:
         p.learner.load_state_dict(doc["learner"])
         if p.replay is not None and doc["learner"].get("replay"):
