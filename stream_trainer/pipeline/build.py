@@ -10,13 +10,14 @@ from typing import Any
 import torch
 
 from stream_trainer import domains
-from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.config import Settings
 from stream_trainer.domains.decoders import batch_decoder
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.errors import ConfigError
 from stream_trainer.learner import Learner
 from stream_trainer.learner.keyed import KeyedLearner
 from stream_trainer.models.registry import build_featurizer, build_model
+from stream_trainer.pipeline_config import PipelineSettings
 
 
 def output_flag(p: PipelineSettings) -> str | None:

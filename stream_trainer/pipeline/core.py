@@ -23,7 +23,7 @@ import torch
 
 from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.checkpoint.store import snapshot
-from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.config import Settings
 from stream_trainer.errors import BrokerError
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.dedup import Deduper
@@ -43,6 +43,7 @@ from stream_trainer.pipeline.outputs import prediction_records
 from stream_trainer.pipeline.ports import TP, Record, Sink, Source
 from stream_trainer.pipeline.rejects import HINTS, RejectWatch
 from stream_trainer.pipeline.runner import ready
+from stream_trainer.pipeline_config import PipelineSettings
 
 log = logging.getLogger(__name__)
 

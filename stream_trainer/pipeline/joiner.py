@@ -57,12 +57,12 @@ from typing import Any, Protocol
 
 import torch
 
-from stream_trainer.config import LabelSettings
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.decode import _Reject, _ts, clicks_schema, decoder
 from stream_trainer.pipeline.batcher import Item, MicroBatcher
 from stream_trainer.pipeline.offsets import Offsets
 from stream_trainer.pipeline.ports import TP, Record, Source
+from stream_trainer.pipeline_config import LabelSettings
 
 EPS = 1e-7
 OUTCOMES = ("labelled", "negative", "dropped")
