@@ -1,6 +1,6 @@
-"""What the trainer's group member (source.py) and the ingest workers (ingest.py) share
-of a Kafka consumer: its settings and the start positions a partition can be given. Below
-both, so that neither imports the other."""
+"""What the trainer's group member (source.py) and the ingest workers (ingest.py,
+ingest_worker.py) share of a Kafka consumer: its settings and the start positions a
+partition can be given. Below them, so that none imports another."""
 
 from __future__ import annotations
 
