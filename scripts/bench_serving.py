@@ -40,8 +40,10 @@ from typing import Any
 
 import numpy as np
 import yaml
-from bench import encode, machine, proc_cpu_s, verdict
+from bench_daemon import proc_cpu_s
 from bench_gpu import write_section
+from bench_report import machine, verdict
+from bench_runs import encode
 
 from stream_trainer.edges.admin import create_topics
 from stream_trainer.local import procs
