@@ -31,7 +31,7 @@ def main() -> int:
     from kafka import KafkaConsumer
 
     import stream_trainer.edges.ingest  # noqa: F401 - what the forkserver preloads
-    from stream_trainer.events.fast import batch_decoder
+    from stream_trainer.domains.decoders import batch_decoder
     from stream_trainer.models.registry import build_featurizer
 
     decode = batch_decoder("clicks")

@@ -20,7 +20,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from stream_trainer import distributed
-from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.config import Settings
 from stream_trainer.edges import KafkaSink, KafkaSource
 from stream_trainer.edges.admin import broker_answers, check_reachable, create_topics
 from stream_trainer.edges.ingest import IngestSource, worker_count
@@ -33,6 +33,7 @@ from stream_trainer.pipeline.offsets import fmt_offsets
 from stream_trainer.pipeline.replicated import ReplicatedPipeline
 from stream_trainer.pipeline.runner import Runner
 from stream_trainer.pipeline.sharded import ShardedPipeline
+from stream_trainer.pipeline_config import PipelineSettings
 from stream_trainer.serving.setup import Serving
 
 log = logging.getLogger(__name__)

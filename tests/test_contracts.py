@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from stream_trainer.domains.decoders import decoder_for
 from stream_trainer.errors import PluginError
-from stream_trainer.events import decoder_for
 from stream_trainer.models.registry import build_featurizer, build_model
 from stream_trainer.producers import make_generator
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_trainer.events import Rejected, decoder_for
+from stream_trainer.domains.decoders import decoder_for
+from stream_trainer.events import Rejected
 from stream_trainer.events import reasons as R
 
 CLICK = {
@@ -127,7 +128,7 @@ FAST_CHANNELS = {"clicks": (), "ticks": (), "sensors": ("temp", "humidity", "pre
 
 
 def both(kind: str, raws: list[bytes]) -> tuple[list, list]:
-    from stream_trainer.events.fast import batch_decoder
+    from stream_trainer.domains.decoders import batch_decoder
 
     channels = FAST_CHANNELS[kind]
     slow = decoder_for(kind, channels=channels)

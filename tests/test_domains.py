@@ -11,8 +11,9 @@ import torch
 
 from stream_trainer import domains
 from stream_trainer.config import parse_settings
+from stream_trainer.domains.decoders import decoder_for
 from stream_trainer.errors import ConfigError
-from stream_trainer.events import Rejected, decoder_for
+from stream_trainer.events import Rejected
 from stream_trainer.models.registry import build_featurizer, build_model
 from stream_trainer.pipeline.build import output_topic
 

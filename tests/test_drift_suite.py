@@ -9,7 +9,7 @@ import pytest
 
 from stream_trainer.evaluation import drift_suite as ds
 from stream_trainer.evaluation.drift_cases import Change, _abrupt
-from stream_trainer.evaluation.reporting import drift_suite_markdown
+from stream_trainer.evaluation.drift_suite import drift_suite_markdown
 
 
 def test_scoring_counts_hits_false_alarms_and_stable_events():

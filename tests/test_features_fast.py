@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from legacy_featurizers import LegacySensorFeaturizer, LegacyTickFeaturizer
 
-from stream_trainer.events.decode import decoder_for
+from stream_trainer.domains.decoders import decoder_for
 from stream_trainer.features import clicks as clicks_mod
 from stream_trainer.features.base import stable_hash
 from stream_trainer.features.clicks import ClickFeaturizer

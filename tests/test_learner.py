@@ -6,7 +6,7 @@ import torch
 from fakes import tick_batch, tick_learner
 
 from stream_trainer.learner import Learner
-from stream_trainer.learner.prequential import SKIP_NON_FINITE_GRAD, SKIP_NON_FINITE_LOSS
+from stream_trainer.learner.result import SKIP_NON_FINITE_GRAD, SKIP_NON_FINITE_LOSS
 from stream_trainer.models.forecast import TickModel
 
 make = tick_learner

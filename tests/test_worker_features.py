@@ -1,4 +1,4 @@
-"""Examples made in an ingest worker (edges/ingest.py, a stateless featurizer) are the
+"""Examples made in an ingest worker (edges/ingest_worker.py, a stateless featurizer) are the
 trainer featurizer's own, batch for batch; a failing event is dead-lettered alone."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import pytest
 from support import base_config
 
 from stream_trainer.config import parse_settings
-from stream_trainer.edges.ingest import Polled, _make, decoded
+from stream_trainer.domains.decoders import batch_decoder
+from stream_trainer.edges.ingest import decoded
+from stream_trainer.edges.ingest_worker import Polled, _make
 from stream_trainer.events import Rejected, reasons
-from stream_trainer.events.fast import batch_decoder
 from stream_trainer.features.base import gather
 from stream_trainer.features.clicks import ClickFeaturizer
 from stream_trainer.pipeline.core import Pipeline

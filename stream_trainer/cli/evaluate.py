@@ -28,7 +28,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def _drift_suite(a: argparse.Namespace, say: Say) -> tuple[dict[str, Any], Render]:
     from stream_trainer.evaluation import drift_suite
-    from stream_trainer.evaluation.reporting import drift_suite_markdown
+    from stream_trainer.evaluation.drift_suite import drift_suite_markdown
 
     n = a.events or 400_000
     suite = drift_suite.run(

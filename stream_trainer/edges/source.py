@@ -24,7 +24,7 @@ from kafka.structs import OffsetAndMetadata
 
 from stream_trainer.config import KafkaSettings, SourceSettings
 from stream_trainer.edges.admin import unreachable
-from stream_trainer.edges.ingest import BEGINNING, COMMITTED
+from stream_trainer.edges.consumer import BEGINNING, COMMITTED, consumer_config
 from stream_trainer.edges.start import CatchUp, resolve
 from stream_trainer.errors import BrokerError
 from stream_trainer.pipeline.ports import TP, Record
@@ -36,25 +36,6 @@ def offset_and_metadata(offset: int) -> OffsetAndMetadata:
     """kafka-python 2.x has (offset, metadata); 2.1+/3.x add leader_epoch."""
     extra = [-1] * (len(OffsetAndMetadata._fields) - 2)
     return OffsetAndMetadata(offset, "", *extra)
-
-
-def consumer_config(settings: KafkaSettings, group_id: str, client_id: str) -> dict[str, Any]:
-    """The daemon's KafkaConsumer settings (the bench measures the bare client with them)."""
-    return {
-        "bootstrap_servers": settings.bootstrap_servers,
-        "group_id": group_id,
-        "client_id": client_id,
-        "enable_auto_commit": False,
-        "auto_offset_reset": settings.auto_offset_reset,
-        "session_timeout_ms": settings.session_timeout_ms,
-        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
-        "max_poll_interval_ms": settings.max_poll_interval_ms,
-        "max_poll_records": settings.max_poll_records,
-        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-        "request_timeout_ms": max(settings.request_timeout_ms, settings.session_timeout_ms + 1000),
-        "max_partition_fetch_bytes": 4 << 20,
-        "fetch_max_bytes": 64 << 20,
-    }
 
 
 class _Listener(ConsumerRebalanceListener):

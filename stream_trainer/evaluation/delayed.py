@@ -23,13 +23,14 @@ from typing import Any, cast
 
 import numpy as np
 
-from stream_trainer.config import LabelSettings, Settings
+from stream_trainer.config import Settings
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.evaluation.baselines import click_tokens
 from stream_trainer.evaluation.offline import pipeline_settings, run_ours
 from stream_trainer.evaluation.reporting import score
 from stream_trainer.evaluation.streams import Stream
 from stream_trainer.pipeline.ports import Record
+from stream_trainer.pipeline_config import LabelSettings
 from stream_trainer.producers.delayed import IMPRESSION, delayed_labels
 
 WINDOW_S = 900.0  # how long an impression waits for its click (event time)

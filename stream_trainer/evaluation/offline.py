@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_trainer.config import PipelineSettings, Settings, parse_settings
+from stream_trainer.config import Settings, parse_settings
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.evaluation.kinds import traits
 from stream_trainer.evaluation.streams import Stream, channels
 from stream_trainer.events import Rejected
 from stream_trainer.pipeline.ports import Record
+from stream_trainer.pipeline_config import PipelineSettings
 
 POLL = 2000  # records handed to the pipeline at a time, as a consumer poll would
 

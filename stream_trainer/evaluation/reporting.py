@@ -1,5 +1,5 @@
 """Scoring predictions, and the markdown tables of every evaluation (the JSON is the
-report dicts themselves)."""
+report dicts themselves); the drift suite's tables live with the suite (drift_suite.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from stream_trainer.evaluation.drift_suite import BASELINE
 from stream_trainer.evaluation.kinds import traits
 from stream_trainer.evaluation.studies import RECOVERY_TOLERANCE, RECOVERY_WINDOW, RETURN_WINDOW
 from stream_trainer.learner.quality import Quality, profile_for
@@ -138,65 +137,3 @@ def replay_markdown(report: dict[str, Any]) -> str:
             f"{r['events_per_s']:,.0f} |"
         )
     return "\n".join(lines)
-
-
-# ---- the drift suite ------------------------------------------------------------------------
-def _f(v: float, digits: int = 2) -> str:
-    return "–" if isinstance(v, float) and math.isnan(v) else f"{v:,.{digits}f}"
-
-
-def drift_suite_markdown(report: dict[str, Any]) -> str:
-    """The drift suite's tables: detectors overall, then per stream, then the sources."""
-    methods = report["methods"]
-    base_row = methods[BASELINE]["overall"]
-    lines = [
-        f"Tolerance: a detection within {report['tolerance']:,} events after a change (after "
-        "its transition, when gradual) is a hit; the first one only. Stable events (outside "
-        f"every change's window): {base_row['stable_events']:,}.",
-        "",
-        *_detector_table(methods, base_row["f1"]),
-        "",
-        "Per stream (detections / hits of changes / mean delay):",
-        "",
-        *_stream_table(methods, report["streams"]),
-        "",
-        *[f"- {s['name']}: {s['source']}" for s in report["streams"]],
-    ]
-    return "\n".join(lines)
-
-
-def _detector_table(methods: dict[str, Any], base: float) -> list[str]:
-    lines = [
-        "| detector | detections | hits / changes | precision | recall | F1 | F1 vs ADWIN "
-        "defaults | false alarms per 1M stable events | mean delay (events) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, m in methods.items():
-        o = m["overall"]
-        vs = f"{o['f1'] / base:.1f}×" if base else ("∞" if o["f1"] else "–")
-        lines.append(
-            f"| {name} | {o['detections']} | {o['hits']} / {o['changes']} | {_f(o['precision'])} "
-            f"| {_f(o['recall'])} | {_f(o['f1'])} | {vs} | {_f(o['false_per_1m'], 1)} "
-            f"| {_f(o['delay'], 0)} |"
-        )
-    return lines
-
-
-def _stream_table(methods: dict[str, Any], streams: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| stream | events | changes | input alarms | "
-        + " | ".join(n.replace(", per-event error", "") for n in methods)
-        + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(methods),
-    ]
-    for k, s in enumerate(streams):
-        cells = []
-        for m in methods.values():
-            r = m["streams"][k]
-            cells.append(f"{r['detections']} / {r['hits']} / {_f(r['delay'], 0)}")
-        ia = s["input_alarms"]
-        lines.append(
-            f"| {s['name']} | {s['events']:,} | {len(s['changes'])} | "
-            f"{'–' if ia is None else ia} | " + " | ".join(cells) + " |"
-        )
-    return lines

@@ -79,7 +79,7 @@ def from_file(kind: str, path: str | Path, limit: int | None = None) -> Stream:
 
 
 def _decoded(kind: str, raw: list[bytes], source: str, drift_at: list[int]) -> Stream:
-    from stream_trainer.events import decoder_for
+    from stream_trainer.domains.decoders import decoder_for
 
     decode = decoder_for(kind, channels=channels(kind, raw))
     events = [None if isinstance(d := decode(r), Rejected) else d for r in raw]

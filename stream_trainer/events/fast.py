@@ -10,13 +10,9 @@ The constraints below mirror :mod:`.decode` exactly, and only ever *accept* less
 whatever msgspec refuses (a NaN, a label ``true``, a timestamp in milliseconds, a
 missing field, bad UTF-8) goes to the reference decoder, which accepts it or says why
 not, with the same reason and detail as before. So the fast path changes speed, never a
-result; ``tests/test_decode.py`` checks that on valid, odd and broken events.
-
->>> run = batch_decoder("ticks")
->>> for out in run([b'{"ts": 1.7e9, "symbol": "A", "price": 10.5}', b'{"ts": 1.7e9, "price": 1}']):
-...     print(out)
-{'ts': 1700000000.0, 'symbol': 'A', 'price': 10.5, 'volume': 0.0}
-Rejected(reason='missing_field', detail='symbol')
+result; ``tests/test_decode.py`` checks that on valid, odd and broken events. A kind's
+whole-poll decoder (these types, then decode.py for what they refuse) is built in
+:mod:`stream_trainer.domains.decoders`, where a kind's schema is known.
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from stream_trainer.events.decode import MAX_ABS, MAX_ID_CHARS, TS_MAX, TS_MIN, Decoded
+from stream_trainer.events.decode import MAX_ABS, MAX_ID_CHARS, TS_MAX, TS_MIN
 
 Convert = Callable[[Any], dict[str, Any] | None]  # a Struct -> the event; None: ask decode.py
 Fast = tuple[msgspec.json.Decoder, Convert]
@@ -118,37 +114,3 @@ def ticks_fast(channels: Sequence[str] = ()) -> Fast:
 
 def sensors_fast(channels: Sequence[str] = ()) -> Fast:
     return msgspec.json.Decoder(_Reading), _reading(tuple(channels))
-
-
-def batch_decoder(
-    kind: str, *, channels: Sequence[str] = (), max_bytes: int = 1 << 20
-) -> Callable[[Sequence[bytes | None]], list[Decoded]]:
-    """``values -> [event or Rejected]``, one per value, as :func:`.decode.decoder_for`
-    would give one at a time."""
-    from stream_trainer import domains
-    from stream_trainer.events.decode import decoder_for
-
-    slow = decoder_for(kind, channels=channels, max_bytes=max_bytes)
-    fast = domains.get(kind).fast
-    if fast is None:  # custom: any JSON object, checked by the user's featurizer
-        return lambda values: [slow(v) for v in values]
-    dec, convert = fast(channels)
-    decode = dec.decode
-    failed = (msgspec.DecodeError, RecursionError)  # ValidationError is a DecodeError
-
-    def run(values: Sequence[bytes | None]) -> list[Decoded]:
-        out: list[Decoded] = []
-        append = out.append
-        for v in values:
-            if v and len(v) <= max_bytes:
-                try:
-                    ev = convert(decode(v))
-                except failed:
-                    ev = None
-                if ev is not None:
-                    append(ev)
-                    continue
-            append(slow(v))
-        return out
-
-    return run

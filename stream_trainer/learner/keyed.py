@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from stream_trainer.checkpoint.store import fsync_dir, write_atomically
-from stream_trainer.learner.prequential import Learner, StepResult
+from stream_trainer.learner.prequential import Learner
 from stream_trainer.learner.replay import KEY
+from stream_trainer.learner.result import StepResult
 
 log = logging.getLogger(__name__)
 

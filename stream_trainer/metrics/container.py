@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream_trainer import __version__
 from stream_trainer.events import reasons
-from stream_trainer.learner.prequential import SKIP_REASONS
+from stream_trainer.learner.result import SKIP_REASONS
 from stream_trainer.pipeline.hooks import PipelineHooks
 
 PREFIX = "stream_trainer_"

@@ -1,4 +1,5 @@
 """Micro-batcher: release a batch at ``max_size`` items or when the oldest waited ``max_latency``.
+And the :class:`Item` a pipeline batches: here, below core.py and joiner.py, which make them.
 
 Pure (the clock is injected). Items leave in arrival order, none dropped or repeated.
 
@@ -18,9 +19,19 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from stream_trainer.features.base import Made
+from stream_trainer.pipeline.ports import Record
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Item:
+    record: Record
+    event: dict[str, Any] | tuple[Made, int]  # the event, or its example (an ingest worker's)
 
 
 class MicroBatcher(Generic[T]):

@@ -10,13 +10,14 @@ from typing import Any, TypedDict
 import torch
 
 from stream_trainer import domains
-from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.config import Settings
+from stream_trainer.domains.decoders import batch_decoder
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.errors import ConfigError
-from stream_trainer.events.fast import batch_decoder
 from stream_trainer.learner import Learner
 from stream_trainer.learner.keyed import KeyedLearner
 from stream_trainer.models.registry import build_featurizer, build_model
+from stream_trainer.pipeline_config import PipelineSettings
 
 
 def output_flag(p: PipelineSettings) -> str | None:
@@ -47,7 +48,7 @@ Decode = Callable[[Sequence[bytes | None]], list[Any]]
 def featurizer_and_decoder(
     spec: PipelineSettings,
 ) -> tuple[Any, Decode, tuple[str, tuple[str, ...], int]]:
-    """The featurizer, the decoder of a whole poll's values (events/fast.py), and what an
+    """The featurizer, the decoder of a whole poll's values (domains/decoders.py), and what an
     ingest worker needs to build the same decoder (kind, channels, max bytes)."""
     featurizer = build_featurizer(spec.kind, spec.featurizer)
     kind, channels, max_bytes = what = decoder_spec(spec, featurizer)

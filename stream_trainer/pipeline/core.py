@@ -6,7 +6,8 @@ outputs.
 Offsets: :class:`~stream_trainer.pipeline.offsets.Offsets` always describes the model
 state in memory. A checkpoint is taken only with the batcher empty, so the saved model,
 featurizer and offsets agree; offsets are committed only after that file is durable
-and the dead letters / outputs for those offsets are flushed (``commit.py``).
+and the dead letters / outputs for those offsets are flushed (``commit.py``); when and
+how a pipeline checkpoints: ``checkpointing.py``.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 import torch
 
 from stream_trainer.checkpoint import CheckpointStore
-from stream_trainer.checkpoint.store import snapshot
-from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.config import Settings
 from stream_trainer.errors import BrokerError
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.dedup import Deduper
@@ -34,8 +33,8 @@ from stream_trainer.learner.quality import Quality, profile_for
 from stream_trainer.learner.replay import ReplayBuffer
 from stream_trainer.pipeline import build, state
 from stream_trainer.pipeline.after import AfterUpdate
-from stream_trainer.pipeline.batcher import MicroBatcher
-from stream_trainer.pipeline.commit import commit_offsets, make_durable
+from stream_trainer.pipeline.batcher import Item, MicroBatcher
+from stream_trainer.pipeline.checkpointing import Checkpointing
 from stream_trainer.pipeline.hooks import NullHooks, PipelineHooks
 from stream_trainer.pipeline.joiner import Joiner
 from stream_trainer.pipeline.loop import IDLE_POLL_S, report_lag, run_loop
@@ -44,6 +43,7 @@ from stream_trainer.pipeline.outputs import prediction_records
 from stream_trainer.pipeline.ports import TP, Record, Sink, Source
 from stream_trainer.pipeline.rejects import HINTS, RejectWatch
 from stream_trainer.pipeline.runner import ready
+from stream_trainer.pipeline_config import PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +51,7 @@ log = logging.getLogger(__name__)
 CAUGHT_UP_BATCHES = 4
 
 
-@dataclass(slots=True)
-class Item:
-    record: Record
-    event: dict[str, Any] | tuple[Made, int]  # the event, or its example (an ingest worker's)
-
-
-class _Write:
-    """A periodic checkpoint's file, written on its own thread (flush -> *save* -> commit:
-    the commit waits for :meth:`Pipeline.collect_checkpoint`)."""
-
-    def __init__(self, p: Pipeline, doc: dict[str, Any], offsets: dict[TP, int]) -> None:
-        self.offsets = offsets
-        self.ok = False
-        save = lambda: p.store.save(doc)  # noqa: E731
-        self.thread = threading.Thread(
-            target=self._run, args=(p.name, p.hooks, save), name=f"checkpoint-{p.name}"
-        )
-        self.thread.start()
-
-    def _run(self, name: str, hooks: PipelineHooks, save: Callable[[], object]) -> None:
-        self.ok = make_durable(name, hooks, None, save)
-
-
-class Pipeline(AfterUpdate):
+class Pipeline(AfterUpdate, Checkpointing):
     """A :class:`~stream_trainer.pipeline.runner.Runner` for one process (also one
     partition's shard of a ``by_key`` pipeline, with ``shard``)."""
 
@@ -125,7 +102,7 @@ class Pipeline(AfterUpdate):
         self.sink: Sink | None = None
         self.stop = threading.Event()  # the service's, once running
         self.last_checkpoint = clock()
-        self._writing: _Write | None = None  # a periodic checkpoint being written
+        self._writing = None  # a periodic checkpoint being written (checkpointing.py)
         self.failed: str | None = None
         self.restored = False
         self.regroup = False
@@ -343,71 +320,7 @@ class Pipeline(AfterUpdate):
             self.offsets.applied_records(it.record for it in items)
         return fb
 
-    # ---- checkpoints -------------------------------------------------------------------
-    def checkpoint(self, *, commit: bool = True) -> bool:
-        """Train what is pending, then flush -> save -> commit (``commit.py``), here and
-        now (after the periodic checkpoint being written, if one is).
-
-        False when the checkpoint had to be postponed; the next attempt comes after
-        ``checkpoint.every_seconds``.
-        """
-        self.collect_checkpoint(wait=True)
-        self.flush()
-        if not self.offsets.dirty:
-            return True
-        save = self._save
-        ok = make_durable(self.name, self.hooks, self.sink, save)
-        self.last_checkpoint = self.clock()
-        if not ok:
-            return False
-        self.offsets.dirty = False
-        if commit:
-            commit_offsets(self.source, self.offsets.next, self.name)
-        return True
-
-    def periodic_checkpoint(self) -> bool:
-        """The loop's checkpoint, every ``checkpoint.every_seconds``: the same flush ->
-        save -> commit, but only the copy of the state stops training (``snapshot``;
-        ``scripts/checkpoint_cpu.py`` times it against the save); the file is written and
-        fsynced on a thread and its offsets committed by :meth:`collect_checkpoint` once
-        it is durable. While the last one is still being written (a slow disk), the next
-        waits for it off the loop's thread: training never does. Per-key learners save as
-        they go (their models' files): in place."""
-        if self.keyed:
-            return self.checkpoint()
-        if self._writing is not None:  # (collected by a later step; due again then)
-            return True
-        self.flush()
-        self.last_checkpoint = self.clock()
-        if not self.offsets.dirty:
-            return True
-        if not make_durable(self.name, self.hooks, self.sink, None):  # outputs first
-            return False
-        doc, offsets = snapshot(self.state()), dict(self.offsets.next)
-        self.offsets.dirty = False
-        self._writing = _Write(self, doc, offsets)
-        return True
-
-    def collect_checkpoint(self, *, wait: bool = False) -> None:
-        """Once the periodic checkpoint's file is durable, commit its offsets (on the
-        loop's thread: the consumer's); if it could not be written, what it held is
-        saved again by the next one."""
-        w = self._writing
-        if w is None or (not wait and w.thread.is_alive()):
-            return
-        w.thread.join()
-        self._writing = None
-        if not w.ok:
-            self.offsets.dirty = True
-            return
-        commit_offsets(self.source, w.offsets, self.name)
-
-    def _save(self) -> object:
-        path = self.store.save(self.state())
-        if self.keyed:
-            self.learner.saved()
-        return path
-
+    # ---- rebalances; checkpoints: checkpointing.py -------------------------------------
     def on_assign(self, tps: list[TP]) -> None:
         self.hooks.on_partitions(tps)
 

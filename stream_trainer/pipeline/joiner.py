@@ -53,21 +53,35 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-from stream_trainer.config import LabelSettings
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.decode import _Reject, _ts, clicks_schema, decoder
-from stream_trainer.pipeline.ports import Record
-
-if TYPE_CHECKING:
-    from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.pipeline.batcher import Item, MicroBatcher
+from stream_trainer.pipeline.offsets import Offsets
+from stream_trainer.pipeline.ports import TP, Record, Source
+from stream_trainer.pipeline_config import LabelSettings
 
 EPS = 1e-7
 OUTCOMES = ("labelled", "negative", "dropped")
 UNMATCHED = ("early", "duplicate", "late", "orphaned", "bad")
+
+
+class Host(Protocol):
+    """What the joiner needs of the pipeline it serves (core.py's ``Pipeline``): declared
+    here, so that the joiner never imports the pipeline that holds it."""
+
+    batcher: MicroBatcher[Item]
+    offsets: Offsets
+    featurizer: Any
+    learner: Any
+    source: Source | None
+
+    def _reject(self, rec: Record, why: Rejected) -> None: ...
+
+    def _log_went_back(self, tp: TP, expected: int, got: int) -> None: ...
 
 
 class JoinerHooks:
@@ -137,7 +151,7 @@ class Joiner:
         self.held = 0  # pending impressions already labelled
 
     # ---- one poll ----------------------------------------------------------------------
-    def handle(self, p: Pipeline, records: list[Record]) -> None:
+    def handle(self, p: Host, records: list[Record]) -> None:
         """Impressions into the pending state (scored now), labels joined; the examples
         that result go to the pipeline's batcher."""
         ready: list[Any] = []
@@ -169,7 +183,7 @@ class Joiner:
             p.batcher.extend(ready)
 
     def _score(
-        self, p: Pipeline, records: list[Record]
+        self, p: Host, records: list[Record]
     ) -> tuple[dict[int, dict[str, Any] | Rejected], dict[int, float]]:
         """The poll's impressions decoded, and those without a label scored in one
         forward with the weights of now, by record index. Only a log that went back
@@ -190,7 +204,7 @@ class Joiner:
         return events, dict(zip(todo, preds, strict=True))
 
     def _impression(
-        self, p: Pipeline, rec: Record, ev: dict[str, Any], pred: float, ready: list[Any]
+        self, p: Host, rec: Record, ev: dict[str, Any], pred: float, ready: list[Any]
     ) -> None:
         """An impression and its prediction into the pending state (joined at once with
         a label that came first)."""
@@ -215,7 +229,7 @@ class Joiner:
             self.counts["evicted"] += 1
             self._ended(p, old_id, old, ready)
 
-    def _label(self, p: Pipeline, rec: Record, ready: list[Any]) -> None:
+    def _label(self, p: Host, rec: Record, ready: list[Any]) -> None:
         lab = self.decode_label(rec.value)
         if isinstance(lab, Rejected):
             self._unmatched("bad")
@@ -253,7 +267,7 @@ class Joiner:
         w.label = label
         self.held += 1
 
-    def _ended(self, p: Pipeline, rid: str, w: Waiting, ready: list[Any]) -> None:
+    def _ended(self, p: Host, rid: str, w: Waiting, ready: list[Any]) -> None:
         """The window of a pending impression ended (or it was evicted)."""
         if w.label is None:
             self._expired(p, rid, w, ready)
@@ -262,7 +276,7 @@ class Joiner:
         ready.append(self._item(p, w.topic, w.partition, w.offset, w.key,
                                 {**w.event, "label": w.label}, w.prediction))  # fmt: skip
 
-    def _expired(self, p: Pipeline, rid: str, w: Waiting, ready: list[Any]) -> None:
+    def _expired(self, p: Host, rid: str, w: Waiting, ready: list[Any]) -> None:
         if self.negative:
             self._done(rid, False, "negative")
             ready.append(self._item(p, w.topic, w.partition, w.offset, w.key,
@@ -282,7 +296,7 @@ class Joiner:
             return -math.inf
         return min(self.newest.values())
 
-    def _unread(self, p: Pipeline) -> bool:
+    def _unread(self, p: Host) -> bool:
         """Whether a partition the pipeline holds has records but none read yet: its event
         time is unknown, so nothing may expire (ingest workers fetch partitions apart,
         and a labels partition read seconds after the others made its clicks ``late``).
@@ -298,7 +312,7 @@ class Joiner:
                     return True
         return False
 
-    def _expire(self, p: Pipeline, ready: list[Any]) -> None:
+    def _expire(self, p: Host, ready: list[Any]) -> None:
         """Every impression and early label older than the window ends, oldest first (not
         in arrival order: partitions read unevenly interleave their event times)."""
         if self._unread(p):
@@ -335,10 +349,8 @@ class Joiner:
         self.hooks.unmatched(reason)
 
     @staticmethod
-    def _item(p: Pipeline, topic: str, part: int, offset: int, key: bytes | None,
+    def _item(p: Host, topic: str, part: int, offset: int, key: bytes | None,
               event: dict[str, Any], prediction: float | None) -> Any:  # fmt: skip
-        from stream_trainer.pipeline.core import Item
-
         event["_served"] = prediction
         rec = Record(topic, part, offset, int(time.time() * 1000), key, None)
         return Item(rec, event)

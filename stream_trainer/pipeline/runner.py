@@ -12,9 +12,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from stream_trainer.config import PipelineSettings
 from stream_trainer.pipeline.hooks import PipelineHooks
 from stream_trainer.pipeline.ports import TP, Sink, Source
+from stream_trainer.pipeline_config import PipelineSettings
 
 
 class Runner(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.config import Settings
 from stream_trainer.pipeline import build
 from stream_trainer.pipeline.commit import commit_offsets
 from stream_trainer.pipeline.core import Pipeline
@@ -26,6 +26,7 @@ from stream_trainer.pipeline.hooks import NullHooks, PipelineHooks
 from stream_trainer.pipeline.loop import IDLE_POLL_S, report_lag, run_loop
 from stream_trainer.pipeline.ports import TP, Record, Sink, Source
 from stream_trainer.pipeline.runner import ready
+from stream_trainer.pipeline_config import PipelineSettings
 
 log = logging.getLogger(__name__)
 

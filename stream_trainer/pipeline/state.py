@@ -11,8 +11,9 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from stream_trainer.checkpoint import CheckpointStore
 from stream_trainer.checkpoint.store import check_keys
 from stream_trainer.checkpoint.versions import (
     FORMAT_VERSION,
@@ -21,16 +22,38 @@ from stream_trainer.checkpoint.versions import (
     not_carried,
     upgrade,
 )
+from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.errors import StreamTrainerError
-from stream_trainer.pipeline.offsets import fmt_offsets
-
-if TYPE_CHECKING:
-    from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.events.dedup import Deduper
+from stream_trainer.learner.replay import ReplayBuffer
+from stream_trainer.pipeline.joiner import Joiner
+from stream_trainer.pipeline.offsets import Offsets, fmt_offsets
+from stream_trainer.pipeline_config import PipelineSettings
 
 log = logging.getLogger(__name__)
 
 
-def document(p: Pipeline) -> dict[str, Any]:
+class Stateful(Protocol):
+    """What a checkpoint document holds of a pipeline (core.py's ``Pipeline``): declared
+    here, so that this module never imports the pipeline it saves."""
+
+    name: str
+    spec: PipelineSettings
+    store: CheckpointStore
+    learner: Any
+    featurizer: Any
+    replay: ReplayBuffer | None
+    monitor: DriftMonitor | None
+    input_monitor: InputDriftMonitor | None
+    policy: AdaptationPolicy
+    offsets: Offsets
+    dedup: Deduper
+    counters: dict[str, int]
+    smoothed_loss: float
+    joiner: Joiner | None
+
+
+def document(p: Stateful) -> dict[str, Any]:
     replay = p.replay.state_dict() if p.replay is not None else {}
     return {
         "kind": p.spec.kind,
@@ -51,7 +74,7 @@ def document(p: Pipeline) -> dict[str, Any]:
     }
 
 
-def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
+def load(p: Stateful, doc: Mapping[str, Any]) -> None:
     """Restore ``doc`` into ``p``, upgraded first when an older release wrote it."""
     try:
         doc, path = upgrade(doc, Context(p.spec.kind, document(p)))
@@ -112,7 +135,7 @@ def load(p: Pipeline, doc: Mapping[str, Any]) -> None:
     )
 
 
-def _afresh(p: Pipeline, doc: dict[str, Any]) -> list[str]:
+def _afresh(p: Stateful, doc: dict[str, Any]) -> list[str]:
     """Parts of ``doc`` that a config change made meaningless, replaced in ``doc`` by the
     pipeline's own fresh ones (so the strict load keeps everything else): a new drift
     detector starts its watch afresh; an optimizer of other parts (``sparse_embeddings``

@@ -47,9 +47,9 @@ import torch
 import torch.multiprocessing  # noqa: F401 (registers the reductions that share tensors)
 from torch import nn
 
-from stream_trainer.config import PipelineSettings
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.log import current as log_current
+from stream_trainer.pipeline_config import PipelineSettings
 from stream_trainer.serving.snapshot import ServedModel, _frozen_copy
 
 log = logging.getLogger(__name__)

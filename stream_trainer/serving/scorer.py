@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from stream_trainer import domains
-from stream_trainer.config import PipelineSettings
 from stream_trainer.errors import ConfigError
 from stream_trainer.events import Rejected, reasons
 from stream_trainer.events.decode import _Reject  # the schema checks' own refusal
 from stream_trainer.features.base import is_stateless
 from stream_trainer.models.registry import build_featurizer
+from stream_trainer.pipeline_config import PipelineSettings
 from stream_trainer.serving.snapshot import ServedModel
 
 NOT_READY = "model_not_ready"  # no weights published yet (the trainer has not stepped)

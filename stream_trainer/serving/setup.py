@@ -11,9 +11,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from stream_trainer.config import PipelineSettings, Settings
+from stream_trainer.config import Settings
 from stream_trainer.metrics.serving import ServingMetrics
 from stream_trainer.pipeline.ports import Sink, Source
+from stream_trainer.pipeline_config import PipelineSettings
 from stream_trainer.serving.http import PredictServer, read_token
 from stream_trainer.serving.process import ServingProcess
 from stream_trainer.serving.requests import serve_requests
