@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -105,6 +106,16 @@ class CheckedThread(threading.Thread):
             raise AssertionError(f"thread {self.name} still running after {timeout} s")
         if self.error is not None:
             raise self.error
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` until it holds. ``timeout_s`` is a generous deadline for a stuck
+    wait, never a duration the test measures (those belong to the benchmarks)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what} after {timeout_s} s")
+        time.sleep(0.05)
 
 
 def run_until(
