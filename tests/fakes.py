@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from stream_trainer.events.decode import Rejected
@@ -82,6 +83,39 @@ class ListSink:
 
     def close(self) -> None:
         pass
+
+
+class CheckedThread(threading.Thread):
+    """A thread whose exception (a failed assertion too) ``join`` raises again in the
+    test's own thread: pytest only warns about one raised in another thread."""
+
+    def __init__(self, target: Callable[[], object], name: str | None = None) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as err:  # handed to join(), in the test's thread
+            self.error = err
+
+    def join(self, timeout: float | None = 60.0) -> None:
+        super().join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"thread {self.name} still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` until it holds. ``timeout_s`` is a generous deadline for a stuck
+    wait, never a duration the test measures (those belong to the benchmarks)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what} after {timeout_s} s")
+        time.sleep(0.05)
 
 
 def run_until(

@@ -5,6 +5,7 @@ the trivial baselines are hard to beat on (issue 15)."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -21,6 +22,8 @@ from stream_trainer.learner.mixture import MODEL_PRIOR, Mixture
 from stream_trainer.metrics import Metrics
 from stream_trainer.models.baseline import RateBaseline, discounted_prefix
 from stream_trainer.models.clicks import ClickModel
+from stream_trainer.pipeline.core import Pipeline
+from stream_trainer.pipeline.ports import Record
 from stream_trainer.producers import make_generator
 
 
@@ -212,12 +215,41 @@ def test_the_baseline_is_the_same_at_any_batch_size():
     np.testing.assert_allclose(ends[0], ends[2], rtol=1e-12)
 
 
-def test_mixture_weights_are_a_gauge():
-    m = Metrics(CollectorRegistry())
-    m.pipeline("p").on_mixture({"model": 0.9, "constant_rate": 0.1})
-    get = m.registry.get_sample_value
-    assert get("stream_trainer_mixture_weight", {"pipeline": "p", "expert": "model"}) == 0.9
-    assert get("stream_trainer_mixture_weight", {"pipeline": "p", "expert": "constant_rate"}) == 0.1
+def test_the_mixture_weights_reach_their_gauges_as_the_pipeline_trains(tmp_path):
+    """After each update the pipeline sets one gauge per expert to the mixture's weights:
+    a dashboard shows what the next event is scored with, and sees the model win weight."""
+    reg = CollectorRegistry()
+    s = parse_settings(
+        {
+            "checkpoint": {"dir": str(tmp_path), "every_seconds": 1e9},
+            "device": "cpu",
+            "pipelines": [
+                {
+                    "name": "p",
+                    "kind": "clicks",
+                    "topics": ["t"],
+                    "featurizer": {"id_buckets": 4096, "pair_buckets": 4096},
+                    "model": {"dim": 8, "hidden": 16},
+                }
+            ],
+        }
+    )
+    p = Pipeline(s, s.pipelines[0], hooks=Metrics(reg).pipeline("p"))
+    events = make_generator("clicks", seed=0, count=3000)
+    recs = [Record("t", 0, i, 0, None, json.dumps(e).encode()) for i, e in enumerate(events)]
+    model = []
+    for i in range(0, len(recs), 1000):
+        p.handle(recs[i : i + 1000])
+        p.flush()
+        mixture = p.learner.mixture
+        want = dict(zip(mixture.names, mixture.weights().tolist(), strict=True))
+        got = {
+            e: reg.get_sample_value("stream_trainer_mixture_weight", {"pipeline": "p", "expert": e})
+            for e in want
+        }
+        assert got == pytest.approx(want, rel=1e-12) and set(want) >= {"model", "constant_rate"}
+        model.append(got["model"])
+    assert MODEL_PRIOR < model[0] < model[-1]  # measured: 0.49, then 0.99997, then ~1
 
 
 # ---- evaluate: the bar, from event 1,000 on ----------------------------------------------------

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from stream_trainer.producers import make_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,18 +52,47 @@ def test_bench_measures_every_figure_and_keeps_the_gpu_section(tmp_path):
         assert heading in text
     assert "FIGURES OF THE LAST GPU RUN" in text and "old" not in text.split("\n")[0]
     r = json.loads(raw.read_text())
-    assert r["client_decode"][0] > 0 and r["client_raw"][0] >= r["client_decode"][0] * 0.5
-    assert r["e2e"]["clicks"][0] > 0 and r["e2e"]["ticks"][0] > 0
-    assert r["paired"]["clicks"][0] > 0 and r["workers_used"]["clicks"] >= 1  # auto
-    assert set(r["workers"]) == {"0", "1"} and all(v["rate"][0] > 0 for v in r["workers"].values())
-    assert 0.3 < r["river"]["ll"][0] < 0.7  # River is a dependency: always measured
-    for v in r["core"].values():  # the click model learns: better than a coin
-        assert v["rate"][0] > 0 and v["ll"][0] < 0.69
+    assert r["events"] == 6000 and r["repeats"] == 1
+    # every figure measured once per repeat, finite and positive (no speed is asserted:
+    # the bench is where speed is measured, not a test on a shared machine)
+    figures = {
+        "client_raw": r["client_raw"],
+        "client_decode": r["client_decode"],
+        "river": r["river"]["rate"],
+        "dense": r["core_dense"]["rate"],
+        **{f"core {b}": v["rate"] for b, v in r["core"].items()},
+        **{f"e2e {k}": v for k, v in r["e2e"].items()},
+        **{f"paired {k}": v for k, v in r["paired"].items()},
+        **{f"rss {k}": v for k, v in r["rss"].items()},
+        **{f"workers {k}": v["rate"] for k, v in r["workers"].items()},
+    }
+    for name, values in figures.items():
+        assert len(values) == 1 and math.isfinite(values[0]) and values[0] > 0, name
+    assert set(r["e2e"]) == set(r["paired"]) == set(r["rss"]) == {"clicks", "ticks"}
+    assert set(r["workers"]) == {"0", "1"} and r["workers_used"]["clicks"] >= 1  # auto
+    for kind in ("clicks", "ticks"):
+        assert r["peak_rss"][kind][0] >= r["rss"][kind][0]
+    # River and our trainer core at the daemon's batch (256) learn the bench's clicks: their
+    # prequential log loss is below the best constant rate's in hindsight (0.583; measured
+    # 0.575 and 0.567; larger batches make too few updates on 6,000 events to say)
+    assert "`make_generator('clicks', seed=7, drift_at=3000)`" in text
+    labels = [e["label"] for e in make_generator("clicks", seed=7, count=6000, drift_at=3000)]
+    rate = sum(labels) / len(labels)
+    constant = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    assert r["river"]["ll"][0] < constant and r["core"]["256"]["ll"][0] < constant
+    for v in [r["core_dense"], *r["core"].values()]:
+        assert len(v["ll"]) == 1 and v["ll"][0] < math.log(2)  # better than a coin
     lat = r["latency"]["1000"][0]
-    assert lat["events"] > 1000 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
-    assert lat["cpu"]["daemon"] > 0 and lat["cpu"]["producer"] > 0
+    assert lat["events"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+    assert all(lat["cpu"][part] > 0 for part in ("daemon", "workers", "broker", "producer"))
+    # the stages' timers add up to no more than the wall time ("everything else" >= 0)
     profile = r["profile"]
-    assert profile["total"] > 0 and profile["kafka-python poll (the client)"] > 0
+    stages = {k: v for k, v in profile.items() if k != "total"}
+    assert all(v > 0 for v in stages.values()) and profile["kafka-python poll (the client)"] > 0
+    # the report is this run's: its figures as the JSON holds them
+    assert f"| {r['e2e']['clicks'][0]:,.0f} (" in text
+    assert f"| {r['river']['ll'][0]:.4f} |" in text and f"| {lat['p99']:.1f} (" in text
+    assert f"| **{profile['total']:.1f}** |" in text
 
 
 def test_gpu_bench_script_runs_on_the_cpu_and_fills_its_section(tmp_path):

@@ -12,6 +12,7 @@ import time
 import urllib.request
 
 import pytest
+from fakes import wait_until
 from support import REPO, consume_all, scrape
 
 from stream_trainer.local.broker import free_port
@@ -77,16 +78,13 @@ def test_broker_starts_and_stops_cleanly_on_sigterm():
         assert proc.wait(15) == 0
     finally:
         proc.kill()
-    time.sleep(0.2)
-    with pytest.raises(OSError):  # nothing left listening: the broker process is gone
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    wait_until(lambda: refused(port), f"nothing listening on {port}: the broker process gone")
 
 
 def test_run_with_unreachable_broker_is_one_clear_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("pipelines: [{name: a, kind: clicks, topics: [t]}]\n")
     port = free_port()
-    t0 = time.monotonic()
     r = cli(
         "run",
         "--config",
@@ -97,8 +95,8 @@ def test_run_with_unreachable_broker_is_one_clear_line(tmp_path):
         f"127.0.0.1:{free_port()}",
         "--checkpoint-dir",
         str(tmp_path / "ck"),
+        timeout=120,  # a deadline, not a speed: it gives up instead of retrying forever
     )
-    assert time.monotonic() - t0 < 30
     assert r.returncode == 3, r.stderr
     err = r.stderr.strip().splitlines()[-1]
     assert err.startswith(f"stream-trainer run: error: cannot reach Kafka at 127.0.0.1:{port}")
@@ -202,6 +200,15 @@ def test_produce_delayed_labels_refuses_other_kinds():
     assert r.returncode == 2 and "needs the clicks stream" in r.stderr
 
 
+def refused(port: int) -> bool:
+    """Nothing accepts a connection on the loopback ``port``."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
 def run_demo(workdir, port: int, metrics: str, serving: str):
     """The demo for 25 s at 300 events/s, piped: its output, the summary's last row per
     pipeline, the last scrape of its daemon and a score from its POST /predict/recs
@@ -289,21 +296,19 @@ def test_demo_runs_twice_in_one_directory_and_leaves_no_processes_behind(tmp_pat
     out, last, samples, scored = run_demo(tmp_path / "demo", port, metrics, serving)
     assert "run 2: continues the model of earlier runs" in out
     assert set(last) == pipelines
-    for name, row in last.items():  # ~300 events/s for ~20 s, this run's counters
-        if name != "recs":  # 60 impressions/s, each trained once its 30 s window ends
-            assert row["trained"] >= 2000, (name, row, out[-3000:])
+    for name, row in last.items():  # this run's counters: fresh events, trained
+        assert row["trained"] > 0, (name, row, out[-3000:])
         assert row["rejected"] < 0.05 * (row["trained"] + row["rejected"]), (name, row)
-    assert last["recs"]["trained"] > 0, out[-3000:]
     assert scored is not None and 0.0 < scored["score"] < 1.0
-    # the new log's impressions wait for their clicks (about a third are clicked)
     assert samples is not None, out[-3000:]
+    duplicates = per_pipeline(samples, "stream_trainer_events_rejected_total", reason="duplicate")
+    assert set(duplicates) == pipelines and not any(duplicates.values()), duplicates
+    # the new log's impressions wait for their clicks (about a third are clicked)
     joined = resolved(samples)
     assert joined["labelled"] >= 0.2 * (joined["labelled"] + joined["negative"]) > 0, joined
     assert joined["late"] <= 0.05 * joined["labelled"], joined
     assert "rejected (" not in out  # no "most events rejected" warning line
-    time.sleep(0.5)
     for p in (port, int(metrics.rsplit(":", 1)[1]), int(serving.rsplit(":", 1)[1])):
-        with pytest.raises(OSError):  # broker and daemon are gone
-            socket.create_connection(("127.0.0.1", p), timeout=1).close()
+        wait_until(lambda p=p: refused(p), f"nothing listening on {p}: broker and daemon gone")
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True)
     assert leftovers.stdout == b""

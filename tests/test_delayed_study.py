@@ -4,6 +4,7 @@ through the joiner, beside River's progressive_val_score with the same delays.""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
@@ -29,10 +30,21 @@ def test_the_study_scores_every_method_on_the_events_resolved_either_way(capsys)
                          ("River LogisticRegression", delayed.AT_WINDOW_END)}  # fmt: skip
     rates = {r["observed_rate"] for r in report["rows"]}
     assert len(rates) == 1  # the same events, the same labels
-    for r in report["rows"]:
-        assert 0.3 < r["log_loss"] < 20 and 0.3 < r["auc"] <= 1.0
+    (rate,) = rates
+    constant = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))  # in hindsight
     ratios = {(r["name"].split(" (")[0], r["labels"]): r for r in report["ratios"]}
     assert set(ratios) == set(rows) - {("ours", "inline"), ("River LogisticRegression", "inline")}
+    # with labels inline both learners beat the best constant rate on these events
+    # (measured 0.597 and 0.602 vs 0.609); every way of waiting for labels costs (each
+    # row's log loss over its learner's inline one: 1.06, 1.24, 1.04), most of all
+    # River's learning clicks as they come, before the non-clicks (predictions pulled up)
+    for learner in ("ours", "River LogisticRegression"):
+        assert rows[(learner, delayed.INLINE)]["log_loss"] < constant
+    for key, r in ratios.items():
+        assert r["log_loss"] > 1.0, key
+    river = "River LogisticRegression"
+    come, end = rows[(river, delayed.AS_THEY_COME)], rows[(river, delayed.AT_WINDOW_END)]
+    assert come["log_loss"] > end["log_loss"] and come["mean_predicted"] > rate + 0.1
     got = ratios[("ours", delayed.JOINER)]["log_loss"]
     want = rows[("ours", delayed.JOINER)]["log_loss"] / rows[("ours", delayed.INLINE)]["log_loss"]
     assert got == want

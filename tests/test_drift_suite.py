@@ -44,20 +44,26 @@ def test_abrupt_concepts_switch_exactly_at_the_positions():
 
 def test_a_small_suite_end_to_end_finds_the_obvious_changes():
     report = ds.run(
-        80_000, {"clicks": 0, "ticks": 0, "sensors": 30_000}, detectors=("page_hinkley",)
+        80_000, {"clicks": 0, "ticks": 0, "sensors": 8_000}, detectors=("page_hinkley",)
     )
     names = [s["name"] for s in report["streams"]]
     assert names[0].startswith("river SEA") and names[-1] == "ours sensors"
     ours = report["methods"]["ours: page_hinkley"]
     adwin = report["methods"]["ADWIN defaults, per-event error"]
-    stagger = names.index("river STAGGER (abrupt)")
-    assert ours["streams"][stagger]["hits"] == 2  # error 0 -> 0.5: no detector may miss it
-    assert adwin["streams"][stagger]["hits"] == 2
     for method in (ours, adwin):
-        o = method["overall"]
-        assert o["changes"] == 3 + 2 + 3 + 1 + 2 + 1 and 0.0 <= o["f1"] <= 1.0
-    # every input alarm on the river streams is false: their drifts change the concept
-    assert all(isinstance(s["input_alarms"], int) for s in report["streams"][:5])
+        assert method["overall"]["changes"] == 3 + 2 + 3 + 1 + 2 + 1
+    stagger = names.index("river STAGGER (abrupt)")
+    assert adwin["streams"][stagger]["hits"] == 2  # error 0 -> 0.5: no detector may miss it
+    # the obvious changes (STAGGER's, Agrawal's functions, Hyperplane's) all found by ours,
+    # with no false alarm on any stream, where ADWIN at its defaults raised 37
+    for r in ours["streams"]:
+        assert r["false_alarms"] == 0, r
+        if r["stream"].split(" (")[0] in ("river STAGGER", "river Agrawal", "river Hyperplane"):
+            assert r["hits"] == r["changes"], r
+    assert ours["overall"]["f1"] > adwin["overall"]["f1"]  # measured 0.80 and 0.37
+    # the river streams' drifts change the concept, not the inputs: the input monitor,
+    # watching their features, raises no alarm (each would be a false one)
+    assert [s["input_alarms"] for s in report["streams"][:5]] == [0] * 5
     text = drift_suite_markdown(report)
     assert "| ours: page_hinkley |" in text and "false alarms per 1M stable events" in text
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 import torch
+from fakes import CheckedThread
 from support import Daemon, base_config, consume_all, produce, sample
 
 from stream_trainer.edges.admin import create_topics
@@ -100,7 +100,7 @@ def test_sigterm_halfway_then_restart_resumes_exactly(broker, topic, workdir, me
             produce(bs, topic, events[k : k + 1000], key_field="user_id")
             time.sleep(0.1)
 
-    producer = threading.Thread(target=trickle)
+    producer = CheckedThread(trickle, "trickle")  # join() raises what producing raised
     first = Daemon(cfg, workdir, metrics_port).start()
     try:
         first.wait_assigned("clicks", 2)

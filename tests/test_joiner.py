@@ -51,8 +51,12 @@ def test_every_impression_ends_once_and_is_scored_at_impression_time(tmp_path):
     assert c["negative"] > c["labelled"] > 0 and c["dropped"] == 0
     assert p.counters["trained"] == trained(p) and p.joiner.held > 0
     assert p.next_offsets == {("t", 0): len(imps), ("l", 0): len(labs)}
-    ledger = p.offsets.ledger.state_dict()
-    assert ledger  # one range per partition, each offset once
+    ledger = p.offsets.ledger  # one range per partition, each offset once
+    assert {tp: ledger.ranges(tp) for tp in ledger.partitions()} == {
+        ("t", 0): [(0, len(imps))],
+        ("l", 0): [(0, len(labs))],
+    }
+    assert ledger.duplicates == 0
     # a labelled example's output is its prediction at impression time (no leakage)
     _, p2 = joined(tmp_path / "b")
     p2.joiner.handle(p2, [_rec("t", i, v) for i, v in enumerate(imps[:50])])

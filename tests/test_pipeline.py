@@ -285,17 +285,6 @@ def test_batches_that_explode_are_skipped_or_clipped_and_counted(tmp_path):
     assert p.counters["trained"] == 40  # scored, even when the update was refused
 
 
-def test_replicas_take_the_challenger_and_replay(tmp_path):
-    """Once refused with replicas; now the race is pooled over the replicas (decided in
-    rounds) and replay mixes each replica's own past examples into its steps."""
-    from stream_trainer.pipeline.replicated import ReplicatedPipeline
-
-    s = settings(tmp_path, drift={"actions": ["challenger"]}, replay={"capacity": 100})
-    p = ReplicatedPipeline(s, s.pipelines[0])
-    assert p.race is not None and p.race.pooled and p.replay is not None
-    assert p.learner.sparse_sync  # the embeddings sync as rows by default
-
-
 def test_after_an_offset_reset_the_new_log_trains_even_where_its_bytes_repeat(tmp_path, caplog):
     """A broker that lost its data and receives the same events again (a seeded producer
     restarted): the partition's duplicate window is forgotten with its old log, so the new

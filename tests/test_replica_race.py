@@ -77,6 +77,15 @@ def _worker(rank: int, port: int, out: dict, mode: str, ckpt: str) -> None:
         hooks = Outcomes()
         p = ReplicatedPipeline(s, s.pipelines[0], hooks=hooks)
         p.attach(Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=60))
+        drawn = []  # rows the replay buffer mixed into this replica's steps
+        sample = p.replay.sample
+
+        def counted(n):
+            got = sample(n)
+            drawn.append(0 if got is None else len(got[1]))
+            return got
+
+        p.replay.sample = counted
         chunks = _records(rank)
         at_promotion = None
         for k, chunk in enumerate(chunks):
@@ -93,7 +102,10 @@ def _worker(rank: int, port: int, out: dict, mode: str, ckpt: str) -> None:
             "at_promotion": at_promotion,
             "final": fingerprint(p.learner.sync_tensors(True)),
             "updates": p.learner.updates,
-            "replayed": len(p.replay),
+            "replayed": sum(drawn),
+            "buffered": p.replay.seen,
+            "trained": p.counters["trained"],
+            "sparse": p.learner.sparse_sync,
         }
     finally:
         dist.destroy_process_group()
@@ -117,4 +129,8 @@ def test_a_promotion_on_two_replicas_leaves_identical_weights_on_both(mode, tmp_
     assert a["at_promotion"] is not None
     assert a["at_promotion"] == b["at_promotion"]
     assert a["final"] == b["final"]
-    assert a["replayed"] > 0 and b["replayed"] > 0
+    # replay mixed each replica's own past examples into its steps: its buffer took exactly
+    # the rows it trained (its own partition's), and it drew rows from it
+    for r in (a, b):
+        assert r["replayed"] > 0 and r["buffered"] == r["trained"] > 0
+        assert r["sparse"]  # the embeddings synced as rows (the default)
