@@ -32,6 +32,7 @@ import torch
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from stream_trainer.checkpoint.summary import ledger_ranges as ledger
 from stream_trainer.edges.admin import create_topics
 from stream_trainer.local.broker import LocalBroker, free_port
 from stream_trainer.metrics.scrape import per_pipeline, scrape
@@ -73,14 +74,6 @@ def outputs(bootstrap: str, topic: str) -> dict[tuple[int, int], float]:
 def newest(ckpt: Path) -> dict[str, Any]:
     path = sorted((ckpt / PIPELINE).glob("ckpt-*.pt"))[-1]
     return torch.load(path, weights_only=True)
-
-
-def ledger(doc: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
-    out = {}
-    for key, flat in doc["ledger"]["ranges"].items():
-        v = flat.tolist()
-        out[key] = list(zip(v[0::2], v[1::2], strict=True))
-    return out
 
 
 class Run:

@@ -58,6 +58,7 @@ def summarize(path: Path) -> dict[str, Any]:
         "kind": doc.get("kind", "not recorded"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(doc.get("created", 0)))),
         "offsets": {k: int(v) for k, v in sorted(doc.get("offsets", {}).items())},
+        "ledger": ledger_ranges(doc) if doc.get("ledger") else {},
         "model_version": int(learner.get("updates", 0)),
         "events_trained": int(doc.get("counters", {}).get("trained", 0)),
         "parameters": params,
@@ -67,6 +68,15 @@ def summarize(path: Path) -> dict[str, Any]:
         "bytes_in_tensors": size,
         "file_bytes": path.stat().st_size,
     }
+
+
+def ledger_ranges(doc: Mapping[str, Any]) -> dict[str, list[tuple[int, int]]]:
+    """The ledger's ranges of offsets applied, per partition: ``{"t:0": [(0, 500)]}``."""
+    out = {}
+    for key, flat in doc["ledger"].get("ranges", {}).items():
+        v = flat.tolist()
+        out[key] = list(zip(v[0::2], v[1::2], strict=True))
+    return out
 
 
 def _bytes(obj: Any) -> int:
@@ -91,6 +101,13 @@ def render(s: Mapping[str, Any]) -> str:
         ("written by", f"stream-trainer {s['package_version']}, {s['created']}"),
         ("pipeline", f"{s['pipeline']} (kind {s['kind']})"),
         ("offsets", ", ".join(f"{k}={v:,}" for k, v in s["offsets"].items()) or "none"),
+        (
+            "ledger",
+            "; ".join(
+                f"{k} " + " ".join(f"[{a:,}, {b:,})" for a, b in r) for k, r in s["ledger"].items()
+            )
+            or "empty",
+        ),  # fmt: skip
         ("model version", f"{s['model_version']:,} updates, {s['events_trained']:,} events"),
         ("model", f"{s['parameters']:,} parameters; optimizers: {', '.join(s['optimizers'])}"),
     ]
