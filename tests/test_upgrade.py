@@ -173,3 +173,36 @@ def test_a_config_change_starts_only_what_it_changed_afresh(tmp_path, caplog, ch
 def test_a_new_model_shape_is_still_refused_with_what_to_do(tmp_path):
     with pytest.raises(StreamTrainerError, match="move the\\s+checkpoint directory away"):
         changed(tmp_path, model={"dim": 8, "hidden": 32})
+
+
+def test_a_by_key_model_file_of_2026_11_30_loads_as_it_is_used(tmp_path):
+    """A by_key shard keeps a manifest in its checkpoint and one file per key's model,
+    loaded when the key's next event comes: an old release's file is upgraded then. The
+    file here is a real one's content: the 2026-11-30 ticks learner (a per-key file holds
+    exactly a learner's state), under a shard checkpoint of that release's format."""
+    src = FIXTURES / "93b9173" / "ticks"
+    record = json.loads((src / "case.json").read_text())
+    (path,) = (src / "ckpt" / "ticks").glob("ckpt-*.pt")
+    old = torch.load(path, weights_only=True)
+    spec = {**record["settings"]["pipelines"][0], "partitioning": "by_key"}
+    settings = parse_settings({**record["settings"], "pipelines": [spec],
+                               "checkpoint": {"dir": str(tmp_path / "ckpt")}})  # fmt: skip
+    shard = Pipeline(settings, settings.pipelines[0], shard=("events", 0))
+    models = shard.learner.dir
+    models.mkdir(parents=True)
+    per_key = {k: v for k, v in old["learner"].items() if k != "replay"}
+    torch.save(per_key, models / "model-old.pt")
+    updates = int(per_key["updates"])
+    manifest = {
+        "keys": ["AAPL"], "files": ["model-old.pt"], "updates": torch.tensor([updates]),
+        "version": 1, "total_updates": updates, "lr_multiplier": 1.0, "replay": {},
+    }  # fmt: skip
+    doc = {**old, "learner": manifest, "pipeline": shard.store.pipeline,
+           "offsets": {"events:0": 1200}, "ledger": {}}  # fmt: skip
+    shard.store.dir.mkdir(parents=True, exist_ok=True)
+    torch.save(doc, shard.store.dir / "ckpt-000000000001.pt")  # format 1, as it was
+    q = Pipeline(settings, settings.pipelines[0], shard=("events", 0))
+    assert q.restore()
+    learner = q.learner.model("AAPL")  # the old file, upgraded as it loads
+    same(learner.model.state_dict(), per_key["model"])
+    assert learner.updates == updates and learner.mixture is not None

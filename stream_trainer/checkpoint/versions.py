@@ -111,26 +111,40 @@ def _v1_to_v2(doc: Doc, ctx: Context) -> Doc:
     offsets and ledger still hold: nothing is read twice, only a producer's repeat of an
     event from before the upgrade goes unnoticed). The drift signal's missing pending
     count reads as none (drift/signal.py)."""
-    learner = dict(doc["learner"])
+    learner = doc["learner"]
+    if "model" in learner:  # (a by_key shard's is a manifest: its files, each a learner's,
+        # are upgraded as they load: upgrade_learner, learner/keyed.py)
+        learner = upgrade_learner(learner, 1, ctx.kind, ctx.fresh["learner"])
+    dedup = dict(doc["dedup"])
+    if dedup:
+        dedup.setdefault("hash", "blake2b_64")
+    return {**doc, "learner": learner, "dedup": dedup}
+
+
+def upgrade_learner(
+    state: Mapping[str, Any], version: int, kind: str, fresh: Mapping[str, Any]
+) -> Doc:
+    """One learner's state (a shared pipeline's, or a by_key model's file) written in
+    format ``version``, in today's; ``fresh``: a new learner's state (see _v1_to_v2)."""
+    out = dict(state)
+    if version >= 2:  # (no change to a learner's state since)
+        return out
     for part in ("baseline", "mixture"):
-        learner[part] = copy.deepcopy(ctx.fresh["learner"][part])
-    if ctx.kind == "clicks":
-        baseline = dict(learner["baseline"])
+        out[part] = copy.deepcopy(fresh[part])
+    if kind == "clicks":
+        baseline = dict(out["baseline"])
         baseline["counts"] = torch.tensor([LEGACY_RATE_EVENTS, LEGACY_RATE_EVENTS / 2.0],
                                           dtype=torch.float64)  # fmt: skip
-        learner["baseline"] = baseline
-    if ctx.kind == "sensors":
-        model = dict(learner["model"])
+        out["baseline"] = baseline
+    if kind == "sensors":
+        model = dict(out["model"])
         w = model["linear.weight"].clone()  # [channels, window * channels]
         channels = w.shape[0]
         last = w.shape[1] - channels  # the flattened window's last reading, channel 0
         w[torch.arange(channels), last + torch.arange(channels)] -= 1.0
         model["linear.weight"] = w
-        learner["model"] = model
-    dedup = dict(doc["dedup"])
-    if dedup:
-        dedup.setdefault("hash", "blake2b_64")
-    return {**doc, "learner": learner, "dedup": dedup}
+        out["model"] = model
+    return out
 
 
 def _v2_to_v3(doc: Doc, ctx: Context) -> Doc:

@@ -90,6 +90,10 @@ class KeyedLearner:
         self.lr_multiplier = 1.0
         self.evictions = 0
         self.updates = 0  # applied over the shard's life, all keys (like Learner.updates)
+        # files an older release wrote, and how to bring each to today's format as it
+        # loads (set by the restore that upgraded the shard's checkpoint)
+        self.legacy: set[str] = set()
+        self.upgrade: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
 
     # ---- what the pipeline reads ------------------------------------------------------
     @property
@@ -112,7 +116,10 @@ class KeyedLearner:
         self.evict(self.max_models - 1)  # room first: never the model about to learn
         learner = self.factory()
         if key in self.files:
-            learner.load_state_dict(torch.load(self.dir / self.files[key], weights_only=True))
+            state = torch.load(self.dir / self.files[key], weights_only=True)
+            if self.upgrade is not None and self.files[key] in self.legacy:
+                state = self.upgrade(state, learner.state_dict())
+            learner.load_state_dict(state)
         learner.set_lr_multiplier(self.lr_multiplier)
         self.resident[key] = learner
         return learner

@@ -21,6 +21,7 @@ from stream_trainer.checkpoint.versions import (
     UnknownFormat,
     not_carried,
     upgrade,
+    upgrade_learner,
 )
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.errors import StreamTrainerError
@@ -95,6 +96,9 @@ def load(p: Stateful, doc: Mapping[str, Any]) -> None:
                 "not_carried": not_carried(path) or "nothing",
             },
         )
+    if path and hasattr(p.learner, "legacy"):  # by_key: its models' files, as they load
+        kind, version = p.spec.kind, path[0]
+        p.learner.upgrade = lambda state, fresh: upgrade_learner(state, version, kind, fresh)
     afresh = _afresh(p, doc)
     try:
         p.learner.load_state_dict(doc["learner"])
@@ -105,6 +109,8 @@ def load(p: Stateful, doc: Mapping[str, Any]) -> None:
             p.monitor.load_state_dict(doc["drift"])
         if p.input_monitor is not None and doc["drift"].get("input"):
             p.input_monitor.load_state_dict(doc["drift"]["input"])
+        if path and hasattr(p.learner, "legacy"):
+            p.learner.legacy = set(p.learner.files.values())
         p.policy.load_state_dict(doc["policy"])
         if doc["dedup"]:
             p.dedup.load_state_dict(doc["dedup"])
