@@ -305,6 +305,12 @@ class Service:
                     "url": f"http://{self.server.address}/metrics",
                     "device": str(self.device),
                     "pipelines": ",".join(p.name for p in self.pipelines),
+                    # replicas: which one (with port 0, each serves on a port of its own)
+                    **(
+                        {"rank": self.world.rank, "local_rank": self.world.local_rank}
+                        if self.world.replicated
+                        else {}
+                    ),
                 },
             )
             # Everything built so far (torch, models, clients) lives as long as the daemon:

@@ -81,9 +81,7 @@ def wait_http(url: str, code: int, timeout_s: float) -> float:
     raise AssertionError(f"{url} did not answer {code} within {timeout_s}s: {http_get(url)}")
 
 
-def test_kill_9_three_times_loses_nothing_and_learns_nothing_twice(
-    broker, topic, workdir, metrics_port
-):
+def test_kill_9_three_times_loses_nothing_and_learns_nothing_twice(broker, topic, workdir):
     n = 50_000
     bs = broker.bootstrap
     create_topics(bs, {topic: 2})
@@ -95,7 +93,7 @@ def test_kill_9_three_times_loses_nothing_and_learns_nothing_twice(
     kills = []
     producer.start()
     for _ in range(3):
-        d = Daemon(cfg, workdir, metrics_port).start()
+        d = Daemon(cfg, workdir).start()
         d.wait_for(
             lambda m: (
                 (sample(m, "stream_trainer_events_trained_total", pipeline="clicks") or 0) > 0
@@ -112,7 +110,7 @@ def test_kill_9_three_times_loses_nothing_and_learns_nothing_twice(
     # must be used, with a warning, and the longer replay must still apply each event once
     newest = sorted((workdir / "ckpt" / "clicks").glob("ckpt-*.pt"))[-1]
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    last = Daemon(cfg, workdir, metrics_port).start()
+    last = Daemon(cfg, workdir).start()
     try:
         last.wait_for(
             lambda m: (
@@ -141,17 +139,17 @@ def test_kill_9_three_times_loses_nothing_and_learns_nothing_twice(
     )
 
 
-def test_broker_freeze_readiness_follows_and_nothing_is_lost(own_broker, workdir, metrics_port):
-    freeze_case(own_broker, workdir, metrics_port, FREEZE_S)
+def test_broker_freeze_readiness_follows_and_nothing_is_lost(own_broker, workdir):
+    freeze_case(own_broker, workdir, FREEZE_S)
 
 
 @pytest.mark.slow
-def test_broker_freeze_30s(own_broker, workdir, metrics_port):
+def test_broker_freeze_30s(own_broker, workdir):
     """The full 30 s freeze (``pytest -m slow``); CI runs the shorter one above."""
-    freeze_case(own_broker, workdir, metrics_port, 30.0)
+    freeze_case(own_broker, workdir, 30.0)
 
 
-def freeze_case(own_broker, workdir, metrics_port, freeze_s: float) -> None:
+def freeze_case(own_broker, workdir, freeze_s: float) -> None:
     bs = own_broker.bootstrap
     topic = "frozen"
     n = 12_000
@@ -159,10 +157,10 @@ def freeze_case(own_broker, workdir, metrics_port, freeze_s: float) -> None:
     events = list(make_generator("clicks", seed=22, count=n))
     cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
     cfg["checkpoint"]["every_seconds"] = 1.0
-    d = Daemon(cfg, workdir, metrics_port).start()
-    ready = f"http://{d.address}/readyz"
+    d = Daemon(cfg, workdir).start()
     try:
         d.wait_assigned("clicks", 2)
+        ready = f"http://{d.address}/readyz"  # (the port it bound: known once it serves)
         wait_http(ready, 200, 10)
         producer = Trickle(bs, topic, events, "user_id", rate=1000)
         producer.start()
@@ -197,16 +195,14 @@ def freeze_case(own_broker, workdir, metrics_port, freeze_s: float) -> None:
     )
 
 
-def test_broker_restarted_empty_is_reported_and_training_carries_on(
-    own_broker, workdir, metrics_port
-):
+def test_broker_restarted_empty_is_reported_and_training_carries_on(own_broker, workdir):
     bs = own_broker.bootstrap
     topic = "volatile"
     create_topics(bs, {topic: 1})
     produce(bs, topic, list(make_generator("clicks", seed=23, count=2000)), "user_id")
     cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
     cfg["checkpoint"]["every_seconds"] = 1.0
-    d = Daemon(cfg, workdir, metrics_port).start()
+    d = Daemon(cfg, workdir).start()
     try:
         d.wait_for(
             lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 2000,
@@ -255,7 +251,7 @@ def test_sigterm_under_load_checkpoints_commits_and_exits_within_10s(
     events = list(make_generator("clicks", seed=25, count=60_000))
     cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
     cfg["checkpoint"]["every_seconds"] = 30.0  # the final checkpoint does all the work
-    d = Daemon(cfg, workdir, metrics_port).start()
+    d = Daemon(cfg, workdir).start()
     producer = Trickle(bs, topic, events, "user_id", rate=8000)
     try:
         d.wait_assigned("clicks", 2)
@@ -283,7 +279,7 @@ def test_sigterm_under_load_checkpoints_commits_and_exits_within_10s(
     print(f"SIGTERM under load: exit 0 in {took:.2f}s")
 
 
-def test_second_signal_exits_at_once(broker, topic, workdir, metrics_port):
+def test_second_signal_exits_at_once(broker, topic, workdir):
     """The first SIGINT starts a graceful stop (slow here: each step takes 0.2 s); the
     second one ends the process at once, without waiting for it."""
     bs = broker.bootstrap
@@ -300,7 +296,6 @@ def test_second_signal_exits_at_once(broker, topic, workdir, metrics_port):
     d = Daemon(
         base_config(bs, workdir / "ckpt", [slow]),
         workdir,
-        metrics_port,
         env={"PYTHONPATH": str(REPO / "tests")},
     ).start()
     d.wait_for(
@@ -318,9 +313,7 @@ def test_second_signal_exits_at_once(broker, topic, workdir, metrics_port):
     assert "second signal: exiting now" in d.log()
 
 
-def test_poison_input_is_dead_lettered_counted_and_never_stops_training(
-    broker, topic, workdir, metrics_port
-):
+def test_poison_input_is_dead_lettered_counted_and_never_stops_training(broker, topic, workdir):
     bs = broker.bootstrap
     ticks_topic = f"{topic}-ticks"
     create_topics(bs, {topic: 1, ticks_topic: 1})
@@ -374,7 +367,7 @@ def test_poison_input_is_dead_lettered_counted_and_never_stops_training(
             {"name": "ticks", "kind": "ticks", "topics": [ticks_topic]},
         ],
     )
-    d = Daemon(cfg, workdir, metrics_port).start()
+    d = Daemon(cfg, workdir).start()
     n_bad = sum(len(v) for v in poison.values())
     n_tick_bad = sum(len(v) for v in tick_poison.values())
     try:
@@ -409,9 +402,7 @@ def test_poison_input_is_dead_lettered_counted_and_never_stops_training(
             assert torch.isfinite(v).all(), (name, k)
 
 
-def test_a_partition_the_checkpoint_never_saw_is_read_from_its_start(
-    broker, topic, workdir, metrics_port
-):
+def test_a_partition_the_checkpoint_never_saw_is_read_from_its_start(broker, topic, workdir):
     """The group may hold a commit from a newer checkpoint that was lost; the restored
     model state never learned that partition, so it must start at the log's beginning."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -424,7 +415,7 @@ def test_a_partition_the_checkpoint_never_saw_is_read_from_its_start(
         producer.send(topic, value=v, partition=0)
     producer.flush()
     cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
-    d = Daemon(cfg, workdir, metrics_port).start()
+    d = Daemon(cfg, workdir).start()
     d.wait_for(
         lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 2000,
         what="partition 0 trained",
@@ -440,7 +431,7 @@ def test_a_partition_the_checkpoint_never_saw_is_read_from_its_start(
     group = KafkaConsumer(bootstrap_servers=bs, group_id=f"{prefix}.clicks")
     group.commit({TopicPartition(topic, 1): offset_and_metadata(600)})
     group.close()
-    d = Daemon(cfg, workdir, metrics_port).start()
+    d = Daemon(cfg, workdir).start()
     try:
         d.wait_for(
             lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 1000,

@@ -15,6 +15,8 @@ from typing import Any
 
 from stream_trainer.errors import StreamTrainerError
 
+log = logging.getLogger(__name__)
+
 
 def _stop_on_signals() -> threading.Event:
     """An event set by SIGINT or SIGTERM."""
@@ -159,6 +161,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     service = Service(settings, ignore_checkpoint_offsets=bool(a.ignore_checkpoint_offsets))
     service.install_signal_handlers()
     code = service.run()
+    rank = {"rank": service.world.rank} if service.world.replicated else {}
+    log.info("stopped", extra={"exit_code": code, **rank})
     if service.world.replicated:
         from stream_trainer import distributed
         from stream_trainer.service import EXIT_STALLED
