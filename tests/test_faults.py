@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -70,6 +73,11 @@ def partition_sizes(bootstrap: str, topic: str, n: int) -> dict[int, int]:
         sizes[rec.partition] = max(sizes.get(rec.partition, 0), rec.offset + 1)
     assert sum(sizes.values()) >= n
     return sizes
+
+
+def errors_in(log: str) -> list[str]:
+    """The log's error lines, tracebacks and deaths by signal."""
+    return re.findall(r"^\S+ (?:error|critical)\b.*$|^Traceback.*$", log, re.M)
 
 
 def wait_http(url: str, code: int, timeout_s: float) -> float:
@@ -442,3 +450,48 @@ def test_a_partition_the_checkpoint_never_saw_is_read_from_its_start(broker, top
     state = newest_checkpoint(workdir / "ckpt", "clicks")
     assert ledger_ranges(state) == {f"{topic}:0": [(0, 2000)], f"{topic}:1": [(0, 1000)]}
     assert f"from_log_start={topic}:1" in d.log()
+
+
+def test_sigterm_during_the_start_up_is_a_clean_stop(broker, topic, workdir):
+    """A supervisor that stops a daemon it has just started sees exit 0 and a log line,
+    not a death by signal (143). The start-up is held here in a plugin's import (as
+    torch's import holds it for seconds on a busy machine) until the signal is sent."""
+    gate = workdir / "gate"
+    create_topics(broker.bootstrap, {topic: 1})
+    gated = {
+        "name": "gated",
+        "kind": "custom",
+        "topics": [topic],
+        "featurizer": "gated_plugin:MeanFeaturizer",
+        "model": "gated_plugin:build",
+    }
+    d = Daemon(
+        base_config(broker.bootstrap, workdir / "ckpt", [gated]),
+        workdir,
+        env={"PYTHONPATH": str(REPO / "tests"), "STREAM_TRAINER_TEST_GATE": str(gate)},
+    ).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not gate.with_suffix(".reached").exists():  # inside the plugin's import
+            assert time.monotonic() < deadline and d.proc.poll() is None, d.log()[-3000:]
+            time.sleep(0.02)
+        d.send_stop()
+        gate.touch()  # the import goes on: the start-up ends, and the daemon stops
+        code = d.proc.wait(60)
+    finally:
+        d.kill()
+    log = d.log()
+    assert code == 0, (code, log[-3000:])
+    assert "signal=SIGTERM" in log and "stopped before the pipelines started" in log, log[-3000:]
+    assert errors_in(log) == [], log[-3000:]
+
+
+def test_the_stop_handler_is_in_place_before_torch_is_imported():
+    """The entry point installs it first; the imports before it never reach torch (the
+    seconds of a start-up): `stream-trainer` calls cli.main, `python -m` __main__."""
+    probe = (
+        "import sys; import stream_trainer.cli, stream_trainer.stopping; "
+        "print(sorted(m for m in ('torch', 'numpy', 'pydantic', 'kafka') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
