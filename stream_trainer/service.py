@@ -225,6 +225,7 @@ class Service:
                         positions=lambda: p.polled_next,  # type: ignore[attr-defined]
                         name=p.name,
                         featurizer_spec=getattr(p, "worker_featurizer", None),
+                        stopping=self.stop.is_set,
                     )
                     stack.callback(source.close)
                 p.run(source, sink, self.stop)

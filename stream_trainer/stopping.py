@@ -1,4 +1,5 @@
-"""SIGTERM and SIGINT as a request to stop, from the entry point's first line on.
+"""SIGTERM and SIGINT as a request to stop, from the entry point's first line on; and
+child processes that leave the stop to the daemon.
 
 Start-up imports torch and builds the models: seconds on a busy machine. A signal then
 met Python's default action (exit 143 for SIGTERM, no log line), so a supervisor that
@@ -6,6 +7,12 @@ stopped a daemon it had just started saw a crash. :func:`install` runs before an
 import (``__main__`` and ``cli.main``): a signal from then on only records the request,
 and the service takes it over (``Service.install_signal_handlers``) and stops cleanly,
 whenever it came. Standard library only, so that importing it costs nothing.
+
+A stop signalled to the whole process group (systemd's default ``KillMode``,
+``kill -TERM -PGID``, torchrun stopping its workers) reaches the daemon's helper
+processes too (ingest workers, the serving process, the forkserver that starts them).
+They ignore it (:func:`quiet_children`, :func:`ignore_stop_signals`) and stop when the
+daemon tells them, as in a stop of the daemon alone.
 """
 
 from __future__ import annotations
@@ -93,3 +100,37 @@ def default_action() -> Iterator[None]:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def quiet_children() -> Iterator[None]:
+    """Start processes inside this to have them begin with SIGTERM and SIGINT blocked.
+
+    The forkserver (started by the first ``Process.start()``) inherits the calling
+    thread's signal mask, and every process it forks inherits the forkserver's: so a
+    stop signalled to the process group never kills the forkserver or a worker before
+    that worker's :func:`ignore_stop_signals`. The resource tracker is started first:
+    its own start unblocks both signals in the calling thread (CPython's bpo-33613
+    trick), which would undo ours.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        forkserver.ensure_running()  # (a no-op while it runs)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def ignore_stop_signals() -> None:
+    """In a helper process: the daemon decides when it stops (it closes the pipe or says
+    so), whoever else signals the process group."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

@@ -495,3 +495,44 @@ def test_the_stop_handler_is_in_place_before_torch_is_imported():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)
+
+
+def test_a_stop_signalled_to_the_whole_process_group_is_as_quiet_and_complete(
+    broker, topic, workdir
+):
+    """systemd's default KillMode (control-group), `kill -TERM -PGID` and torchrun signal
+    every process of the daemon at once: the ingest workers, the serving process and the
+    forkserver that starts them too. They leave the stop to the daemon, as in a stop of
+    the daemon alone: no worker restarted, nothing logged as an error, exit 0, and the
+    final checkpoint (the only one here) holds every offset once. (Before: "ingest worker
+    died; starting another" in the middle of the stop; under torchrun, whose SIGTERM is
+    a group's, that restart held up a replica's last round.)"""
+    bs = broker.bootstrap
+    n = 6000
+    create_topics(bs, {topic: 2})
+    produce(bs, topic, list(make_generator("clicks", seed=26, count=n)), "user_id")
+    cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)],
+                      ingest={"workers": 2}, serving={"address": "127.0.0.1:0"})  # fmt: skip
+    cfg["checkpoint"]["every_seconds"] = 3600.0  # the final checkpoint is the only one
+    d = Daemon(cfg, workdir, own_group=True).start()
+    try:
+        d.wait_for(
+            lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == n,
+            what="everything trained",
+        )
+        started = re.search(r"ingest workers started .*pids=([\d,]+)", d.log())
+        assert started, d.log()[-3000:]
+        workers = [int(pid) for pid in started.group(1).split(",")]
+        assert len(workers) == 2 and all(os.getpgid(w) == d.proc.pid for w in workers)
+        os.killpg(d.proc.pid, signal.SIGTERM)  # the daemon, its workers, serving, forkserver
+        code = d.proc.wait(60)
+    finally:
+        d.kill()
+    log = d.log()
+    assert code == 0, log[-5000:]
+    assert errors_in(log) == [], log[-5000:]
+    assert "ingest worker died" not in log and "ingest worker started" not in log, log[-5000:]
+    assert "the serving process exited" not in log, log[-5000:]
+    assert_exactly_once(
+        newest_checkpoint(workdir / "ckpt", "clicks"), topic, partition_sizes(bs, topic, n)
+    )
