@@ -536,3 +536,29 @@ def test_a_stop_signalled_to_the_whole_process_group_is_as_quiet_and_complete(
     assert_exactly_once(
         newest_checkpoint(workdir / "ckpt", "clicks"), topic, partition_sizes(bs, topic, n)
     )
+
+
+def test_a_stop_that_cannot_write_its_final_checkpoint_says_so_and_fails(broker, topic, workdir):
+    """A graceful stop leaves its final checkpoint or says loudly why not: an error line
+    and exit code 1, not a warning and 0 (a restart replays from the last checkpoint)."""
+    bs = broker.bootstrap
+    create_topics(bs, {topic: 1})
+    produce(bs, topic, list(make_generator("clicks", seed=29, count=2000)), "user_id")
+    cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
+    cfg["checkpoint"]["every_seconds"] = 3600.0
+    d = Daemon(cfg, workdir).start()
+    try:
+        d.wait_for(
+            lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 2000,
+            what="everything trained",
+        )
+        (workdir / "ckpt").mkdir(exist_ok=True)
+        (workdir / "ckpt" / "clicks").write_text("a file where the directory should be\n")
+        d.send_stop()
+        code = d.proc.wait(60)
+    finally:
+        d.kill()
+    log = d.log()
+    assert code == 1, (code, log[-3000:])
+    assert "checkpoint postponed" in log, log[-3000:]
+    assert any("stopped without the final checkpoint" in line for line in errors_in(log)), log

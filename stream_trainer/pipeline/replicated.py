@@ -69,6 +69,7 @@ class ReplicatedPipeline(Pipeline):
         self._lag = self._others_lag = 0  # consumer lag: this replica's, the others' summed
         self._reduce: Any = None  # the current train()'s, for the challenger
         self._raced = False
+        self._final_checkpoint = False  # the last round's checkpoint was written
         self._sync_setup(self.learner)
         if self.race is not None:
             self.race.pooled = True
@@ -197,7 +198,7 @@ class ReplicatedPipeline(Pipeline):
         self._act(views)
         stopping_all = any(v["stop"] for v in views)
         if stopping_all or any(v["checkpoint"] for v in views):
-            self.checkpoint_replicated()
+            self._final_checkpoint = self.checkpoint_replicated()
         if stopping_all:
             # a replica asked to stop leaves after this checkpoint; the others exit too,
             # for torchrun to restart them in a group of those that remain
@@ -293,8 +294,9 @@ class ReplicatedPipeline(Pipeline):
     def periodic_checkpoint(self) -> bool:
         return self.checkpoint_replicated()
 
-    def finish(self) -> None:
-        """The last round took the final checkpoint."""
+    def finish(self) -> bool:
+        """The last round took the final checkpoint (True when it was written)."""
+        return self._final_checkpoint
 
     def _round(self, **flags: Any) -> list[dict[str, Any]]:
         """One round: every replica's flags and next offsets; the offsets of the model
