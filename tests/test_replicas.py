@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -153,9 +154,19 @@ def elastic(broker, topic: str, workdir: Path, seed: int):
     return events, first, second, trickle
 
 
+def hosting(rdzv: str) -> bool:
+    """The first agent hosts the rendezvous store: its port takes connections."""
+    host, _, port = rdzv.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_a_killed_replica_s_partitions_are_taken_over_exactly_once(broker, topic, workdir):
     events, first, second, trickle = elastic(broker, topic, workdir, seed=2)
-    time.sleep(2)  # the first agent hosts the rendezvous store
+    wait(lambda: hosting(first.rdzv), 60, "the first agent hosts the rendezvous", [first])
     second.start()
     try:
         wait(
@@ -168,7 +179,8 @@ def test_a_killed_replica_s_partitions_are_taken_over_exactly_once(broker, topic
             [first, second],
         )
         trickle.start()
-        time.sleep(5)
+        # mid-stream: a checkpoint of the two holds part of the trickle, the rest is to come
+        wait(lambda: checkpointed(workdir) > 5000, 90, "the trickle checkpointed", [first])
         second.kill()
         killed_at = time.monotonic()
         # the survivor names the stalled rank, regroups alone, and takes all partitions
@@ -184,10 +196,10 @@ def test_a_killed_replica_s_partitions_are_taken_over_exactly_once(broker, topic
         log = first.log()
         assert "replica sync failed" in log and "did not complete" in log, log[-3000:]
         # detection is at once (the peer's socket closes); the rest is torchrun restarting
-        # the survivor (rendezvous, start-up, restore) and the group rebalancing.
-        # `pytest tests/test_replicas.py -k killed -s` prints it (the README quotes it).
+        # the survivor (rendezvous, start-up, restore) and the group rebalancing. A time,
+        # not asserted (speed belongs in benchmarks): `pytest tests/test_replicas.py -k
+        # killed -s` prints it (the README quotes it).
         print(f"\nthe survivor held every partition {took_over_s:.1f} s after the kill")
-        assert took_over_s < 60, took_over_s
     finally:
         second.kill()
         first.terminate(60)
