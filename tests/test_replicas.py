@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -134,6 +135,12 @@ def test_two_replicas_train_one_model_in_sync_and_learn_every_offset_once(
     finally:
         t.terminate(60)  # every replica exits 0: the final checkpoint was written
     covered_exactly_once(workdir, per_partition(events))
+    # torchrun stops a replica by signalling its process group (its ingest workers too):
+    # as quiet a stop as one of the daemon alone (no worker died and was started again
+    # while the other replica waited in the last round)
+    log = t.log()
+    assert "ingest worker died" not in log, log[-5000:]
+    assert re.findall(r"^\S+ error .*$", log, re.M) == [], log[-5000:]
     # each replica fetched and decoded in ingest workers of its own (auto)
     started = [line for line in t.log().splitlines() if "ingest workers started" in line]
     assert len(started) >= 2, t.log()[-3000:]
