@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from stream_trainer import stopping
 from stream_trainer.errors import StreamTrainerError
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,8 @@ def init_world(device: torch.device, stall_timeout_s: float) -> tuple[World, Hea
         return world, None
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=stall_timeout_s))
+        with stopping.default_action():  # (a stop before it: the first round's)
+            dist.init_process_group(backend, timeout=timedelta(seconds=stall_timeout_s))
     except Exception as err:
         raise StreamTrainerError(
             f"could not join the replicas' process group ({backend}, rank {world.rank} of "

@@ -35,6 +35,7 @@ from stream_trainer.pipeline.runner import Runner
 from stream_trainer.pipeline.sharded import ShardedPipeline
 from stream_trainer.pipeline_config import PipelineSettings
 from stream_trainer.serving.setup import Serving
+from stream_trainer.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -182,9 +183,13 @@ class Service:
                     nan_free = {k: None if v != v else v for k, v in doc.items()}  # NaN -> null
                     fh.write(json.dumps(nan_free) + "\n")
 
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self, early: StopRequest | None = None) -> None:
+        """SIGTERM and SIGINT stop the service; ``early``: the entry point's handler,
+        whose signal, if one came during the start-up, starts the stop now."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        if early is not None and early.signum is not None:
+            self._on_signal(early.signum, None)
 
     def _run_pipeline(self, p: Runner) -> None:
         k = self.settings.kafka
@@ -222,6 +227,7 @@ class Service:
                         positions=lambda: p.polled_next,
                         name=p.name,
                         featurizer_spec=getattr(p, "worker_featurizer", None),
+                        stopping=self.stop.is_set,
                     )
                     stack.callback(source.close)
                 p.run(source, sink, self.stop)
@@ -282,6 +288,11 @@ class Service:
 
     def run(self) -> int:
         """Run until stopped; 0 on a clean stop, 1 when a pipeline failed."""
+        if self.stop.is_set() and not self.world.replicated:
+            # stopped during the start-up: nothing learned, nothing to checkpoint (replicas
+            # go through the rounds: every rank stops in the same one)
+            log.info("stopped before the pipelines started")
+            return 0
         with ExitStack() as stack:
             for p in self.pipelines:
                 self._restore(p)
@@ -307,6 +318,12 @@ class Service:
                     "url": f"http://{self.server.address}/metrics",
                     "device": str(self.device),
                     "pipelines": ",".join(p.name for p in self.pipelines),
+                    # replicas: which one (with port 0, each serves on a port of its own)
+                    **(
+                        {"rank": self.world.rank, "local_rank": self.world.local_rank}
+                        if self.world.replicated
+                        else {}
+                    ),
                 },
             )
             # Everything built so far (torch, models, clients) lives as long as the daemon:

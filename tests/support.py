@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from stream_trainer.checkpoint.summary import ledger_ranges  # noqa: F401 (the tests' helper)
 from stream_trainer.metrics.scrape import Samples, sample
 from stream_trainer.metrics.scrape import scrape as scrape_url
 from stream_trainer.producers.publish import publish
@@ -78,19 +80,31 @@ def scrape(address: str) -> Samples:
     return scrape_url(f"http://{address}/metrics")
 
 
+# the daemon's line once its metrics server is bound (replicas: with their local rank)
+SERVING_METRICS = re.compile(r"serving metrics url=http://(\S+)/metrics(.*)")
+LOCAL_RANK = re.compile(r"\blocal_rank=(\d+)")
+STOPPED = re.compile(r": stopped exit_code=(-?\d+)")
+
+
 class Daemon:
-    """``stream-trainer run`` as a subprocess, with its metrics address."""
+    """``stream-trainer run`` as a subprocess, with its metrics address. ``metrics_port``
+    0: the daemon binds a free port and logs it (:meth:`address_of` reads it), so no
+    port is picked here that something else may take before the daemon binds it.
+    ``own_group``: in a process group of its own (so that a test can signal the group)."""
 
     def __init__(
         self,
         config: dict[str, Any],
         workdir: Path,
-        metrics_port: int,
+        metrics_port: int = 0,
         env: dict[str, str] | None = None,
+        *,
+        own_group: bool = False,
     ) -> None:
         self.extra_env = env or {}
-        self.address = f"127.0.0.1:{metrics_port}"
-        config = {**config, "metrics": {"address": self.address}}
+        self.metrics_port = metrics_port
+        self.own_group = own_group
+        config = {**config, "metrics": {"address": f"127.0.0.1:{metrics_port}"}}
         self.config_path = workdir / "pipelines.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / f"daemon-{int(time.time() * 1000)}.log"
@@ -105,11 +119,30 @@ class Daemon:
             stderr=subprocess.STDOUT,
             env=env,
             cwd=REPO,
+            start_new_session=self.own_group,
         )
         return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def address_of(self, local_rank: int = 0) -> str:
+        """The metrics address (of the ``local_rank``-th replica): the configured port
+        (+ the local rank), or with port 0 the one its newest process logged (OSError
+        until it has)."""
+        if self.metrics_port:
+            return f"127.0.0.1:{self.metrics_port + local_rank}"
+        bound = {}
+        for m in SERVING_METRICS.finditer(self.log()):
+            rank = LOCAL_RANK.search(m.group(2))
+            bound[int(rank.group(1)) if rank else 0] = m.group(1)
+        if local_rank not in bound:
+            raise ConnectionRefusedError(f"replica {local_rank} serves no metrics yet")
+        return bound[local_rank]
+
+    @property
+    def address(self) -> str:
+        return self.address_of(0)
 
     def metrics(self) -> dict:
         return scrape(self.address)
@@ -145,15 +178,25 @@ class Daemon:
             what=f"{pipeline}: {partitions} partitions assigned",
         )
 
-    def terminate(self, timeout_s: float = 30.0) -> int:
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, and the exit code, asserted 0 (a graceful stop) with the log if not."""
+        self.send_stop()
+        return self.wait_stopped(timeout_s)
+
+    def send_stop(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
+
+    def wait_stopped(self, timeout_s: float = 60.0) -> int:
+        assert self.proc is not None
         try:
-            return self.proc.wait(timeout_s)
+            code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log()[-3000:]}") from None
+            raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log()[-5000:]}") from None
+        assert code == 0, f"daemon exited {code} on SIGTERM:\n{self.log()[-5000:]}"
+        return code
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -208,14 +251,6 @@ def newest_checkpoint(root: Path, pipeline: str) -> dict[str, Any]:
     return torch.load(path, weights_only=True)
 
 
-def ledger_ranges(state: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
-    out = {}
-    for key, flat in state["ledger"]["ranges"].items():
-        v = flat.tolist()
-        out[key] = list(zip(v[0::2], v[1::2], strict=True))
-    return out
-
-
 def http_get(url: str) -> tuple[int, str]:
     """(status, body) of a GET; HTTP errors are answers too, connection errors are (0, why)."""
     try:
@@ -229,13 +264,15 @@ def http_get(url: str) -> tuple[int, str]:
 
 class Torchrun(Daemon):
     """``torchrun ... -m stream_trainer run``: ``nproc`` replicas on one agent, standalone,
-    or one agent of an elastic group (``rdzv``: the c10d rendezvous endpoint)."""
+    or one agent of an elastic group (``rdzv``: the c10d rendezvous endpoint). Each
+    replica binds a free metrics port of its own (:meth:`address_of`: a replica torchrun
+    restarted binds another)."""
 
     def __init__(
         self,
         config: dict[str, Any],
         workdir: Path,
-        metrics_port: int,
+        metrics_port: int = 0,
         *,
         nproc: int = 1,
         rdzv: str | None = None,
@@ -246,10 +283,45 @@ class Torchrun(Daemon):
         (workdir / name).mkdir(exist_ok=True)
         super().__init__(config, workdir / name, metrics_port)
         self.nproc, self.rdzv, self.nnodes, self.max_restarts = nproc, rdzv, nnodes, max_restarts
+        self._stop_from = 0  # the log's length when SIGTERM was sent
 
-    def addresses(self) -> list[str]:
-        host, _, port = self.address.rpartition(":")
-        return [f"{host}:{int(port) + r}" for r in range(self.nproc)]
+    def addresses(self, timeout_s: float = 120.0) -> list[str]:
+        """Every replica's metrics address, once each serves (their newest processes')."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return [self.address_of(r) for r in range(self.nproc)]
+            except OSError:
+                if time.monotonic() > deadline or self.proc is None or self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"not every replica serves metrics:\n{self.log()[-5000:]}"
+                    ) from None
+                time.sleep(0.2)
+
+    def send_stop(self) -> None:
+        """SIGTERM to the agent (it signals each replica's process group)."""
+        self._stop_from = len(self.log())
+        super().send_stop()
+
+    def wait_stopped(self, timeout_s: float = 60.0) -> int:
+        """Until the agent exits; asserts that every replica logged a clean stop (exit 0):
+        the agent's own code is that of its SignalException (1), whatever they did."""
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"torchrun did not stop on SIGTERM:\n{self.log()[-5000:]}"
+            ) from None
+        since = self.log()[self._stop_from :]
+        codes = [int(c) for c in STOPPED.findall(since)]
+        assert codes == [0] * self.nproc, (
+            f"replicas' exit codes after SIGTERM: {codes} (torchrun {code}), expected "
+            f"{self.nproc} x 0:\n{since[-5000:]}"
+        )
+        return 0
 
     def start(self) -> Torchrun:
         log = open(self.log_path, "wb")  # noqa: SIM115

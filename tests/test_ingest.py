@@ -5,10 +5,13 @@ losing or repeating anything."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from support import Daemon, base_config, consume_all, newest_checkpoint, produce
@@ -82,3 +85,61 @@ def test_a_killed_worker_is_replaced_and_nothing_is_lost_or_repeated(
         topic,
         partition_sizes(bs, topic, len(events)),
     )
+
+
+class _Group:
+    """The consumer-group member an IngestSource sits on: here, one that holds nothing."""
+
+    rebalancing = False
+    assignment: list = []
+    fetcher = None
+
+    def poll(self, timeout_s: float) -> list:
+        return []
+
+
+def _signals(pid: int) -> dict[str, int]:
+    """SigBlk and SigIgn of a process, as bit masks (bit n-1: signal n)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
+    return {k: int(fields[k], 16) for k in ("SigBlk", "SigIgn")}
+
+
+def test_workers_leave_a_stop_to_the_trainer_and_are_not_restarted_during_it(broker, caplog):
+    """A stop signalled to the process group (systemd, kill -TERM -PGID, torchrun)
+    reaches the workers and the forkserver that starts them: the workers ignore SIGTERM
+    and SIGINT, the forkserver holds them blocked (so it survives, and a worker never
+    dies of one before it ignores it); and a worker that ends while the daemon stops is
+    neither an error nor started again (it was, in the middle of the stop)."""
+    from multiprocessing import forkserver
+
+    from stream_trainer.config import KafkaSettings, parse_settings
+    from stream_trainer.edges.ingest import IngestSource
+    from stream_trainer.pipeline import build
+
+    spec = parse_settings({"pipelines": [clicks_pipeline("t")]}).pipelines[0]
+    stopping = threading.Event()
+    src = IngestSource(
+        _Group(), KafkaSettings(bootstrap_servers=broker.bootstrap), 1,
+        group_id="g", client_id="c", security={},
+        decoder_spec=build.featurizer_and_decoder(spec)[2], positions=dict, name="clicks",
+        stopping=stopping.is_set,
+    )  # fmt: skip
+    try:
+        (w,) = src.workers
+        stop_bits = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+        deadline = time.monotonic() + 60  # until the worker has set its handlers
+        while _signals(w.process.pid)["SigIgn"] & stop_bits != stop_bits:
+            assert w.process.is_alive(), "the worker died"
+            assert time.monotonic() < deadline, _signals(w.process.pid)  # it takes them
+            time.sleep(0.05)
+        assert _signals(forkserver._forkserver._forkserver_pid)["SigBlk"] & stop_bits == stop_bits
+        stopping.set()
+        os.kill(w.process.pid, signal.SIGKILL)  # the stop: whatever ends the worker now
+        w.process.join(30)
+        with caplog.at_level(logging.INFO, logger="stream_trainer.edges.ingest"):
+            assert src.poll(5.0) == []
+        assert src.workers == []  # not restarted
+        assert [r.getMessage() for r in caplog.records] == ["ingest worker ended during the stop"]
+    finally:
+        src.close()

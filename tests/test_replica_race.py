@@ -49,7 +49,10 @@ def _settings(ckpt: str, mode: str):
                         "challenger_patience": 100_000,
                     },
                     "replay": {"capacity": 512},
-                    "sync": {"mode": mode, "every_steps": 4, "check_every": 1},
+                    # rounds every 4 steps or 20 ms: the records come in back to back,
+                    # so without every_ms the first agreed time (every_ms after the
+                    # start) would come after the last of them
+                    "sync": {"mode": mode, "every_steps": 4, "every_ms": 20, "check_every": 1},
                 }
             ],
         }

@@ -148,3 +148,74 @@ def test_allreduce_behind_takes_many_synced_steps_per_round(tmp_path):
     assert a["updates"] == b["updates"] == 48  # every batch, in synced steps
     assert a["rounds"] == b["rounds"] <= 48 // a["per_round"] + 3  # not 48 rounds
     assert a["final"] == b["final"]
+
+
+class _Solo:
+    """A replica group of one (every collective returns this rank's own), which notes
+    each round: the fake clock's time, the agreed time it was due, and what was sent."""
+
+    rank = 0
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.pipeline = None
+        self.rounds: list[tuple[float, float, dict]] = []
+
+    def exchange(self, msg):
+        if isinstance(msg, dict) and "steps" in msg:
+            self.rounds.append((self.clock(), self.pipeline._next_round, msg))
+        return [msg]
+
+    def broadcast(self, obj):
+        return obj
+
+    def broadcast_tensors(self, tensors) -> None:
+        pass
+
+    def average(self, *tensors, **weights) -> None:
+        pass
+
+
+def test_average_mode_meets_on_the_agreed_time_late_by_one_step_at_most(tmp_path):
+    """The ``average`` stall of issue 29. A replica joined a round as soon as its own
+    count of steps reached ``every_steps`` (then waited there, idle, until the others'
+    agreed time); it trained a whole poll's batches before looking at the time (the
+    others waited that long for it); and the pace it sent for the next round's time
+    left out those steps' time (so rounds came too often). Here, with a fake clock
+    (each step 50 ms), a replica never joins before the agreed time, is never late by
+    more than the step in flight, and the pace it sends counts all of its time."""
+    from stream_trainer.pipeline.replicated import ReplicatedPipeline
+
+    step_s, now = 0.05, [0.0]
+    doc = _settings(str(tmp_path)).model_dump(mode="json")
+    doc["pipelines"][0]["sync"] = {"mode": "average", "every_steps": EVERY_STEPS,
+                                   "every_ms": 1000, "check_every": 0}  # fmt: skip
+    s = parse_settings(doc)
+    p = ReplicatedPipeline(s, s.pipelines[0], clock=lambda: now[0])
+    group = _Solo(lambda: now[0])
+    group.pipeline = p
+    p.attach(group)
+    train = p.train
+
+    def timed(items, reduce=None):
+        now[0] += step_s
+        train(items, reduce)
+
+    p.train = timed
+    (recs,) = (r for polls in [_polls(0)] for r in [[x for poll in polls for x in poll]])
+    batches = [recs[i : i + BATCH] for i in range(0, len(recs), BATCH)]  # 48
+    # a backlog of 30 batches in one poll; then one batch a poll, 0.2 s apart (a slow
+    # pace: the agreed interval grows to every_ms); then back to back (the pace rises)
+    feed = [([r for b in batches[:30] for r in b], 0.01)]
+    feed += [(b, 0.2) for b in batches[30:38]] + [(b, 0.0) for b in batches[38:]]
+    for poll, gap in feed + [([], 0.01)] * 60:
+        now[0] += p.poll_timeout(gap) if gap else 0.0  # a poll waits until the round at most
+        assert p.step(poll, False)
+    assert p.learner.updates == 48  # every batch trained
+    assert len(group.rounds) >= 4
+    last_end = 0.0
+    for t, due, sent in group.rounds:
+        assert t >= due, (t, due, sent["steps"])  # never before the agreed time
+        assert t - due <= step_s + 1e-9, (t, due)  # late by the step in flight at most
+        assert abs(sent["elapsed"] - (t - last_end)) < 1e-9, (sent, t, last_end)
+        last_end = t

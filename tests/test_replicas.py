@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import time
 from pathlib import Path
 
 import pytest
 from support import (
+    Daemon,
     Torchrun,
     Trickle,
     base_config,
@@ -50,8 +53,11 @@ def clicks_config(bootstrap: str, workdir: Path, topic: str, mode: str = "allred
     return own_group(cfg, topic)
 
 
-def metric(address: str, name: str, **labels: str) -> float:
+def metric(d: Daemon, name: str, rank: int = 0, **labels: str) -> float:
+    """The clicks pipeline's ``name`` on replica ``rank`` of ``d`` (0 while it does not
+    answer: starting, or restarted by torchrun on a port of its own)."""
     try:
+        address = d.address_of(rank)
         return sample(scrape(f"http://{address}/metrics"), name, pipeline="clicks", **labels) or 0
     except OSError:
         return 0.0
@@ -103,33 +109,38 @@ def test_two_replicas_train_one_model_in_sync_and_learn_every_offset_once(
     create_topics(bs, {topic: PARTITIONS})
     events = list(make_generator("clicks", seed=1, count=12_000))
     produce(bs, topic, events, key_field="user_id")
-    t = Torchrun(clicks_config(bs, workdir, topic, mode), workdir, free_port(), nproc=2).start()
+    t = Torchrun(clicks_config(bs, workdir, topic, mode), workdir, nproc=2).start()
     try:
-        a, b = t.addresses()
         wait(
             lambda: (
-                metric(a, "stream_trainer_events_trained_total")
-                + metric(b, "stream_trainer_events_trained_total")
+                metric(t, "stream_trainer_events_trained_total", 0)
+                + metric(t, "stream_trainer_events_trained_total", 1)
                 == len(events)
             ),
             120,
             "both replicas trained everything",
             [t],
         )
-        for address in (a, b):  # both trained, on two partitions each
-            assert metric(address, "stream_trainer_events_trained_total") > 0
-            assert metric(address, "stream_trainer_assigned_partitions") == 2
+        for r in (0, 1):  # both trained, on two partitions each
+            assert metric(t, "stream_trainer_events_trained_total", r) > 0
+            assert metric(t, "stream_trainer_assigned_partitions", r) == 2
         # the weights were compared across the replicas: after every round (allreduce)
         # or every averaging (average), and never differed
-        for address in (a, b):
-            assert metric(address, "stream_trainer_sync_checks_total", result="equal") > 0
-            assert metric(address, "stream_trainer_sync_checks_total", result="different") == 0
+        for r in (0, 1):
+            assert metric(t, "stream_trainer_sync_checks_total", r, result="equal") > 0
+            assert metric(t, "stream_trainer_sync_checks_total", r, result="different") == 0
         kinds = ("round", "gradients") if mode == "allreduce" else ("round", "average")
         for kind in kinds:
-            assert metric(a, "stream_trainer_sync_duration_seconds_count", kind=kind) > 0
+            assert metric(t, "stream_trainer_sync_duration_seconds_count", kind=kind) > 0
     finally:
-        t.terminate(60)
+        t.terminate(60)  # every replica exits 0: the final checkpoint was written
     covered_exactly_once(workdir, per_partition(events))
+    # torchrun stops a replica by signalling its process group (its ingest workers too):
+    # as quiet a stop as one of the daemon alone (no worker died and was started again
+    # while the other replica waited in the last round)
+    log = t.log()
+    assert "ingest worker died" not in log, log[-5000:]
+    assert re.findall(r"^\S+ error .*$", log, re.M) == [], log[-5000:]
     # each replica fetched and decoded in ingest workers of its own (auto)
     started = [line for line in t.log().splitlines() if "ingest workers started" in line]
     assert len(started) >= 2, t.log()[-3000:]
@@ -144,34 +155,44 @@ def elastic(broker, topic: str, workdir: Path, seed: int):
     produce(bs, topic, events[:5000], key_field="user_id")
     rdzv = f"127.0.0.1:{free_port()}"
     cfg = clicks_config(bs, workdir, topic)
-    first = Torchrun(cfg, workdir, free_port(), rdzv=rdzv, name="a").start()
-    second = Torchrun(cfg, workdir, free_port(), rdzv=rdzv, name="b")
+    first = Torchrun(cfg, workdir, rdzv=rdzv, name="a").start()
+    second = Torchrun(cfg, workdir, rdzv=rdzv, name="b")
     trickle = Trickle(bs, topic, events[5000:], "user_id", rate=1500)
     return events, first, second, trickle
 
 
+def hosting(rdzv: str) -> bool:
+    """The first agent hosts the rendezvous store: its port takes connections."""
+    host, _, port = rdzv.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def test_a_killed_replica_s_partitions_are_taken_over_exactly_once(broker, topic, workdir):
     events, first, second, trickle = elastic(broker, topic, workdir, seed=2)
-    time.sleep(2)  # the first agent hosts the rendezvous store
+    wait(lambda: hosting(first.rdzv), 60, "the first agent hosts the rendezvous", [first])
     second.start()
     try:
-        (a,), (b,) = first.addresses(), second.addresses()
         wait(
             lambda: (
-                metric(a, "stream_trainer_assigned_partitions") == 2
-                and metric(b, "stream_trainer_events_trained_total") > 0
+                metric(first, "stream_trainer_assigned_partitions") == 2
+                and metric(second, "stream_trainer_events_trained_total") > 0
             ),
             120,
             "two replicas training",
             [first, second],
         )
         trickle.start()
-        time.sleep(5)
+        # mid-stream: a checkpoint of the two holds part of the trickle, the rest is to come
+        wait(lambda: checkpointed(workdir) > 5000, 90, "the trickle checkpointed", [first])
         second.kill()
         killed_at = time.monotonic()
         # the survivor names the stalled rank, regroups alone, and takes all partitions
         wait(
-            lambda: metric(a, "stream_trainer_assigned_partitions") == PARTITIONS,
+            lambda: metric(first, "stream_trainer_assigned_partitions") == PARTITIONS,
             90,
             "the survivor holds every partition",
             [first],
@@ -182,10 +203,10 @@ def test_a_killed_replica_s_partitions_are_taken_over_exactly_once(broker, topic
         log = first.log()
         assert "replica sync failed" in log and "did not complete" in log, log[-3000:]
         # detection is at once (the peer's socket closes); the rest is torchrun restarting
-        # the survivor (rendezvous, start-up, restore) and the group rebalancing.
-        # `pytest tests/test_replicas.py -k killed -s` prints it (the README quotes it).
+        # the survivor (rendezvous, start-up, restore) and the group rebalancing. A time,
+        # not asserted (speed belongs in benchmarks): `pytest tests/test_replicas.py -k
+        # killed -s` prints it (the README quotes it).
         print(f"\nthe survivor held every partition {took_over_s:.1f} s after the kill")
-        assert took_over_s < 60, took_over_s
     finally:
         second.kill()
         first.terminate(60)
@@ -201,21 +222,25 @@ def test_a_replica_joining_mid_stream_loses_and_repeats_nothing(broker, topic, w
     held = 5000
     trickle = Trickle(broker.bootstrap, topic, events[5000:-held], "user_id", rate=1500)
     try:
-        (a,) = first.addresses()
         wait(
-            lambda: metric(a, "stream_trainer_assigned_partitions") == PARTITIONS,
+            lambda: metric(first, "stream_trainer_assigned_partitions") == PARTITIONS,
             120,
             "one replica with every partition",
             [first],
         )
         trickle.start()
-        time.sleep(6)
+        # the second joins while the first trains the trickle
+        wait(
+            lambda: metric(first, "stream_trainer_events_trained_total") > 6000,
+            90,
+            "the first replica trains the trickle",
+            [first],
+        )
         second.start()
-        (b,) = second.addresses()
         wait(
             lambda: (
-                metric(a, "stream_trainer_assigned_partitions") == 2
-                and metric(b, "stream_trainer_assigned_partitions") == 2
+                metric(first, "stream_trainer_assigned_partitions") == 2
+                and metric(second, "stream_trainer_assigned_partitions") == 2
             ),
             120,
             "two replicas, two partitions each",
@@ -224,7 +249,7 @@ def test_a_replica_joining_mid_stream_loses_and_repeats_nothing(broker, topic, w
         trickle.join()
         produce(broker.bootstrap, topic, events[-held:], key_field="user_id")
         wait(
-            lambda: metric(b, "stream_trainer_events_trained_total") > 0,
+            lambda: metric(second, "stream_trainer_events_trained_total") > 0,
             90,
             "the newcomer trains",
             [first, second],
@@ -237,9 +262,9 @@ def test_a_replica_joining_mid_stream_loses_and_repeats_nothing(broker, topic, w
         )
     finally:
         for d in (second, first):  # SIGTERM to both: they stop together, checkpointed
-            d.proc.send_signal(15)
+            d.send_stop()
         for d in (second, first):
-            d.proc.wait(60)
+            d.wait_stopped(60)
     covered_exactly_once(workdir, per_partition(events))
 
 
@@ -247,8 +272,6 @@ def test_by_key_each_key_s_model_lives_on_one_replica_and_survives_a_restart(
     broker, topic, workdir
 ):
     """3 symbols on 2 replicas (no sync: two plain daemons in one consumer group)."""
-    from support import Daemon
-
     bs = broker.bootstrap
     create_topics(bs, {topic: PARTITIONS})
     events = list(make_generator("ticks", seed=4, count=9_000, n_symbols=3))
@@ -285,8 +308,8 @@ def test_by_key_each_key_s_model_lives_on_one_replica_and_survives_a_restart(
 
     (workdir / "a").mkdir()
     (workdir / "b").mkdir()
-    a = Daemon(cfg, workdir / "a", free_port()).start()
-    b = Daemon(cfg, workdir / "b", free_port()).start()
+    a = Daemon(cfg, workdir / "a").start()
+    b = Daemon(cfg, workdir / "b").start()
     try:
         wait(
             lambda: metric_of(a, "stream_trainer_assigned_partitions", "ticks") == 2
@@ -302,14 +325,17 @@ def test_by_key_each_key_s_model_lives_on_one_replica_and_survives_a_restart(
         wait(lambda: keyed_models(a) + keyed_models(b) == 3, 30, "3 models held", [a, b])
         before = {k: u for ks, us in first.values() for k, u in zip(ks, us, strict=True)}
     finally:
-        assert a.terminate(60) == 0 and b.terminate(60) == 0
+        a.send_stop()
+        b.send_stop()
+        a.wait_stopped(60)
+        b.wait_stopped(60)
     # restart both, more events: every key's model continues from its checkpoint. (A new
     # consumer group, see own_group; by_key shards resume from their checkpoints, not
     # from group commits.)
     produce(bs, topic, events[6_000:], key_field="symbol")
     cfg = own_group(cfg, f"{topic}-restarted")
-    a = Daemon(cfg, workdir / "a", free_port()).start()
-    b = Daemon(cfg, workdir / "b", free_port()).start()
+    a = Daemon(cfg, workdir / "a").start()
+    b = Daemon(cfg, workdir / "b").start()
     try:
         wait(
             lambda: sum(
@@ -318,8 +344,10 @@ def test_by_key_each_key_s_model_lives_on_one_replica_and_survives_a_restart(
             120, "everything checkpointed after the restart", [a, b],
         )  # fmt: skip
     finally:
-        a.terminate(60)
-        b.terminate(60)
+        a.send_stop()
+        b.send_stop()
+        a.wait_stopped(60)
+        b.wait_stopped(60)
     for path in workdir.rglob("daemon-*.log"):  # both runs': rebalances checkpoint the
         text = path.read_text(errors="replace")  # leaving shards without a failing callback
         assert "revoke failed" not in text and "callback throws" not in text, text[-3000:]

@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from stream_trainer import stopping
 from stream_trainer.cli.checkpoint import cmd_checkpoint
 from stream_trainer.cli.commands import (
     cmd_broker,
@@ -37,7 +38,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, set up logging, run the command; errors are one line and an exit code."""
+    # first of all: a SIGTERM while the daemon starts (imports take seconds) is a stop
+    stopping.install()
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # the other commands take signals as Python does
+        stopping.uninstall()
     setup_logging(args.log_level, args.log_format)
     try:
         return COMMANDS[args.command](args)

@@ -13,7 +13,10 @@ import threading
 import time
 from typing import Any
 
+from stream_trainer import stopping
 from stream_trainer.errors import StreamTrainerError
+
+log = logging.getLogger(__name__)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -156,9 +159,14 @@ def cmd_run(a: argparse.Namespace) -> int:
     from stream_trainer.service import Service
 
     settings = load_settings(a.config, overrides=run_overrides(a))
+    if signal_name := stopping.requested():  # during the imports: nothing to stop yet
+        log.info("stopped before the pipelines started", extra={"signal": signal_name})
+        return 0
     service = Service(settings, ignore_checkpoint_offsets=bool(a.ignore_checkpoint_offsets))
-    service.install_signal_handlers()
+    service.install_signal_handlers(stopping.current())  # and a signal from the start-up
     code = service.run()
+    rank = {"rank": service.world.rank} if service.world.replicated else {}
+    log.info("stopped", extra={"exit_code": code, **rank})
     if service.world.replicated:
         from stream_trainer import distributed
         from stream_trainer.service import EXIT_STALLED

@@ -20,7 +20,9 @@ So the exactly-once argument is unchanged: a record is applied by the trainer in
 offset order or not at all, and whatever was fetched but not applied is fetched again
 from the trainer's next offset. Per-key featurizer state stays in the trainer (it is
 checkpointed with the model there); the workers are stateless and restartable: one that
-dies is started again from the trainer's positions.
+dies is started again from the trainer's positions (not once the daemon is stopping).
+A stop signalled to the whole process group is the trainer's alone to act on: the
+workers ignore SIGTERM and SIGINT and end when the trainer closes their pipes.
 
 A stateless featurizer (clicks', or one that sets ``stateless = True``) runs in the
 workers too, where the trainer needs only the examples (no joined labels, no output
@@ -60,6 +62,7 @@ from stream_trainer.events.decode import Rejected
 from stream_trainer.features.base import Made
 from stream_trainer.log import current as log_current
 from stream_trainer.pipeline.ports import TP, Record
+from stream_trainer.stopping import quiet_children
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +135,10 @@ class IngestSource:
         positions: Callable[[], Mapping[TP, int]],
         name: str,
         featurizer_spec: tuple[str, Any] | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.group = group
+        self.stopping = stopping  # the daemon is stopping: a worker that ends stays ended
         self.kafka = kafka
         self.positions = positions
         self.name = name
@@ -162,7 +167,8 @@ class IngestSource:
         return self.group.assignment
 
     def _start(self, index: int) -> _Worker:
-        return _Worker(self._ctx, self._args, index, self.name)
+        with quiet_children():  # a SIGTERM to the process group is the trainer's to act on
+            return _Worker(self._ctx, self._args, index, self.name)
 
     # -- called by the group member (on the trainer's thread, inside its poll) ----------
     def assign(self, starts: Mapping[TP, int]) -> None:
@@ -230,6 +236,14 @@ class IngestSource:
     def _restart(self, conn: Connection) -> None:
         i = next(i for i, w in enumerate(self.workers) if w.conn is conn)
         dead = self.workers[i]
+        if self.stopping():  # nothing more to fetch: not an error, and not restarted
+            log.info(
+                "ingest worker ended during the stop",
+                extra={"pipeline": self.name, "exitcode": dead.process.exitcode},
+            )
+            dead.stop()
+            del self.workers[i]
+            return
         log.error(
             "ingest worker died; starting another from the trainer's positions",
             extra={"pipeline": self.name, "exitcode": dead.process.exitcode},

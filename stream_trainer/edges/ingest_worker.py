@@ -12,7 +12,6 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ import msgspec
 
 from stream_trainer.config import KafkaSettings
 from stream_trainer.edges.consumer import BEGINNING, consumer_config
+from stream_trainer.stopping import ignore_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _worker(
     """A worker's whole life: commands in, decoded polls out, until the trainer goes.
     With ``featurizer_spec`` (kind, the pipeline's ``featurizer:``), a stateless
     featurizer's examples go out instead of the events."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer decides when to stop
+    ignore_stop_signals()  # the trainer decides when to stop (a group SIGTERM: it says so)
     from stream_trainer.log import setup_logging
 
     setup_logging(*log_setup)  # the trainer's level and format, to the same stderr

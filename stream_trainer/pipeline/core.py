@@ -415,8 +415,8 @@ class Pipeline(AfterUpdate, Checkpointing):
     def checkpoint_due(self, now: float) -> bool:
         return now - self.last_checkpoint >= self.settings.checkpoint.every_seconds
 
-    def finish(self) -> None:
-        self.checkpoint()
+    def finish(self) -> bool:
+        return self.checkpoint()
 
     def summary(self) -> dict[str, Any]:
         """Counters and losses for the history file."""

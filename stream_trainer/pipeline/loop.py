@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from stream_trainer.errors import BrokerError
+from stream_trainer.errors import BrokerError, CheckpointError
 from stream_trainer.pipeline.hooks import PipelineHooks
 from stream_trainer.pipeline.ports import Record, Source
 
@@ -45,8 +45,9 @@ class Steps(Protocol):
         offsets committed by a later step once the file is durable."""
         ...
 
-    def finish(self) -> None:
-        """After the loop: the final checkpoint (where the runner did not take it already)."""
+    def finish(self) -> bool:
+        """After the loop: the final checkpoint (where the runner did not take it already);
+        False when it could not be written."""
         ...
 
 
@@ -95,7 +96,11 @@ def run_loop(
             steps.every_second(now)
         if steps.checkpoint_due(now):
             steps.periodic_checkpoint()
-    steps.finish()
+    if not steps.finish():  # a stop that leaves no final checkpoint says so, and fails
+        raise CheckpointError(
+            "stopped without the final checkpoint (see the warning before: it could not "
+            "be written); a restart replays what was learned since the last one"
+        )
 
 
 def report_lag(source: Source, hooks: PipelineHooks, name: str) -> int:

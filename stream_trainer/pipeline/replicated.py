@@ -18,7 +18,9 @@ all-reduced — the embeddings as the rows the step touched.
 per batch; the replicas meet on a schedule they agree on in each round (the next one
 after ``sync.every_ms``, sooner when the busiest replica's pace would take it
 ``sync.every_steps`` steps before), so a busy replica and an idle one arrive together;
-flags wait for that round. There the weights are averaged, each replica's copy weighed
+flags wait for that round. None joins before that time (it would wait there, idle) or
+starts a step after it (the others would wait for it), and the pace counts the time of
+every step it counts. There the weights are averaged, each replica's copy weighed
 by the events it trained since the last averaging — the embeddings on the rows that
 changed, each row over the replicas that changed it.
 
@@ -69,6 +71,7 @@ class ReplicatedPipeline(Pipeline):
         self._lag = self._others_lag = 0  # consumer lag: this replica's, the others' summed
         self._reduce: Any = None  # the current train()'s, for the challenger
         self._raced = False
+        self._final_checkpoint = False  # the last round's checkpoint was written
         self._sync_setup(self.learner)
         if self.race is not None:
             self.race.pooled = True
@@ -169,11 +172,16 @@ class ReplicatedPipeline(Pipeline):
         else:
             batches = 0
             caught_up = len(records) < self.settings.kafka.max_poll_records
-            self._local_steps += self.pump(caught_up=caught_up)
-            # the agreed time, or this replica's own every_steps (its pace rose since
-            # the last round; a startup); a stop does not wait for either
-            due = now >= self._next_round or self._local_steps >= sync.every_steps
-            if not (due or stopping):
+            # no step starts after the agreed time: the others wait in the round for this
+            # replica's step in flight, not for a whole poll's steps
+            self._local_steps += self._pump_until(self._next_round, caught_up)
+            # the clock after the steps: the pace sent below counts their time (read
+            # before them, the poll's steps took none: the pace came out too high and
+            # the next round too soon)
+            now = self.clock()
+            # only the agreed time (a stop does not wait for it): a replica that joined
+            # on its own count of steps waited there, idle, until the others' time came
+            if not (now >= self._next_round or stopping):
                 return True
         self._rounds += 1
         check = sync.check_every and self._rounds % sync.check_every == 0
@@ -197,7 +205,7 @@ class ReplicatedPipeline(Pipeline):
         self._act(views)
         stopping_all = any(v["stop"] for v in views)
         if stopping_all or any(v["checkpoint"] for v in views):
-            self.checkpoint_replicated()
+            self._final_checkpoint = self.checkpoint_replicated()
         if stopping_all:
             # a replica asked to stop leaves after this checkpoint; the others exit too,
             # for torchrun to restart them in a group of those that remain
@@ -205,7 +213,21 @@ class ReplicatedPipeline(Pipeline):
             return False
         if not self.allreduce:
             self._schedule(views)
+            self._local_steps += self._pump_until(self._next_round, caught_up)
         return True
+
+    def _pump_until(self, deadline: float, caught_up: bool) -> int:
+        """:meth:`pump <stream_trainer.pipeline.core.Pipeline.pump>`, but no step starts
+        at or after ``deadline`` while the batcher holds at most one poll's records (the
+        rest waits for the next step; more than that is trained now whatever the time:
+        polls never pile up). How many steps ran."""
+        n, most = 0, self.settings.kafka.max_poll_records
+        while (self.clock() < deadline or len(self.batcher) > most) and (
+            self.batcher.ready() or (caught_up and len(self.batcher))
+        ):
+            self.train(self.batcher.take())
+            n += 1
+        return n
 
     def _restart_schedule(self, interval: float | None = None) -> None:
         """average: the next round ``interval`` (default ``sync.every_ms``) from now."""
@@ -294,8 +316,9 @@ class ReplicatedPipeline(Pipeline):
     def periodic_checkpoint(self) -> bool:
         return self.checkpoint_replicated()
 
-    def finish(self) -> None:
-        """The last round took the final checkpoint."""
+    def finish(self) -> bool:
+        """The last round took the final checkpoint (True when it was written)."""
+        return self._final_checkpoint
 
     def _round(self, **flags: Any) -> list[dict[str, Any]]:
         """One round: every replica's flags and next offsets; the offsets of the model

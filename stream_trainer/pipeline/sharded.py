@@ -158,8 +158,8 @@ class ShardedPipeline:
     def periodic_checkpoint(self) -> bool:
         return self.checkpoint()
 
-    def finish(self) -> None:
-        self._checkpoint(self.shards)
+    def finish(self) -> bool:
+        return self._checkpoint(self.shards)
 
     def _checkpoint(self, shards: Mapping[TP, Pipeline]) -> bool:
         """Each shard's checkpoint (flush -> save), then one commit of their offsets."""

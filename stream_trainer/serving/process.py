@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +50,7 @@ from stream_trainer.errors import StreamTrainerError
 from stream_trainer.log import current as log_current
 from stream_trainer.pipeline_config import PipelineSettings
 from stream_trainer.serving.snapshot import ServedModel, _frozen_copy
+from stream_trainer.stopping import ignore_stop_signals, quiet_children
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,8 @@ class ServingProcess:
             name="serving",
             daemon=True,
         )
-        process.start()
+        with quiet_children():  # a SIGTERM to the process group is the daemon's to act on
+            process.start()
         child.close()
         if not conn.poll(START_TIMEOUT_S):
             process.kill()
@@ -294,7 +295,7 @@ def _serve(
     log_setup: tuple[str, str],
 ) -> None:
     """The serving process's whole life: bind, answer, report, until the daemon goes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when to stop
+    ignore_stop_signals()  # the daemon decides when to stop (a group SIGTERM: it says so)
     from stream_trainer.log import setup_logging
     from stream_trainer.serving.http import PredictServer
     from stream_trainer.serving.scorer import Scorer
