@@ -81,8 +81,9 @@ def test_a_burst_then_silence_is_served_whole(broker, topic, workdir, metrics_po
         assert sample(d.metrics(), VERSION, pipeline="clicks") == version  # still quiet
         assert _predict(serve, probe)["model_version"] == version
         produce(bs, requests, [{**probe, "request_id": "r1"}], key_field=None)
-        (out,) = consume_all(bs, f"{requests}.predictions", 1)
-        assert json.loads(out.value)["model_version"] == version
+        out = consume_all(bs, f"{requests}.predictions", 1, timeout_s=120)
+        assert len(out) == 1, d.log()[-3000:]
+        assert json.loads(out[0].value)["model_version"] == version
     finally:
         assert d.terminate() == 0, d.log()[-3000:]
 
