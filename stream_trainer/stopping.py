@@ -23,6 +23,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -32,7 +33,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, Any] = {}  # what uninstall() gives the signals back
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
@@ -70,7 +71,8 @@ def uninstall() -> None:
     if request is None:
         return
     for sig, handler in request.previous.items():
-        signal.signal(sig, handler)  # type: ignore[arg-type]
+        if handler is not None:  # (None: not a handler of Python's; nothing to give back)
+            signal.signal(sig, handler)
     if request.signum is not None:
         signal.raise_signal(request.signum)
 

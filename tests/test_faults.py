@@ -226,7 +226,7 @@ def test_broker_restarted_empty_is_reported_and_training_carries_on(own_broker, 
     produce(bs, topic, list(make_generator("clicks", seed=23, count=2000)), "user_id")
     cfg = base_config(bs, workdir / "ckpt", [clicks_pipeline(topic)])
     cfg["checkpoint"]["every_seconds"] = 1.0
-    d = Daemon(cfg, workdir).start()
+    d = Daemon(cfg, workdir, own_group=True).start()
     try:
         d.wait_for(
             lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 2000,
@@ -237,9 +237,17 @@ def test_broker_restarted_empty_is_reported_and_training_carries_on(own_broker, 
         own_broker.stop()  # memory storage: everything is gone
         d.wait_for(lambda m: sample(m, "stream_trainer_broker_up") == 0,
                    what="the daemon sees the broker gone")  # fmt: skip
-        own_broker.start()
-        create_topics(bs, {topic: 1})
-        produce(bs, topic, list(make_generator("clicks", seed=24, count=1000)), "user_id")
+        # the topic comes back as its owner makes it (one partition) before the daemon
+        # asks for it: Tansu creates any topic a client asks metadata for (4 partitions,
+        # whatever the client's allow_auto_topic_creation), and the daemon's consumers
+        # ask every few hundred ms (under load they won the race now and then)
+        os.killpg(d.proc.pid, signal.SIGSTOP)
+        try:
+            own_broker.start()
+            create_topics(bs, {topic: 1})
+            produce(bs, topic, list(make_generator("clicks", seed=24, count=1000)), "user_id")
+        finally:
+            os.killpg(d.proc.pid, signal.SIGCONT)
         m = d.wait_for(
             lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == 3000,
             timeout_s=90,

@@ -161,6 +161,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     settings = load_settings(a.config, overrides=run_overrides(a))
     if signal_name := stopping.requested():  # during the imports: nothing to stop yet
         log.info("stopped before the pipelines started", extra={"signal": signal_name})
+        log.info("stopped", extra={"exit_code": 0})  # (every run's last line)
         return 0
     service = Service(settings, ignore_checkpoint_offsets=bool(a.ignore_checkpoint_offsets))
     service.install_signal_handlers(stopping.current())  # and a signal from the start-up
