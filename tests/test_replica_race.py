@@ -91,13 +91,26 @@ def _worker(rank: int, port: int, out: dict, mode: str, ckpt: str) -> None:
         p.replay.sample = counted
         chunks = _records(rank)
         at_promotion = None
+
+        def after_round() -> None:  # the weights as the round that promoted left them
+            nonlocal at_promotion
+            if at_promotion is None and p.race.promotions:
+                at_promotion = (p._rounds, fingerprint(p.learner.sync_tensors(True)))
+
+        pump_until = p._pump_until
+
+        def pumped(deadline, caught_up):  # average: a round, then the local steps until
+            after_round()  # the next one, within the same step() call
+            return pump_until(deadline, caught_up)
+
+        p._pump_until = pumped
         for k, chunk in enumerate(chunks):
             if k == len(chunks) // 2 and rank == 1:
                 p.drift_detected()  # seen by one replica; every replica acts on it
             if not p.step(chunk, False):  # the other stopped first (average mode's
                 break  # rounds do not pair step for step)
-            if at_promotion is None and p.race.promotions:
-                at_promotion = (p._rounds, fingerprint(p.learner.sync_tensors(True)))
+            if mode == "allreduce":  # (a step is a round)
+                after_round()
         else:
             assert not p.step([], True)  # the stop round (and the final checkpoint)
         out[rank] = {

@@ -43,14 +43,14 @@ def _predict(address: str, event: dict) -> dict:
     return doc
 
 
-def _served_within(d: Daemon, version: float, seconds: float) -> None:
+def _served_within(d: Daemon, name: str, version: float, seconds: float) -> None:
     t0 = time.monotonic()
     m = d.wait_for(
-        lambda m: sample(m, SERVED, pipeline="clicks") == version,
+        lambda m: sample(m, SERVED, pipeline=name) == version,
         timeout_s=seconds,
         what=f"served version {version} within {seconds} s",
     )
-    assert sample(m, SERVED, pipeline="clicks") == version
+    assert sample(m, SERVED, pipeline=name) == version
     assert time.monotonic() - t0 <= seconds + 0.5  # (one scrape's time past the bound)
 
 
@@ -60,7 +60,10 @@ def test_a_burst_then_silence_is_served_whole(broker, topic, workdir, metrics_po
     requests = f"{topic}.requests"
     create_topics(bs, {topic: 2, requests: 1})
     serve = f"127.0.0.1:{free_port()}"
-    pipe = {"name": "clicks", "kind": "clicks", "topics": [topic], "requests_topic": requests}
+    # a pipeline (so consumer groups) of each test's own: a group the other mode's daemon
+    # left a moment ago was seen to hold the requests consumer's join for minutes (Tansu)
+    name = f"clicks-{'process' if process else 'thread'}"
+    pipe = {"name": name, "kind": "clicks", "topics": [topic], "requests_topic": requests}
     cfg = base_config(
         bs, workdir / "ckpt", [pipe],
         serving={"address": serve, "process": process, "publish_every_s": PUBLISH_EVERY_S},
@@ -69,16 +72,16 @@ def test_a_burst_then_silence_is_served_whole(broker, topic, workdir, metrics_po
     probe = {k: v for k, v in events[0].items() if k != "label"}
     d = Daemon(cfg, workdir, metrics_port).start()
     try:
-        d.wait_assigned("clicks", 2)
+        d.wait_assigned(name, 2)
         produce(bs, topic, events, key_field="user_id")  # the burst; then nothing
         m = d.wait_for(
-            lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="clicks") == EVENTS,
+            lambda m: sample(m, "stream_trainer_events_trained_total", pipeline=name) == EVENTS,
             what="the burst trained",
         )
-        version = sample(m, VERSION, pipeline="clicks")
+        version = sample(m, VERSION, pipeline=name)
         assert version > 1  # several updates, not only the first publication
-        _served_within(d, version, PUBLISH_EVERY_S + 1.0)
-        assert sample(d.metrics(), VERSION, pipeline="clicks") == version  # still quiet
+        _served_within(d, name, version, PUBLISH_EVERY_S + 1.0)
+        assert sample(d.metrics(), VERSION, pipeline=name) == version  # still quiet
         assert _predict(serve, probe)["model_version"] == version
         produce(bs, requests, [{**probe, "request_id": "r1"}], key_field=None)
         out = consume_all(bs, f"{requests}.predictions", 1, timeout_s=120)
@@ -90,7 +93,7 @@ def test_a_burst_then_silence_is_served_whole(broker, topic, workdir, metrics_po
     # restored: served before the first new event, as the version the gauge shows
     d = Daemon(cfg, workdir, metrics_port).start()
     try:
-        _served_within(d, version, 60.0)  # (start-up: torch's import, the restore)
+        _served_within(d, name, version, 60.0)  # (start-up: torch's import, the restore)
         assert _predict(serve, probe)["model_version"] == version
     finally:
         assert d.terminate() == 0, d.log()[-3000:]
