@@ -138,6 +138,7 @@ def test_workers_leave_a_stop_to_the_trainer_and_are_not_restarted_during_it(bro
         os.kill(w.process.pid, signal.SIGKILL)  # the stop: whatever ends the worker now
         w.process.join(30)
         with caplog.at_level(logging.INFO, logger="stream_trainer.edges.ingest"):
+            caplog.clear()  # (the start's line, captured when an earlier test left INFO on)
             assert src.poll(5.0) == []
         assert src.workers == []  # not restarted
         assert [r.getMessage() for r in caplog.records] == ["ingest worker ended during the stop"]
