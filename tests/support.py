@@ -187,14 +187,18 @@ class Daemon:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
 
-    def wait_stopped(self, timeout_s: float = 60.0) -> int:
+    def _exit_code(self, timeout_s: float, who: str) -> int:
+        """The process's exit code; killed, and the log shown, if it runs past the time."""
         assert self.proc is not None
         try:
-            code = self.proc.wait(timeout_s)
+            return self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"daemon did not stop on SIGTERM:\n{self.log()[-5000:]}") from None
+            raise AssertionError(f"{who} did not stop on SIGTERM:\n{self.log()[-5000:]}") from None
+
+    def wait_stopped(self, timeout_s: float = 60.0) -> int:
+        code = self._exit_code(timeout_s, "daemon")
         assert code == 0, f"daemon exited {code} on SIGTERM:\n{self.log()[-5000:]}"
         return code
 
@@ -306,15 +310,7 @@ class Torchrun(Daemon):
     def wait_stopped(self, timeout_s: float = 60.0) -> int:
         """Until the agent exits; asserts that every replica logged a clean stop (exit 0):
         the agent's own code is that of its SignalException (1), whatever they did."""
-        assert self.proc is not None
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(
-                f"torchrun did not stop on SIGTERM:\n{self.log()[-5000:]}"
-            ) from None
+        code = self._exit_code(timeout_s, "torchrun")
         since = self.log()[self._stop_from :]
         codes = [int(c) for c in STOPPED.findall(since)]
         assert codes == [0] * self.nproc, (

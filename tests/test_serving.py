@@ -72,7 +72,8 @@ def test_a_copy_in_use_is_never_rewritten(tmp_path):
     assert pub.current.version == p.learner.updates
 
 
-def test_publication_age_and_period():
+def clocked_publisher():
+    """(a publisher every 1 s on a fake clock, the clock, its publications, a learner)."""
     now = [0.0]
     seen = []
     pub = Publisher(every_s=1.0, clock=lambda: now[0], on_publish=lambda v, a: seen.append((v, a)))
@@ -80,7 +81,11 @@ def test_publication_age_and_period():
     class L:
         model, updates, task = torch.nn.Linear(2, 1), 0, "binary"
 
-    learner = L()
+    return pub, now, seen, L()
+
+
+def test_publication_age_and_period():
+    pub, now, seen, learner = clocked_publisher()
     for t in (0.0, 0.3, 0.6, 0.9, 1.2, 1.5, 2.4):
         now[0] = t
         learner.updates += 1
@@ -91,14 +96,7 @@ def test_publication_age_and_period():
 
 
 def test_catch_up_publishes_what_the_last_steps_left_once_due():
-    now = [0.0]
-    seen = []
-    pub = Publisher(every_s=1.0, clock=lambda: now[0], on_publish=lambda v, a: seen.append((v, a)))
-
-    class L:
-        model, updates, task = torch.nn.Linear(2, 1), 0, "binary"
-
-    learner = L()
+    pub, now, seen, learner = clocked_publisher()
     assert not pub.catch_up(learner)  # nothing trained: nothing to publish
     for t in (0.0, 0.1, 0.2):  # a burst: the first step publishes, the others wait
         now[0] = t
