@@ -93,7 +93,9 @@ def test_a_burst_then_silence_is_served_whole(broker, topic, workdir, metrics_po
     # restored: served before the first new event, as the version the gauge shows
     d = Daemon(cfg, workdir, metrics_port).start()
     try:
-        _served_within(d, name, version, 60.0)  # (start-up: torch's import, the restore)
+        # a bound on the start-up (torch's import in two processes, the restore) on a loaded
+        # machine, not a speed claim: seen over 60 s beside other work
+        _served_within(d, name, version, 180.0)
         assert _predict(serve, probe)["model_version"] == version
     finally:
         assert d.terminate() == 0, d.log()[-3000:]
