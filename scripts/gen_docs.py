@@ -55,8 +55,10 @@ def type_name(annotation: Any) -> str:
 
     >>> type_name(typing.Literal["a", "b"] | None)
     '"a" | "b" | null'
-    >>> type_name(tuple[str, ...]), type_name(dict[str, int]), type_name(int | typing.Literal["auto"])
-    ('list of string', 'mapping', 'integer | "auto"')
+    >>> type_name(tuple[str, ...]), type_name(dict[str, int])
+    ('list of string', 'mapping')
+    >>> type_name(int | typing.Literal["auto"])
+    'integer | "auto"'
     """
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is type(None):
