@@ -44,15 +44,20 @@ def scrape(url: str, seconds: float, every: float, out: Path) -> int:
             except OSError:
                 text = ""  # not up yet (or gone): no line
             if text:
-                samples: Scrape = {}
-                for fam in text_string_to_metric_families(text):
-                    for s in fam.samples:
-                        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-                        samples[f"{s.name}{{{labels}}}"] = s.value
-                f.write(json.dumps({"t": time.time(), "samples": samples}) + "\n")
+                f.write(json.dumps({"t": time.time(), "samples": parse(text)}) + "\n")
                 n += 1
             time.sleep(max(0.0, every - (time.monotonic() - t0)))
     return n
+
+
+def parse(text: str) -> Scrape:
+    """One scrape (Prometheus' text format) as ``{'name{label="v",...}': value}``."""
+    samples: Scrape = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return samples
 
 
 def _parse(key: str) -> tuple[str, dict[str, str]]:
@@ -184,7 +189,8 @@ def draw(src: Path, out: Path, window: float) -> Path:
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("seconds", fontsize=7)
-        ax.legend(fontsize=6, loc="best")
+        if ax.lines:
+            ax.legend(fontsize=6, loc="best")
     for ax in list(axes.flat)[len(chosen) :]:
         ax.axis("off")
     fig.suptitle(

@@ -153,7 +153,53 @@ def config_page() -> str:
             )
         lines.append("")
         queue[0:0] = nested
-    return "\n".join(lines)
+    return "\n".join(lines + _kind_parameters())
+
+
+def _yaml(value: Any) -> str:
+    """A default as it would be written in the YAML config.
+
+    >>> _yaml(("temp", "humidity")), _yaml(None), _yaml(True), _yaml(0.5)
+    ('[temp, humidity]', 'null', 'true', '0.5')
+    """
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(map(_yaml, value)) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _kind_parameters() -> list[str]:
+    """The parameters ``featurizer:`` and ``model:`` take for each built-in kind: the
+    keyword arguments of the factories the domain registry names."""
+    import importlib
+    import inspect
+
+    from stream_trainer import domains
+
+    lines = [
+        "## Parameters of the built-in kinds\n",
+        "What `pipelines[].featurizer` and `pipelines[].model` accept as a mapping for each "
+        "built-in kind (the keyword arguments of the factories in `stream_trainer.domains`, "
+        "with their defaults); `kind: custom` takes import paths instead.\n",
+        "| kind | featurizer | model |",
+        "|---|---|---|",
+    ]
+    for kind in domains.KINDS:
+        row = []
+        for part in ("featurizer", "model"):
+            lazy = getattr(domains.get(kind), part)
+            module, _, name = (lazy.__doc__ or "").split(",")[0].partition(":")
+            target = getattr(importlib.import_module(module), name)
+            params = list(inspect.signature(target).parameters.values())
+            if part == "model":
+                params = params[1:]  # the featurizer's input_spec
+            shown = [f"`{q.name}: {_yaml(q.default)}`" for q in params if q.default is not q.empty]
+            row.append(", ".join(shown) or "none")
+        lines.append(f"| `{kind}` | {row[0]} | {row[1]} |")
+    return [*lines, ""]
 
 
 def _anchor(title: str) -> str:

@@ -34,12 +34,17 @@ PAGES = sorted(DOCS.rglob("*.md")) + [REPO / "README.md"]
 FENCE = re.compile(r"^([ \t]*)```(\w*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
 
 
-def gen_docs() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_docs", REPO / "scripts" / "gen_docs.py")
+def script(name: str) -> types.ModuleType:
+    """scripts/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def gen_docs() -> types.ModuleType:
+    return script("gen_docs")
 
 
 def blocks(*languages: str) -> list[tuple[str, str]]:
@@ -80,6 +85,12 @@ def test_a_generated_reference_equals_what_the_code_makes_now(page):
         )
     )
     assert not diff, f"run .venv/bin/python scripts/gen_docs.py:\n{diff}"
+
+
+def test_the_generator_s_examples_hold():
+    import doctest
+
+    assert doctest.testmod(gen_docs()).failed == 0
 
 
 def test_the_references_cover_every_key_metric_and_flag():
@@ -231,6 +242,45 @@ def test_there_are_commands_to_check():
     used = {argv[0] for _, argv in COMMANDS}
     assert {"run", "check-config", "produce", "report", "checkpoint", "demo"} <= used
     assert any(argv[:2] == ["checkpoint", "inspect"] for _, argv in COMMANDS)  # indented
+
+
+# ---- the pictures ------------------------------------------------------------------------
+def test_the_dashboard_picture_evaluates_the_panels_queries_over_scrapes(tmp_path):
+    """scripts/dashboard_png.py on four scrapes of a real registry, 2 s apart: rates and
+    quantiles as Prometheus would compute them, and every panel it draws still in the
+    Grafana dashboard (a renamed panel fails the drawing)."""
+    import json
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stream_trainer.metrics import Metrics
+    from stream_trainer.metrics.serving import ServingMetrics
+
+    dash = script("dashboard_png")
+    registry = CollectorRegistry()
+    hooks, serving = Metrics(registry).pipeline("clicks", "page_hinkley"), ServingMetrics(registry)
+    rows = []
+    for i in range(4):
+        hooks.on_batch(trained=1000, batch_loss=0.5, smoothed_loss=0.6 - 0.01 * i,
+                       update_seconds=0.004, event_ages=[0.02] * 1000, lr=0.003,
+                       model_version=10 * i, skipped=None)  # fmt: skip
+        hooks.on_lag("clicks", 0, 5 - i)
+        hooks.on_checkpoint(0.05, 1000.0 + 2 * i)
+        serving.served("clicks", 10 * i)
+        rows.append(
+            {"t": 1000.0 + 2 * i, "samples": dash.parse(generate_latest(registry).decode())}
+        )
+    path = tmp_path / "scrapes.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scrapes = dash.Scrapes(path)
+    t, rate = scrapes.rate("stream_trainer_events_trained_total")["clicks"]
+    assert list(t) == [2.0, 4.0, 6.0] and list(rate) == [500.0, 500.0, 500.0]
+    _, p50 = scrapes.quantile("stream_trainer_event_to_update_seconds", 0.5, 10)["clicks p50"]
+    assert len(p50) == 3 and all(0.01 < q <= 0.025 for q in p50)  # 0.02 s, in its bucket
+    _, lag = scrapes.gauge("stream_trainer_consumer_lag", "{topic}/{partition}")["clicks/0"]
+    assert list(lag) == [5, 4, 3, 2]
+    out = dash.draw(path, tmp_path / "dashboard.png", 10)
+    assert out.read_bytes()[:4] == b"\x89PNG"
 
 
 # ---- the README -------------------------------------------------------------------------
