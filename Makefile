@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # groups: tests/conftest.py. PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 4
 
-.PHONY: setup tools run test test-slow soak bench bench-ab bench-gpu bench-replicas bench-serving lint fmt clean
+.PHONY: setup tools run test test-slow soak bench bench-ab bench-gpu bench-replicas bench-serving docs lint fmt clean
 
 setup: $(STAMP)
 
@@ -80,6 +80,12 @@ bench-gpu: setup
 bench-replicas: setup
 	$(BIN)/python scripts/bench_replicas.py --out BENCHMARKS.md $(BENCH_ARGS)
 
+# The documentation site (docs/, mkdocs.yml) into site/; make test builds it with --strict.
+# The generated references first: scripts/gen_docs.py rewrites docs/reference/ from the code.
+docs: setup
+	$(BIN)/python scripts/gen_docs.py
+	$(BIN)/mkdocs build --strict
+
 lint: setup
 	$(BIN)/ruff check stream_trainer tests scripts
 	$(BIN)/ruff format --check stream_trainer tests scripts
@@ -89,4 +95,4 @@ fmt: setup
 	$(BIN)/ruff format stream_trainer tests
 
 clean:
-	rm -rf $(VENV) .demo checkpoints .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .demo checkpoints site .pytest_cache .ruff_cache .mypy_cache .hypothesis *.egg-info

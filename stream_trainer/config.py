@@ -36,35 +36,64 @@ BUILTIN_KINDS = domains.KINDS
 
 
 class KafkaSettings(_Frozen):
+    """How every Kafka client of the daemon connects (consumers, producers, admin).
+
+    Security settings pass through to every client (edges/tls.py). Secrets come from the
+    environment (``STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD``) or a file (``*_file``);
+    they are never logged, and ``check-config`` prints them masked."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
-    # Security: passed to every Kafka client (edges/tls.py). Secrets come from the environment
-    # (STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD) or a file (*_file); they are never logged
-    # and `check-config` prints them masked.
+    """Comma-separated HOST:PORT list of the cluster's brokers (any Apache Kafka compatible
+    cluster; ``make run`` starts a local Tansu broker and sets this itself)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers: plain TCP, TLS, SASL, or SASL over TLS."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism; required with a SASL ``security_protocol``."""
     sasl_plain_username: str | None = None
+    """SASL user name; required with a SASL ``security_protocol``."""
     sasl_plain_password: SecretStr | None = None
+    """SASL password: from ``STREAM_TRAINER_KAFKA__SASL_PLAIN_PASSWORD``, never the YAML you
+    commit (or use ``sasl_plain_password_file``)."""
     sasl_plain_password_file: Path | None = None
+    """A file holding the SASL password (e.g. a mounted secret)."""
     ssl_cafile: Path | None = None
+    """CA bundle (PEM) that signed the brokers' certificates."""
     ssl_certfile: Path | None = None
+    """Client certificate (PEM), for brokers that require mutual TLS."""
     ssl_keyfile: Path | None = None
+    """The client certificate's private key (PEM)."""
     ssl_password: SecretStr | None = None
+    """Password of ``ssl_keyfile``: from ``STREAM_TRAINER_KAFKA__SSL_PASSWORD`` or
+    ``ssl_password_file``, never the YAML you commit."""
     ssl_password_file: Path | None = None
+    """A file holding the password of ``ssl_keyfile``."""
     ssl_check_hostname: bool = True
+    """Check that the broker's certificate names the host connected to."""
     group_prefix: str = "stream-trainer"
+    """Consumer group of a pipeline: ``<group_prefix>.<pipeline name>``."""
     session_timeout_ms: int = Field(6000, ge=1000)
+    """Consumer group session timeout: a member silent this long is dropped (6000: groups
+    join in ~3 s; kafka-python's default takes ~23 s)."""
     heartbeat_interval_ms: int = Field(1000, ge=100)
+    """How often a consumer heartbeats to its group coordinator."""
     max_poll_interval_ms: int = Field(30000, ge=1000)
+    """Longest time between two polls before the group considers a consumer gone."""
     max_poll_records: int = Field(2000, ge=1)
-    # How long the broker may hold a fetch that found nothing new: a floor under the
-    # event-to-update latency. Not 5: on the local Tansu broker the ingest workers'
-    # fetches then stopped returning records after ~440k events of the 5k/s stream of
-    # `scripts/bench_serving.py`, in all six runs that went that far; in none of nine at 20.
+    """Records one poll returns at most."""
     fetch_max_wait_ms: int = Field(20, ge=0)
+    """How long the broker may hold a fetch that found nothing new: a floor under the
+    event-to-update latency. Not 5: on the local Tansu broker the ingest workers' fetches
+    then stopped returning records after ~440k events of the 5k/s stream of
+    ``scripts/bench_serving.py``, in all six runs that went that far; in none of nine at 20."""
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a consumer group with no committed offsets starts (with ``source.start_from:
+    committed``)."""
     request_timeout_ms: int = Field(15000, ge=1000)
+    """Timeout of one request to a broker."""
     create_topics: bool = True
+    """Create missing input, dead-letter and output topics at start."""
     default_partitions: int = Field(2, ge=1)
+    """Partitions of a topic the daemon creates."""
 
     @model_validator(mode="after")
     def _security_is_complete(self) -> KafkaSettings:
@@ -122,10 +151,14 @@ class SourceSettings(_Frozen):
     """
 
     start_from: str = "committed"
-    # while the lag (summed over a pipeline's partitions) is above caught_up_lag, one
-    # progress line (events behind, events/s, ETA) every progress_every_seconds
+    """Where a model without offsets starts reading: ``committed``, ``earliest``,
+    ``latest`` or an ISO 8601 time such as ``2026-11-01T00:00Z`` (UTC when no zone).
+    ``run --from`` overrides it."""
     progress_every_seconds: float = Field(10.0, gt=0)
+    """While catching up (the lag summed over a pipeline's partitions above
+    ``caught_up_lag``): one progress line (events behind, events/s, ETA) this often."""
     caught_up_lag: int = Field(1000, ge=0)
+    """A pipeline at or below this many events behind counts as caught up."""
 
     @field_validator("start_from")
     @classmethod
@@ -139,7 +172,11 @@ class SourceSettings(_Frozen):
 
 
 class MetricsSettings(_Frozen):
+    """Where Prometheus scrapes the daemon."""
+
     address: str = "127.0.0.1:9108"
+    """HOST:PORT of ``/metrics``, ``/healthz`` and ``/readyz`` (loopback by default; port 0
+    picks a free one; replicas add their local rank to the port)."""
 
     @field_validator("address")
     @classmethod
@@ -151,16 +188,24 @@ class MetricsSettings(_Frozen):
 
 
 class CheckpointSettings(_Frozen):
+    """Where and how often the model state and its offsets are saved."""
+
     dir: Path = Path("checkpoints")
+    """Directory of the checkpoints: ``<dir>/<pipeline>/ckpt-<seq>.pt``."""
     every_seconds: float = Field(10.0, gt=0)
+    """Checkpoint (then commit the offsets it holds) this often; also at a stop."""
     keep: int = Field(3, ge=1)
+    """Checkpoints kept per pipeline (an unreadable newest one falls back to the one before)."""
 
 
 class HistorySettings(_Frozen):
     """Optional JSON-lines history of loss and drift per pipeline (for ``report``)."""
 
     path: Path | None = None
+    """JSON-lines file the daemon appends loss and drift lines to (null: none); ``stream-trainer
+    report --history`` draws it."""
     every_seconds: float = Field(5.0, gt=0)
+    """One line per pipeline this often."""
 
 
 class ServingSettings(_Frozen):
@@ -168,15 +213,20 @@ class ServingSettings(_Frozen):
     token comes from STREAM_TRAINER_SERVING_TOKEN or ``token_file``, never this file."""
 
     address: str | None = None
+    """HOST:PORT of ``POST /predict`` and ``/predict/<pipeline>`` (null: no HTTP serving)."""
     token_file: Path | None = None
+    """A file holding the bearer token requests must carry (or
+    ``STREAM_TRAINER_SERVING_TOKEN``; none: no token asked)."""
     max_body_bytes: int = Field(1 << 20, ge=64)
-    max_events: int = Field(4096, ge=1)  # events per request
-    # the trainer publishes its weights to serving at most this often (at a step's end, or
-    # at an idle poll's when the stream went quiet with updates not yet published)
+    """Largest request body accepted (413 above)."""
+    max_events: int = Field(4096, ge=1)
+    """Most events in one request."""
     publish_every_s: float = Field(0.5, gt=0)
-    # answer /predict in a process of its own (weights through shared memory), not on a
-    # thread of the daemon's, where requests and the trainer share one GIL
+    """The trainer publishes its weights to serving at most this often (at a step's end, or
+    at an idle poll's when the stream went quiet with updates not yet published)."""
     process: bool = True
+    """Answer ``/predict`` in a process of its own (weights through shared memory); false:
+    on a thread of the daemon's, where requests and the trainer share one GIL."""
 
     @field_validator("address")
     @classmethod
@@ -185,11 +235,13 @@ class ServingSettings(_Frozen):
 
 
 class IngestSettings(_Frozen):
-    # processes that fetch and decode beside each pipeline's trainer (edges/ingest.py):
-    # "auto" = the machine's cores but one shared out over the pipelines and the replicas
-    # on this machine (at least 1, at most 8); 0 = in the trainer's own process. by_key and
-    # joined (labels:) pipelines always use 0.
+    """Processes that fetch and decode beside each pipeline's trainer (edges/ingest.py)."""
+
     workers: int | Literal["auto"] = "auto"
+    """Ingest worker processes per pipeline: ``auto`` = the machine's cores but one,
+    shared out over the pipelines and the replicas on this machine (at least 1, at most
+    8); 0 = fetch and decode in the trainer's own process. ``by_key`` and joined
+    (``labels:``) pipelines always use 0."""
 
     @field_validator("workers")
     @classmethod
@@ -200,25 +252,40 @@ class IngestSettings(_Frozen):
 
 
 class Settings(_Frozen):
+    """The daemon's config file: its sections, and ``pipelines``."""
+
     kafka: KafkaSettings = KafkaSettings()
+    """The Kafka cluster and how clients connect to it."""
     ingest: IngestSettings = IngestSettings()
+    """Ingest worker processes."""
     metrics: MetricsSettings = MetricsSettings()
+    """Prometheus metrics and health endpoints."""
     checkpoint: CheckpointSettings = CheckpointSettings()
+    """Checkpoints: where, how often, how many."""
     history: HistorySettings = HistorySettings()
+    """An optional history file of loss and drift (for ``report``)."""
     source: SourceSettings = SourceSettings()
+    """Where a model without offsets starts reading (backfill)."""
     serving: ServingSettings = ServingSettings()
+    """``POST /predict`` with the weights being trained."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where models train: ``auto`` = CUDA when torch sees it, else the CPU."""
     torch_threads: int = Field(1, ge=1, le=256)
-    # GPU fast path (no effect on the CPU): capture each pipeline's forward + backward as
-    # a CUDA graph over fixed batches of batch.max_size rows; autocast forwards to bf16.
+    """torch's intra-op threads in the trainer (``torch.set_num_threads``)."""
     cuda_graphs: bool = False
+    """GPU only: capture each pipeline's forward + backward as a CUDA graph over fixed
+    batches of ``batch.max_size`` rows (no effect on the CPU)."""
     bf16: bool = False
+    """GPU only: autocast forward passes to bfloat16 (no effect on the CPU)."""
     seed: int = 0
-    # replicas under torchrun: a replica that does not answer a sync round within this
-    # many seconds is reported as stalled, and every replica exits so that torchrun
-    # restarts the group (from the last checkpoint) with the members that answer
+    """Seed of the models' initial weights and of the replay reservoir."""
     stall_timeout_s: float = Field(60.0, gt=0)
+    """Replicas under torchrun: a replica that does not answer a sync round within this many
+    seconds is reported as stalled, and every replica exits so that torchrun restarts the
+    group (from the last checkpoint) with the members that answer."""
     pipelines: tuple[PipelineSettings, ...] = Field(min_length=1)
+    """The pipelines this daemon trains: one model (or one per key) each, with its own
+    topics, consumer group and checkpoints."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

@@ -140,7 +140,7 @@ def init_world(device: torch.device, stall_timeout_s: float) -> tuple[World, Hea
     except Exception as err:
         raise StreamTrainerError(
             f"could not join the replicas' process group ({backend}, rank {world.rank} of "
-            f"{world.size}): {err}; launch with torchrun (see README, 'Scaling out')"
+            f"{world.size}): {err}; launch with torchrun (see docs/how-to/scaling-out.md)"
         ) from None
     log.info(
         "replica joined",

@@ -15,74 +15,102 @@ from stream_trainer import domains
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # a field's docstring is its description: the config reference (docs/reference/
+    # config.md) is generated from them, and a test fails when one is missing
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class BatchSettings(_Frozen):
-    # Adaptive: a poll that empties what the broker had ready trains what is pending at
-    # once (light traffic: small, fresh batches); under a backlog polls come back full
-    # and batches fill up to max_size. max_latency_ms bounds the wait of the oldest
-    # pending event in between. 256, not more: larger batches learn worse per event
-    # (scripts/batch_quality.py: ticks +3.5 % at 1024, clicks +0.3 %); the ingest workers, not
-    # bigger batches, buy the throughput.
+    """Adaptive micro-batches: a poll that empties what the broker had ready trains what is
+    pending at once (light traffic: small, fresh batches); under a backlog polls come back
+    full and batches fill up to ``max_size``."""
+
     max_size: int = Field(256, ge=1, le=65536)
+    """Events per update at most, outside a long backlog. 256, not more: larger batches
+    learn worse per event (``scripts/batch_quality.py``: ticks +3.5 % at 1024, clicks
+    +0.3 %); the ingest workers, not bigger batches, buy the throughput."""
     max_latency_ms: float = Field(20.0, ge=0)
-    # under a long backlog (consumer lag above backlog_lag events) batches grow to this
-    # size, and towards it when training falls behind (the lag grows two seconds in a
-    # row), until the pipeline has caught up (Pipeline._fit_batches): a step's fixed
-    # cost then spreads over 4x the events. Not on a short backlog that shrinks: there
-    # more updates per event learn more.
+    """The oldest pending event waits at most this long for its batch to fill."""
     backlog_max_size: int = Field(1024, ge=1, le=65536)
+    """Under a long backlog (lag above ``backlog_lag``) batches grow to this size, and
+    towards it (doubling) when training falls behind (the lag grew two seconds in a row),
+    until the pipeline has caught up: a step's fixed cost then spreads over 4x the events.
+    Not on a short backlog that shrinks: there more updates per event learn more."""
     backlog_lag: int = Field(50_000, ge=0)
+    """Consumer lag (events) above which batches grow to ``backlog_max_size``."""
 
 
 class OptimizerSettings(_Frozen):
+    """The optimizers of the model's dense layers and of its embeddings."""
+
     name: Literal["adam", "adamw", "sgd"] = "adam"
+    """Optimizer of the dense layers (and of embeddings kept dense)."""
     lr: float = Field(0.003, gt=0)
+    """Learning rate of ``name``."""
     weight_decay: float = Field(0.0, ge=0)
+    """Weight decay of ``name``."""
     grad_clip_norm: float | None = Field(5.0, gt=0)
-    # Embeddings: sparse gradients (only the rows a batch touches are updated) with their
-    # own optimizer. null = sparse on the CPU, dense on a GPU.
+    """Clip the gradient norm to this (counted in ``stream_trainer_updates_clipped_total``);
+    null: no clipping."""
     sparse_embeddings: bool | None = None
+    """Embeddings with sparse gradients (only the rows a batch touches are updated) and
+    their own optimizer; null = sparse on the CPU, dense (with fused optimizers) on a GPU."""
     embedding_optimizer: Literal["sparse_adam", "adagrad", "sgd"] = "adagrad"
-    embedding_lr: float | None = Field(0.1, gt=0)  # null = lr
+    """Optimizer of sparse embeddings."""
+    embedding_lr: float | None = Field(0.1, gt=0)
+    """Learning rate of ``embedding_optimizer``; null = ``lr``."""
 
 
 DriftAction = Literal["reset_optimizer", "boost_lr", "reset_model", "challenger"]
 
 
 class DriftSettings(_Frozen):
+    """Drift detection on the calibrated loss signal (drift/signal.py), and what to do on a
+    detection."""
+
     detector: Literal[
         "page_hinkley", "adwin", "kswin", "ddm", "eddm", "hddm_a", "hddm_w", "none"
     ] = "page_hinkley"
-    params: dict[str, float | int | str] = Field(default_factory=dict)  # passed to river
-    # the calibrated signal (drift/signal.py): per-event losses in blocks of `block`
-    # events, each block's mean a z-score against a reference with this half-life (in
-    # blocks), built over `warmup_blocks` blocks after a start or a detection
+    """River detector fed the calibrated signal (``none``: no drift detection)."""
+    params: dict[str, float | int | str] = Field(default_factory=dict)
+    """Keyword arguments of the river detector, in units of the calibrated signal (standard
+    deviations of a block's mean loss); page_hinkley's defaults: ``{threshold: 10.0,
+    delta: 1.0}``."""
     block: int = Field(250, ge=1)
+    """Per-event losses are cut into blocks of this many events; each block's mean is one
+    z-score for the detector."""
     warmup_blocks: int = Field(16, ge=2)
+    """Blocks that build the reference after a start or a detection, before any z-score."""
     reference_half_life: float = Field(64.0, gt=0)
-    # watch the float inputs' statistics too (reported, no action: a shift in the inputs
-    # that does not raise the loss needs none, and one that does is caught by the loss)
+    """Half-life, in blocks, of the reference the z-scores are taken against."""
     input: bool = True
-    # challenger by default: measured (`evaluate --study adaptation`) to recover sooner than
-    # no action, and harmless on a false alarm (it is dropped unless it wins), where
-    # reset_optimizer + boost_lr raised the loss after a drift on the click streams
+    """Watch the float inputs' statistics too (``stream_trainer_input_drift_detected_total``;
+    reported, no action: a shift that does not raise the loss needs none, and one that does
+    is caught by the loss)."""
     actions: tuple[DriftAction, ...] = ("challenger",)
+    """What a detection does: ``challenger`` (a fresh model races the champion),
+    ``reset_model``, ``reset_optimizer``, ``boost_lr``. Challenger by default: measured
+    (``evaluate --study adaptation``) to recover sooner than no action, and harmless on a
+    false alarm (it is dropped unless it wins)."""
     boost_factor: float = Field(3.0, ge=1.0)
+    """``boost_lr``: multiply the learning rates by this ..."""
     boost_updates: int = Field(200, ge=1)
-    # the challenger action: a fresh model beside the champion, promoted when its loss
-    # over the last `window` examples is `margin` (relative) below; dropped after `patience`
+    """... decaying back over this many updates."""
     challenger_window: int = Field(2000, ge=1)
+    """``challenger``: compare the two models' losses over this many recent examples."""
     challenger_margin: float = Field(0.02, ge=0.0, lt=1.0)
+    """``challenger``: promoted when its loss is this fraction below the champion's."""
     challenger_patience: int = Field(20000, ge=1)
+    """``challenger``: dropped after this many examples without winning."""
 
 
 class ReplaySettings(_Frozen):
     """A reservoir of past examples mixed into each update (0 = off)."""
 
     capacity: int = Field(0, ge=0)
-    fraction: float = Field(0.25, gt=0.0, le=4.0)  # replayed rows per new row
+    """Examples kept in the uniform reservoir (0: replay off)."""
+    fraction: float = Field(0.25, gt=0.0, le=4.0)
+    """Replayed rows mixed into an update per new row."""
 
 
 class SyncSettings(_Frozen):
@@ -98,18 +126,21 @@ class SyncSettings(_Frozen):
     """
 
     mode: Literal["allreduce", "average"] = "allreduce"
-    # embeddings (sparse_embeddings) sync as rows: the rows a step touched (allreduce)
-    # or changed since the last averaging (average), not whole tables; false sends
-    # every row, densified (`make bench-replicas` measures both)
+    """``allreduce``: synchronous data parallel; ``average``: local SGD with periodic
+    averaging."""
     sparse: bool = True
-    # 20: two replicas' prequential log loss +0.9 % over one replica's in the in-process
-    # run of scripts/bench_replicas.py (50: +1.0 %), averaging still rare enough to cost
-    # little
+    """Embeddings (``sparse_embeddings``) sync as rows: the rows a step touched (allreduce)
+    or changed since the last averaging (average), not whole tables; false sends every
+    row, densified (``make bench-replicas`` measures both)."""
     every_steps: int = Field(20, ge=1)
+    """``average``: meet after at most this many local steps of the busiest replica. 20:
+    two replicas' log loss +0.9 % over one replica's in ``scripts/bench_replicas.py``'s
+    in-process run (50: +1.0 %)."""
     every_ms: float = Field(1000.0, gt=0)
-    # compare a fingerprint of the weights across replicas every this many sync rounds
-    # (allreduce) or averagings (average); 0 = never; a mismatch is logged and counted
+    """``average``: meet at least this often."""
     check_every: int = Field(100, ge=0)
+    """Compare a fingerprint of the weights across replicas every this many sync rounds
+    (allreduce) or averagings (average); 0 = never; a mismatch is logged and counted."""
 
 
 class LabelSettings(_Frozen):
@@ -119,39 +150,73 @@ class LabelSettings(_Frozen):
     or is dropped."""
 
     topic: str
+    """Topic of the labels, ``{"request_id", "label", "ts"}``."""
     window_s: float = Field(900.0, gt=0)
+    """How long (event time) an impression waits for its label; it is trained when the
+    window ends, with its label or as ``on_expiry`` says."""
     on_expiry: Literal["negative", "drop"] = "negative"
+    """An impression with no label at its window's end: a negative (0), or dropped."""
     max_pending: int = Field(1_000_000, ge=1)
+    """Impressions held at most; beyond it the oldest are resolved first."""
 
 
 class PipelineSettings(_Frozen):
+    """One entry of ``pipelines:``: a model learning from some topics."""
+
     name: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,62}$")
+    """The pipeline's name: its metrics' ``pipeline`` label, its consumer group's suffix,
+    its checkpoint directory, its ``/predict/<name>`` path."""
     kind: str  # a domain of stream_trainer.domains (checked by _known_kind)
+    """The event kind: a built-in (``clicks``, ``ticks``, ``sensors``) or ``custom`` (your
+    featurizer and model by import path)."""
     topics: tuple[str, ...] = Field(min_length=1)
+    """Input topics (with ``labels:``, the impressions)."""
     dead_letter_topic: str | None = None
+    """Where refused events go, with a ``reason`` header; null: ``<first topic>.dlq``."""
     output_topic: str | None = None
-    # which trained events get an output record: all, or only those the featurizer
-    # flags (sensors' anomalies); unset: the kind's default (sensors: flagged)
+    """One JSON record per trained event (its prequential prediction, target, loss,
+    offset; sensors add ``anomaly_score``, ``anomaly``); null: none (sensors:
+    ``<topic>.anomalies``)."""
     outputs: Literal["all", "flagged"] | None = None
+    """Which trained events get an output record: all, or only those the featurizer flags
+    (sensors' anomalies); null: the kind's default (sensors: flagged, others: all)."""
     featurizer: str | dict[str, Any] = Field(default_factory=dict)
+    """The kind's featurizer parameters (e.g. ticks' ``{window: 16}``, sensors'
+    ``{channels: [...], anomaly_threshold: 4.0}``), or with ``kind: custom`` an import
+    path ``pkg.module:Class``."""
     model: str | dict[str, Any] = Field(default_factory=dict)
+    """The kind's model parameters (e.g. clicks' ``{dim: 16, hidden: 64}``), or with
+    ``kind: custom`` an import path ``pkg.module:build`` (``build(input_spec) ->
+    torch.nn.Module``)."""
     batch: BatchSettings = BatchSettings()
+    """Adaptive micro-batching."""
     optimizer: OptimizerSettings = OptimizerSettings()
+    """The optimizers."""
     drift: DriftSettings = DriftSettings()
+    """Drift detection and the actions on a detection."""
     replay: ReplaySettings = ReplaySettings()
+    """A reservoir of past examples mixed into updates (off by default)."""
     sync: SyncSettings = SyncSettings()
-    # shared: one model learns from every key; by_key: a small model per key (ticks'
-    # symbol, a sensor), sharded with the Kafka partitions, at most max_models resident
-    # in a process (saved ones are evicted and reloaded on their next event)
+    """How replicas under torchrun keep one model."""
     partitioning: Literal["shared", "by_key"] = "shared"
+    """``shared``: one model learns from every key; ``by_key``: a small model per key
+    (ticks' symbol, a sensor), sharded with the Kafka partitions."""
     max_models: int = Field(10_000, ge=1)
+    """``by_key``: models resident in a process at most (saved ones are evicted and
+    reloaded on their next event)."""
     max_event_bytes: int = Field(1 << 20, ge=64)
-    dedup_window: int = Field(100_000, ge=0)  # refuse exact repeats of recent events; 0 = off
-    # serving over Kafka: events on requests_topic are scored (never learned from) into
-    # predictions_topic (default "<requests_topic>.predictions"), with the request's key
+    """Larger events are refused (reason ``too_large``)."""
+    dedup_window: int = Field(100_000, ge=0)
+    """Refuse exact repeats of the last this many accepted events (reason ``duplicate``),
+    e.g. a producer's retry; 0 = off."""
     requests_topic: str | None = None
+    """Serving over Kafka: events on this topic are scored (never learned from) into
+    ``predictions_topic``, with the request's key."""
     predictions_topic: str | None = None
-    labels: LabelSettings | None = None  # delayed labels (see LabelSettings)
+    """Where scored requests go; null: ``<requests_topic>.predictions``."""
+    labels: LabelSettings | None = None
+    """Delayed labels: ``topics`` carry impressions, this names the labels' topic and the
+    join window (clicks only)."""
 
     @field_validator("kind", mode="before")
     @classmethod

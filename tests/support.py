@@ -342,7 +342,7 @@ class Torchrun(Daemon):
                "--monitor-interval", "1",
                "-m", "stream_trainer", "run", "--config", str(self.config_path)]  # fmt: skip
         # torch 2.13's agents hang re-rendezvousing on the shared TCP store (a group that
-        # changes members); the README's launch commands set this too
+        # changes members); the launch commands of docs/how-to/scaling-out.md set this too
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # fmt: skip
         self.proc = subprocess.Popen(

@@ -79,7 +79,7 @@ def sharp_clicks(tmp_path, count: int, changes: list[int], **generator) -> Strea
     dimensions: the users' tastes carry most of the signal), so that a study of a few
     ten thousand events sees a learned concept change. On the default stream (2,000
     users, 500 items) a drift at 8,000 of 16,000 was never detected (every policy's row
-    the same); the README's studies run 200k-300k events."""
+    the same); the studies of docs/results/studies.md run 200k-300k events."""
     path = tmp_path / "sharp-clicks.jsonl"
     evs = make_generator("clicks", count=count, n_users=100, n_items=50, dim=32, **generator)
     path.write_text("\n".join(json.dumps(e) for e in evs))

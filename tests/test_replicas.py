@@ -205,7 +205,7 @@ def test_a_killed_replica_s_partitions_are_taken_over_exactly_once(broker, topic
         # detection is at once (the peer's socket closes); the rest is torchrun restarting
         # the survivor (rendezvous, start-up, restore) and the group rebalancing. A time,
         # not asserted (speed belongs in benchmarks): `pytest tests/test_replicas.py -k
-        # killed -s` prints it (the README quotes it).
+        # killed -s` prints it (docs/how-to/scaling-out.md quotes it).
         print(f"\nthe survivor held every partition {took_over_s:.1f} s after the kill")
     finally:
         second.kill()

@@ -44,7 +44,7 @@ Z_CLIP = 4.0
 ERROR_Z = 1.0  # a block "errs" for the binary detectors when its z-score is above this
 
 # Defaults in units of the calibrated signal (standard deviations of a block's mean).
-# Chosen with `stream-trainer evaluate --study drift-suite` (README, "Drift detection").
+# Chosen with `stream-trainer evaluate --study drift-suite` (docs/results/drift-detection.md).
 DETECTORS: dict[str, Callable[..., Any]] = {
     "page_hinkley": lambda **p: drift.PageHinkley(
         **{"mode": "up", "delta": 1.0, "threshold": 10.0, "min_instances": 8, **p}

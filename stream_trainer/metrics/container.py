@@ -162,8 +162,9 @@ class Metrics:
         self.mixture_weight = self._make(
             Gauge,
             "mixture_weight",
-            "Weight of each expert (the model, the trivial baselines) in the online mixture "
-            "that is scored and emitted",
+            "Weight of each expert in the online mixture that is scored and emitted: model, "
+            "and the kind's trivial baselines (clicks: constant_rate, recent_rate; ticks: "
+            "zero_return, last_return; sensors: last_value)",
             "expert",
         )
         self.update_seconds = self._make(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 HINTS = {
     "duplicate": "the same bytes as recently learned events: is a producer replaying "
-    "old events? (README, Reliability: the duplicate window)",
+    "old events? (docs/concepts/checkpoints.md: the duplicate window)",
 }
 
 
