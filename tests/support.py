@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -208,11 +209,21 @@ class Daemon:
             self.proc.wait()
 
 
+def test_group_prefix() -> str:
+    """Consumer groups of the running test's own (stable across its daemons and restarts):
+    every test's daemons would otherwise share ``stream-trainer.<pipeline>`` on their
+    xdist worker's broker, and members that an earlier test killed stay in that group
+    until their session times out: a new daemon then joined with no partitions (seen in
+    a loaded run: ``partitions assigned partitions=``) or waited out the rebalance."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    return f"st-{zlib.crc32(test.encode()):08x}" if test else "stream-trainer"
+
+
 def base_config(
     bootstrap: str, checkpoint_dir: Path, pipelines: list[dict[str, Any]], **extra: Any
 ) -> dict[str, Any]:
     return {
-        "kafka": {"bootstrap_servers": bootstrap},
+        "kafka": {"bootstrap_servers": bootstrap, "group_prefix": test_group_prefix()},
         "device": "cpu",
         "checkpoint": {"dir": str(checkpoint_dir), "every_seconds": 2.0},
         "pipelines": pipelines,

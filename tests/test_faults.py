@@ -303,7 +303,9 @@ def test_sigterm_under_load_checkpoints_commits_and_exits_cleanly(broker, topic,
     producer.join()
     state = newest_checkpoint(workdir / "ckpt", "clicks")
     c = KafkaConsumer(
-        bootstrap_servers=bs, group_id="stream-trainer.clicks", enable_auto_commit=False
+        bootstrap_servers=bs,
+        group_id=f"{cfg['kafka']['group_prefix']}.clicks",
+        enable_auto_commit=False,
     )
     committed = {f"{topic}:{p}": c.committed(TopicPartition(topic, p)) for p in (0, 1)}
     c.close()
