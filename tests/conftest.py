@@ -30,6 +30,7 @@ SERIAL_GROUPS = {
     "test_faults.py": "faults",  # kill -9, broker freezes and restarts, timed mid-stream
     "test_faults_labels.py": "faults",  # kill -9 of a daemon joining delayed labels
     "test_replicas.py": "replicas",  # torchrun agents: many processes and ports each
+    "test_sync.py": "sync",  # two gloo ranks spawned once for the module (its fixture)
 }
 
 

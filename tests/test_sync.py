@@ -40,83 +40,92 @@ def _average(rep: Replicas, learner: Learner) -> None:
         rep.average(learner.sync_tensors(with_opt))
 
 
-def _worker(rank: int, port: int, out: dict, mode: str, sparse: bool) -> None:
+def _identical(rank: int, mode: str, sparse: bool) -> tuple:
+    world = World(rank=rank, size=2)
+    rep = Replicas(world, "p", torch.device("cpu"), stall_timeout_s=30)
+    learner, feat = _learner(seed=rank)  # different initial weights on purpose
+    learner.sparse_sync = sparse
+    if mode == "average" and sparse:
+        learner.track_rows()
+    rep.broadcast_tensors(learner.sync_tensors(with_optimizer=False))
+    prints = []
+    for k, fb in enumerate(_batches(feat, rank, 6)):
+        if mode == "allreduce":
+            if rank == 1 and k == 2:
+                learner.idle_step(rep.reduce_grads)  # no data this round: adds zero
+            else:
+                learner.step(fb.inputs, fb.targets, reduce=rep.reduce_grads)
+        else:
+            learner.step(fb.inputs, fb.targets)
+            if k % 3 == 2:
+                _average(rep, learner)
+            else:
+                prints.append(None)
+                continue
+        prints.append(fingerprint(learner.sync_tensors(True)))
+    return prints, learner.updates, rep.sent_bytes
+
+
+IDENTICAL = [(m, s) for m in ("allreduce", "average") for s in (True, False)]
+
+
+def _worker(rank: int, port: int, out: dict) -> None:
+    """Every two-rank scenario of this module in one process group: spawning two ranks
+    (torch's import in each) costs more than all the scenarios together."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        world = World(rank=rank, size=2)
-        rep = Replicas(world, "p", torch.device("cpu"), stall_timeout_s=30)
-        learner, feat = _learner(seed=rank)  # different initial weights on purpose
-        learner.sparse_sync = sparse
-        if mode == "average" and sparse:
-            learner.track_rows()
-        rep.broadcast_tensors(learner.sync_tensors(with_optimizer=False))
-        prints = []
-        for k, fb in enumerate(_batches(feat, rank, 6)):
-            if mode == "allreduce":
-                if rank == 1 and k == 2:
-                    learner.idle_step(rep.reduce_grads)  # no data this round: adds zero
-                else:
-                    learner.step(fb.inputs, fb.targets, reduce=rep.reduce_grads)
-            else:
-                learner.step(fb.inputs, fb.targets)
-                if k % 3 == 2:
-                    _average(rep, learner)
-                else:
-                    prints.append(None)
-                    continue
-            prints.append(fingerprint(learner.sync_tensors(True)))
-        out[rank] = (prints, learner.updates, rep.sent_bytes)
+        res: dict = {key: _identical(rank, *key) for key in IDENTICAL}
+        res["twins"] = _twins(rank)
+        res["weighted"] = _weighted(rank)
+        out[rank] = res
     finally:
         dist.destroy_process_group()
 
 
-def _run(worker, *args) -> dict:
+@pytest.fixture(scope="module")
+def ranks() -> dict:
+    """The two ranks' results of every scenario (one spawn for the module; its tests
+    share an xdist group, tests/conftest.py)."""
     from stream_trainer.local.broker import free_port
 
     out = mp.Manager().dict()
-    mp.start_processes(worker, args=(free_port(), out, *args), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), out), nprocs=2, start_method="spawn")
     return dict(out)
 
 
 @pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
 @pytest.mark.parametrize("mode", ["allreduce", "average"])
-def test_two_ranks_hold_identical_weights_after_each_sync(mode, sparse):
+def test_two_ranks_hold_identical_weights_after_each_sync(ranks, mode, sparse):
     """Weights and optimizer state (the sparse tables' Adagrad sums too) are bitwise
     equal on both ranks after every sync, with rows or with whole tables."""
-    out = _run(_worker, mode, sparse)
-    (p0, u0, _), (p1, u1, _) = out[0], out[1]
+    (p0, u0, _), (p1, u1, _) = ranks[0][mode, sparse], ranks[1][mode, sparse]
     assert p0 == p1 and any(p is not None for p in p0)
     assert u0 == u1 == 6
 
 
-def _twins_worker(rank: int, port: int, out: dict) -> None:
+def _twins(rank: int) -> tuple:
     """Each rank steps two copies of one learner on its batches: one syncing rows, one
     syncing densified tables; their weights and optimizer state are compared."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        rep = Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=30)
-        rows, feat = _learner(seed=0)
-        whole = copy.deepcopy(rows)
-        whole.sparse_sync = False
-        for k, fb in enumerate(_batches(feat, rank, 4)):
-            for learner in (rows, whole):
-                if rank == 1 and k == 1:
-                    learner.idle_step(rep.reduce_grads)
-                else:
-                    learner.step(fb.inputs, fb.targets, reduce=rep.reduce_grads)
-        out[rank] = (
-            [t.clone() for t in rows.sync_tensors(True)],
-            [t.clone() for t in whole.sync_tensors(True)],
-            rows.updates,
-        )
-    finally:
-        dist.destroy_process_group()
+    rep = Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=30)
+    rows, feat = _learner(seed=0)
+    whole = copy.deepcopy(rows)
+    whole.sparse_sync = False
+    for k, fb in enumerate(_batches(feat, rank, 4)):
+        for learner in (rows, whole):
+            if rank == 1 and k == 1:
+                learner.idle_step(rep.reduce_grads)
+            else:
+                learner.step(fb.inputs, fb.targets, reduce=rep.reduce_grads)
+    return (
+        [t.clone() for t in rows.sync_tensors(True)],
+        [t.clone() for t in whole.sync_tensors(True)],
+        rows.updates,
+    )
 
 
-def test_a_sparse_round_makes_the_dense_round_s_update():
-    out = _run(_twins_worker)
+def test_a_sparse_round_makes_the_dense_round_s_update(ranks):
+    out = {rank: ranks[rank]["twins"] for rank in (0, 1)}
     for rank in (0, 1):
         sparse, dense, updates = out[rank]
         assert updates == 4 and len(sparse) == len(dense)
@@ -166,29 +175,24 @@ def test_allreduce_step_equals_one_step_on_both_batches():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def _weighted_worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        rep = Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=30)
-        dense = torch.full((3,), 10.0 * (rank + 1))  # 10 on rank 0, 20 on rank 1
-        table = torch.zeros(5, 2)  # equal everywhere at the last averaging: zeros
-        state = torch.zeros(5, 2)  # its optimizer state, shaped like it
-        touched = torch.tensor([1, 2] if rank == 0 else [2, 3])
-        table[touched] = 10.0 * (rank + 1)
-        state[touched] = 1.0 + rank
-        rep.average([dense], [[table, state]], [touched], weights=[3.0, 1.0])
-        out[rank] = (dense.clone(), table.clone(), state.clone())
-    finally:
-        dist.destroy_process_group()
+def _weighted(rank: int) -> tuple:
+    rep = Replicas(World(rank=rank, size=2), "p", torch.device("cpu"), stall_timeout_s=30)
+    dense = torch.full((3,), 10.0 * (rank + 1))  # 10 on rank 0, 20 on rank 1
+    table = torch.zeros(5, 2)  # equal everywhere at the last averaging: zeros
+    state = torch.zeros(5, 2)  # its optimizer state, shaped like it
+    touched = torch.tensor([1, 2] if rank == 0 else [2, 3])
+    table[touched] = 10.0 * (rank + 1)
+    state[touched] = 1.0 + rank
+    rep.average([dense], [[table, state]], [touched], weights=[3.0, 1.0])
+    return dense.clone(), table.clone(), state.clone()
 
 
-def test_averaging_weighs_each_rank_and_a_row_only_where_it_changed():
+def test_averaging_weighs_each_rank_and_a_row_only_where_it_changed(ranks):
     """Each rank's copy counts by its weight (the events it trained since the last
     averaging); a row counts only on the ranks that changed it: a row one replica
     trained keeps what it learned instead of half of it, as the stale copies would
     make it."""
-    out = _run(_weighted_worker)
+    out = {rank: ranks[rank]["weighted"] for rank in (0, 1)}
     for rank in (0, 1):
         dense, table, state = out[rank]
         torch.testing.assert_close(dense, torch.full((3,), (3 * 10.0 + 20.0) / 4))
