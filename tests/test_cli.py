@@ -210,10 +210,10 @@ def refused(port: int) -> bool:
 
 
 def run_demo(workdir, port: int, metrics: str, serving: str):
-    """The demo for 25 s at 300 events/s, piped: its output, the summary's last row per
+    """The demo for 15 s at 300 events/s, piped: its output, the summary's last row per
     pipeline, the last scrape of its daemon and a score from its POST /predict/recs
     (both taken while it runs; None if none came)."""
-    argv = [sys.executable, "-m", "stream_trainer", "demo", "--duration", "25",
+    argv = [sys.executable, "-m", "stream_trainer", "demo", "--duration", "15",
             "--workdir", str(workdir), "--port", str(port), "--metrics-address", metrics,
             "--serving-address", serving, "--rate", "300"]  # fmt: skip
     proc = subprocess.Popen(
