@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from stream_trainer import domains
+from stream_trainer.wire_config import AvroSettings, FieldMapping
 
 
 class _Frozen(BaseModel):
@@ -152,6 +153,11 @@ class PipelineSettings(_Frozen):
     requests_topic: str | None = None
     predictions_topic: str | None = None
     labels: LabelSettings | None = None  # delayed labels (see LabelSettings)
+    # the user's own events: their wire format and the paths of the fields the kind
+    # needs (wire_config.py; docs/how-to/field-mapping.md, docs/reference/formats.md)
+    format: Literal["json", "avro"] = "json"
+    avro: AvroSettings | None = None
+    fields: FieldMapping | None = None
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -205,6 +211,42 @@ class PipelineSettings(_Frozen):
         if self.labels.topic in self.topics:
             raise ValueError("labels.topic must not be one of topics (those carry impressions)")
         return self
+
+    @model_validator(mode="after")
+    def _wire_fits(self) -> PipelineSettings:
+        if (self.format == "avro") != (self.avro is not None):
+            raise ValueError(
+                "format: avro needs avro: {schema: FILE.avsc} or {schemas: DIR}"
+                if self.avro is None
+                else "avro: settings need format: avro"
+            )
+        d = domains.get(self.kind)
+        if self.fields is not None:
+            if not d.mapped:
+                raise ValueError(f"fields: kind {self.kind!r} takes its events as they are")
+            wrong = [f for f in self.fields.declared() if f not in d.mapped]
+            if wrong:
+                raise ValueError(
+                    f"fields: {', '.join(wrong)} not a field of kind {self.kind!r} (its "
+                    f"fields: {', '.join(d.mapped)})"
+                )
+        if self.labels is not None and (self.fields is not None or self.format != "json"):
+            raise ValueError("labels (delayed labels) takes JSON events in the clicks shape: "
+                             "no fields: or format: avro with it yet")  # fmt: skip
+        if self.format == "avro" and not d.mapped:
+            raise ValueError(f"format: avro needs a built-in kind, not {self.kind!r}")
+        return self
+
+    def wire(self) -> dict[str, Any] | None:
+        """The format and mapping for the decoder (plain data: an ingest worker's too);
+        None: JSON in the kind's own shape."""
+        if self.format == "json" and self.fields is None:
+            return None
+        return {
+            "format": self.format,
+            "fields": self.fields.spec() if self.fields is not None else None,
+            "avro": self.avro.spec() if self.avro is not None else None,
+        }
 
     @property
     def input_topics(self) -> tuple[str, ...]:
