@@ -226,3 +226,15 @@ def test_bad_wire_settings_are_one_clear_error(tmp_path, pipeline, message):
     with pytest.raises(ConfigError) as err:
         parse_settings(spec(tmp_path, **pipeline))
     assert message in str(err.value), str(err.value)
+
+
+def test_requests_to_a_mapped_pipeline_are_read_in_the_users_shape(tmp_path):
+    from stream_trainer.serving.scorer import Scorer
+
+    p = parse_settings(spec(tmp_path, fields=FIELDS)).pipelines[0]
+    scorer = Scorer(p, publisher=None)  # type: ignore[arg-type]  # (validate reads no weights)
+    request = {k: v for k, v in GOOD.items() if k != "event"}  # no label in a request
+    ev = scorer.validate(request)
+    assert ev == {"ts": 1767225600.0, "user_id": "u1", "item_id": "i1",
+                  "context": {"device": "ios", "hour": "3"}, "label": 0}  # fmt: skip
+    assert scorer.validate({**request, "product": 3}) == Rejected("missing_field", "product.sku")
