@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from support import Daemon, base_config, newest_checkpoint, produce
+from support import Daemon, base_config, consume_all, newest_checkpoint, produce
 from test_fields import FIELDS, SCHEMA, SMALL, twins
 
 from stream_trainer.edges.admin import create_topics
@@ -64,3 +64,38 @@ def test_mapped_json_and_avro_train_exactly_as_the_kinds_own(broker, topic, work
         assert theirs.keys() == own.keys()
         for k, v in own.items():
             assert torch.equal(theirs[k], v), (p, k)
+
+
+def test_produce_from_file_names_the_pipeline_and_encodes_its_avro(broker, topic, tmp_path):
+    """``produce --from-file --config``: the pipeline's topic and key path, the lines
+    encoded with its schema, which its decoder reads back as the JSON lines' events."""
+    from test_cli import cli
+
+    from stream_trainer.config import load_settings
+    from stream_trainer.domains.decoders import batch_decoder
+
+    _, user = twins(20, seed=3)
+    lines = tmp_path / "clicks.jsonl"
+    lines.write_text("".join(json.dumps(u) + "\n" for u in user))
+    (tmp_path / "schemas").mkdir()
+    for sid in (1, 2):
+        (tmp_path / "schemas" / f"{sid}.avsc").write_text(json.dumps(SCHEMA))
+    config = tmp_path / "pipelines.yaml"
+    pipelines = [{"name": "json", "kind": "clicks", "topics": [f"{topic}-j"], "fields": FIELDS},
+                 {"name": "avro", "kind": "clicks", "topics": [topic], "fields": FIELDS,
+                  "format": "avro", "avro": {"schemas": str(tmp_path / "schemas")}}]  # fmt: skip
+    config.write_text(json.dumps({"pipelines": pipelines}))  # (JSON is YAML)
+    r = cli("produce", "--from-file", str(lines), "--config", str(config), "--pipeline", "avro",
+            "--partitions", "1", "--bootstrap-servers", broker.bootstrap, "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    recs = consume_all(broker.bootstrap, topic, len(user))
+    assert [rec.key for rec in recs] == [u["uid"].encode() for u in user]
+    assert {rec.value[:5] for rec in recs} == {b"\x00\x00\x00\x00\x02"}  # the highest id
+    settings = load_settings(config)
+    dec = {p.name: batch_decoder("clicks", wire=p.wire()) for p in settings.pipelines}
+    assert dec["avro"]([rec.value for rec in recs]) == dec["json"](
+        [json.dumps(u).encode() for u in user]
+    )
+    r = cli("produce", "--from-file", str(lines), "--config", str(config),
+            "--bootstrap-servers", broker.bootstrap, "--quiet")  # fmt: skip
+    assert r.returncode == 2 and "--pipeline: which one of json, avro?" in r.stderr, r.stderr
