@@ -238,3 +238,18 @@ def test_requests_to_a_mapped_pipeline_are_read_in_the_users_shape(tmp_path):
     assert ev == {"ts": 1767225600.0, "user_id": "u1", "item_id": "i1",
                   "context": {"device": "ios", "hour": "3"}, "label": 0}  # fmt: skip
     assert scorer.validate({**request, "product": 3}) == Rejected("missing_field", "product.sku")
+
+
+def test_avro_in_the_kinds_own_shape_needs_no_mapping(tmp_path):
+    own_schema = {"type": "record", "name": "C", "fields": [
+        {"name": "ts", "type": "double"}, {"name": "user_id", "type": "string"},
+        {"name": "item_id", "type": "string"},
+        {"name": "context", "type": {"type": "map", "values": ["string", "long", "double"]}},
+        {"name": "label", "type": "int"}]}  # fmt: skip
+    (tmp_path / "own.avsc").write_text(json.dumps(own_schema))
+    canonical, _ = twins(200)
+    canonical[7]["label"] = 2  # refused alike: the kind's own check, the kind's own words
+    wire = {"format": "avro", "avro": {"schema": str(tmp_path / "own.avsc")}}
+    got = decoder_of(spec(tmp_path, **wire))([encode(e, own_schema) for e in canonical])
+    assert got == batch_decoder("clicks")([json.dumps(e).encode() for e in canonical])
+    assert got[7] == Rejected("wrong_type", "label must be 0 or 1")

@@ -114,7 +114,11 @@ def _mapped(
     can; what they refuse takes the exact checks for the reason, as in :func:`batch_decoder`."""
     d = domains.get(kind)
     check = mapped_check(kind, channels, wire.get("fields"))
-    transform = compile_mapping(wire.get("fields") or {}, d.mapped, d.optional)
+    fields = wire.get("fields")
+    # no mapping (Avro in the kind's own shape): the record is the event to check
+    transform = (
+        compile_mapping(fields, d.mapped, d.optional) if fields else lambda doc, stamp: doc
+    )
     typed: Any = None
     if d.fast is not None:
         dec, convert = d.fast(channels)
