@@ -53,8 +53,8 @@ def cmd_produce(a: argparse.Namespace) -> int:
         raise StreamTrainerError("give either a KIND (clicks, ticks, sensors) or --from-file FILE")
     if a.from_file and a.config:
         _pipeline_file(a)
-    elif a.pipeline or a.format or a.schema_id is not None:
-        raise StreamTrainerError("--pipeline, --format and --schema-id go with --config")
+    elif a.pipeline or a.format:
+        raise StreamTrainerError("--pipeline and --format go with --config")
     events, count, key_field = _file_events(a) if a.from_file else _synthetic_events(a)
     topic = a.topic or a.kind
     topics = {topic: int(a.partitions)}
@@ -129,7 +129,7 @@ def _file_events(a: argparse.Namespace) -> tuple[Any, int | None, str | None]:
     if getattr(a, "wire", False) is not False:  # --config: keys by path, maybe Avro
         from stream_trainer.producers.files import pipeline_lines
 
-        events = pipeline_lines(events, a.wire, a.key_field, a.format, a.schema_id)
+        events = pipeline_lines(events, a.wire, a.key_field, a.format)
     elif a.key_field:
         events = (_keyed(line, a.key_field) for line in events)
     return events, count, None

@@ -83,9 +83,9 @@ def _produce(sub: Subparsers) -> argparse.ArgumentParser:
         "--format",
         choices=["json", "avro"],
         help="with --config: publish the JSON lines as they are, or encoded as Avro with "
-        "the pipeline's schema (default: the pipeline's format)",
+        "the pipeline's schema (schemas: DIR: the highest id's, Confluent-framed; default: "
+        "the pipeline's format)",
     )
-    flag("--schema-id", type=int, help="with --format avro and schemas: DIR: the id to frame")
     flag("--partitions", type=int, default=2, help="partitions if the topic is created")
     flag(
         "--linger-ms",

@@ -116,9 +116,7 @@ def _mapped(
     check = mapped_check(kind, channels, wire.get("fields"))
     fields = wire.get("fields")
     # no mapping (Avro in the kind's own shape): the record is the event to check
-    transform = (
-        compile_mapping(fields, d.mapped, d.optional) if fields else lambda doc, stamp: doc
-    )
+    transform = compile_mapping(fields, d.mapped, d.optional) if fields else lambda doc, stamp: doc
     typed: Any = None
     if d.fast is not None:
         dec, convert = d.fast(channels)
