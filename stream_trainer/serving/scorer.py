@@ -89,7 +89,7 @@ class Scorer:
             doc = {**doc, "label": 0}
         if self.mapped is not None:
             try:
-                return self.mapped(doc, None)  # type: ignore[no-any-return]
+                return self.mapped(doc, None)
             except _Reject as rej:
                 return rej.rejected
             except RecursionError:
