@@ -60,7 +60,7 @@ def batch_decoder(
     slow = decoder_for(kind, channels=channels, max_bytes=max_bytes)
     fast = domains.get(kind).fast
     if fast is None:  # custom: any JSON object, checked by the user's featurizer
-        return lambda values: [slow(v) for v in values]
+        return lambda values, timestamps=None: [slow(v) for v in values]
     dec, convert = fast(channels)
     decode = dec.decode
     failed = (msgspec.DecodeError, RecursionError)  # ValidationError is a DecodeError
