@@ -253,3 +253,24 @@ def test_avro_in_the_kinds_own_shape_needs_no_mapping(tmp_path):
     got = decoder_of(spec(tmp_path, **wire))([encode(e, own_schema) for e in canonical])
     assert got == batch_decoder("clicks")([json.dumps(e).encode() for e in canonical])
     assert got[7] == Rejected("wrong_type", "label must be 0 or 1")
+
+
+@pytest.mark.parametrize("wire", ["json", "plain", "confluent"])
+def test_the_users_decoders_never_raise_on_arbitrary_bytes(tmp_path, wire):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from stream_trainer.events import reasons as R
+
+    extra = {} if wire == "json" else avro_settings(tmp_path, wire)[0]
+    decode = decoder_of(spec(tmp_path, fields=FIELDS, **extra))
+    good = json.dumps(GOOD).encode() if wire == "json" else avro_settings(tmp_path, wire)[1](GOOD)
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.binary(max_size=200), st.integers(0, 60), st.binary(max_size=8))
+    def check(noise: bytes, cut: int, patch: bytes) -> None:
+        mutated = good[:cut] + patch + good[cut + len(patch) :]  # near misses of a good event
+        for out in decode([noise, mutated], [0, 1]):
+            assert type(out) is dict or out.reason in R.ALL, out
+
+    check()
