@@ -94,9 +94,7 @@ class AvroSettings(_Frozen):
     """``avro: {schema: file.avsc}`` (plain Avro binary) or ``avro: {schemas: dir/}``
     (Confluent's framing: magic byte 0, the schema id, then Avro; ``<id>.avsc`` files)."""
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", validate_by_name=True, serialize_by_alias=True
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", serialize_by_alias=True)
 
     schema_file: Path | None = Field(None, alias="schema")
     schemas: Path | None = None
