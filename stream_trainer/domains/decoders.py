@@ -54,7 +54,7 @@ def batch_decoder(
 ) -> PollDecoder:
     """``(values, timestamps=None) -> [event or Rejected]``, one per value, as
     :func:`decoder_for` would give one at a time. ``wire``: the pipeline's format and
-    field mapping (:func:`wire_spec`); none: JSON in the kind's own shape."""
+    field mapping (``PipelineSettings.wire()``); none: JSON in the kind's own shape."""
     if wire is not None and (wire.get("format") == "avro" or wire.get("fields")):
         return _mapped(kind, channels, max_bytes, wire)
     slow = decoder_for(kind, channels=channels, max_bytes=max_bytes)
