@@ -30,11 +30,14 @@ import torch
 from bench_daemon import PRODUCER_LINGER_MS, daemon_worker, run_worker
 from bench_report import machine, med, render
 from bench_runs import (
+    AVRO_SCHEMA_ID,
+    CLICK_SCHEMA,
     SEED,
     click_events,
     client_rate,
     core_run,
     encode,
+    fill_avro_topic,
     fill_topic,
     gil_overlap,
     river_run,
@@ -58,6 +61,14 @@ Not measured yet: no GPU was at hand when this file was made. On a machine with 
 
 
 # ---- main -----------------------------------------------------------------------------------
+def avro_pipeline(work: Path) -> dict[str, str]:
+    """run_worker's extra arguments for the clicks-avro rows: the pipeline's format."""
+    (work / "schemas").mkdir(exist_ok=True)
+    (work / "schemas" / f"{AVRO_SCHEMA_ID}.avsc").write_text(json.dumps(CLICK_SCHEMA))
+    avro = {"format": "avro", "avro": {"schemas": str(work / "schemas")}}
+    return {"pipeline_extra": json.dumps(avro)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000, help="events in the stream")
@@ -65,7 +76,11 @@ def main() -> int:
     ap.add_argument("--rates", default="1000,5000,20000", help="produce rates for latency")
     ap.add_argument("--latency-seconds", type=float, default=15.0, help="seconds per rate")
     ap.add_argument("--warmup", type=float, default=2.0, help="latency: seconds left out")
-    ap.add_argument("--kinds", default="clicks,ticks,sensors", help="end-to-end pipelines")
+    ap.add_argument(
+        "--kinds",
+        default="clicks,ticks,sensors,clicks-avro",
+        help="end-to-end pipelines (clicks-avro: the click stream as Confluent-framed Avro)",
+    )
     ap.add_argument(
         "--worker-counts", help="ingest.workers values for the clicks rows (0,1,2,cores)"
     )
@@ -82,6 +97,7 @@ def main() -> int:
     ap.add_argument("--ingest-workers", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=float, default=600.0, help=argparse.SUPPRESS)
+    ap.add_argument("--pipeline-extra", default="{}", help=argparse.SUPPRESS)
     a = ap.parse_args()
     torch.set_num_threads(1)
     if a.worker:
@@ -135,14 +151,17 @@ def main() -> int:
         # swings between runs, so the ratio that counts is the median of these pairs.
         r["e2e"], r["rss"], r["peak_rss"], r["paired"], r["workers_used"] = {}, {}, {}, {}, {}
         for kind in a.kinds.split(","):
-            topic = "bench.clicks"
-            if kind != "clicks":
+            topic, extra, avro = "bench.clicks", {}, kind == "clicks-avro"
+            if avro:  # the same click events as Avro: the client decodes with fastavro
+                topic, extra = "bench.clicks.avro", avro_pipeline(work)
+                fill_avro_topic(b, topic, events)
+            elif kind != "clicks":
                 topic = f"bench.{kind}"
                 fill_topic(b, kind, topic, list(make_generator(kind, seed=SEED, count=n)))
             runs, pairs = [], []
             for i in range(reps):
-                client = client_rate(b, topic, n, True, f"pair-{kind}-{i}")
-                runs.append(run_worker(b, kind, topic, n, broker_pid=bpid))
+                client = client_rate(b, topic, n, True, f"pair-{kind}-{i}", avro=avro)
+                runs.append(run_worker(b, kind.split("-")[0], topic, n, broker_pid=bpid, **extra))
                 pairs.append(runs[-1]["events_per_s"] / client)
             if not all(x["finished"] for x in runs):
                 raise RuntimeError(f"{kind}: the daemon did not process all events: {runs}")

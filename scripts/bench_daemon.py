@@ -85,7 +85,9 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
         "checkpoint": {"dir": str(Path(a.workdir) / "checkpoints"), "every_seconds": 10},
         "device": "cpu",
         "ingest": {"workers": int(w) if (w := a.ingest_workers).isdigit() else w},
-        "pipelines": [{"name": a.kind, "kind": a.kind, "topics": [a.topic]}],
+        "pipelines": [
+            {"name": a.kind, "kind": a.kind, "topics": [a.topic], **json.loads(a.pipeline_extra)}
+        ],
     }
     svc = Service(parse_settings(doc, "bench"))
     p = svc.pipelines[0]

@@ -47,21 +47,55 @@ def fill_topic(bootstrap: str, kind: str, topic: str, events: Sequence[dict[str,
     publish(bootstrap, topic, pairs, total=len(events), progress=False, linger_ms=50)
 
 
+# the click stream as Avro with Confluent's framing (the ``clicks-avro`` rows): the clicks
+# kind's own fields, the context a map of strings and numbers
+CLICK_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Click",
+    "fields": [
+        {"name": "ts", "type": "double"},
+        {"name": "user_id", "type": "string"},
+        {"name": "item_id", "type": "string"},
+        {"name": "context", "type": {"type": "map", "values": ["string", "long", "double"]}},
+        {"name": "label", "type": "int"},
+    ],
+}
+AVRO_SCHEMA_ID = 1
+
+
+def fill_avro_topic(bootstrap: str, topic: str, events: Sequence[dict[str, Any]]) -> None:
+    from stream_trainer.events.avro import encode as avro
+
+    create_topics(bootstrap, {topic: PARTITIONS})
+    pairs = ((str(ev["user_id"]).encode(), avro(ev, CLICK_SCHEMA, AVRO_SCHEMA_ID)) for ev in events)
+    publish(bootstrap, topic, pairs, total=len(events), progress=False, linger_ms=50)
+
+
 def log_loss(p: np.ndarray, y: np.ndarray) -> float:
     p = np.clip(p, EPS, 1 - EPS)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 # ---- the client limit ---------------------------------------------------------------------
-def client_rate(bootstrap: str, topic: str, n: int, decode: bool, group: str) -> float:
+def client_rate(
+    bootstrap: str, topic: str, n: int, decode: bool, group: str, avro: bool = False
+) -> float:
     """kafka-python alone, configured as the daemon's consumer: events/s from the first
-    non-empty poll to the n-th record (with ``decode``: ``json.loads`` of every value)."""
+    non-empty poll to the n-th record (with ``decode``: ``json.loads`` of every value; with
+    ``avro`` too: fastavro's read of every value past its Confluent header instead)."""
     from kafka import KafkaConsumer
 
     settings = KafkaSettings(bootstrap_servers=bootstrap)
     consumer = KafkaConsumer(topic, **consumer_config(settings, group, "bench"))
     seen, t0 = 0, None
-    loads = json.loads
+    loads: Any = json.loads
+    if avro:
+        import io
+
+        from fastavro import parse_schema, schemaless_reader
+
+        parsed = parse_schema(CLICK_SCHEMA)
+        loads = lambda v: schemaless_reader(io.BytesIO(v[5:]), parsed, None)  # noqa: E731
     try:
         while seen < n:
             batches = consumer.poll(timeout_ms=200)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from stream_trainer import domains
+from stream_trainer.wire_config import AvroSettings, FieldMapping
 
 
 class _Frozen(BaseModel):
@@ -217,6 +218,15 @@ class PipelineSettings(_Frozen):
     labels: LabelSettings | None = None
     """Delayed labels: ``topics`` carry impressions, this names the labels' topic and the
     join window (clicks only)."""
+    format: Literal["json", "avro"] = "json"
+    """The events' wire format: JSON objects, or Avro records (``avro:`` names the
+    schema or the schemas by id); see docs/reference/formats.md."""
+    avro: AvroSettings | None = None
+    """``format: avro``: ``{schema: FILE.avsc}`` (plain Avro binary) or ``{schemas: DIR}``
+    (Confluent's framing, ``<id>.avsc`` files)."""
+    fields: FieldMapping | None = None
+    """Where the kind's fields are in your events: dotted paths, timestamps' units, labels
+    from values, context features; see docs/how-to/field-mapping.md."""
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -270,6 +280,42 @@ class PipelineSettings(_Frozen):
         if self.labels.topic in self.topics:
             raise ValueError("labels.topic must not be one of topics (those carry impressions)")
         return self
+
+    @model_validator(mode="after")
+    def _wire_fits(self) -> PipelineSettings:
+        if (self.format == "avro") != (self.avro is not None):
+            raise ValueError(
+                "format: avro needs avro: {schema: FILE.avsc} or {schemas: DIR}"
+                if self.avro is None
+                else "avro: settings need format: avro"
+            )
+        d = domains.get(self.kind)
+        if self.fields is not None:
+            if not d.mapped:
+                raise ValueError(f"fields: kind {self.kind!r} takes its events as they are")
+            wrong = [f for f in self.fields.declared() if f not in d.mapped]
+            if wrong:
+                raise ValueError(
+                    f"fields: {', '.join(wrong)} not a field of kind {self.kind!r} (its "
+                    f"fields: {', '.join(d.mapped)})"
+                )
+        if self.labels is not None and (self.fields is not None or self.format != "json"):
+            raise ValueError("labels (delayed labels) takes JSON events in the clicks shape: "
+                             "no fields: or format: avro with it yet")  # fmt: skip
+        if self.format == "avro" and not d.mapped:
+            raise ValueError(f"format: avro needs a built-in kind, not {self.kind!r}")
+        return self
+
+    def wire(self) -> dict[str, Any] | None:
+        """The format and mapping for the decoder (plain data: an ingest worker's too);
+        None: JSON in the kind's own shape."""
+        if self.format == "json" and self.fields is None:
+            return None
+        return {
+            "format": self.format,
+            "fields": self.fields.spec() if self.fields is not None else None,
+            "avro": self.avro.spec() if self.avro is not None else None,
+        }
 
     @property
     def input_topics(self) -> tuple[str, ...]:

@@ -32,6 +32,8 @@ DOCS = REPO / "docs"
 PAGES = sorted(DOCS.rglob("*.md")) + [REPO / "README.md"]
 # a fenced block, also indented (inside a list item): its language and its text
 FENCE = re.compile(r"^([ \t]*)```(\w*)[^\n]*\n(.*?)^[ \t]*```", re.S | re.M)
+# a fenced block that shows a file: ```json title="clicks.avsc"
+TITLED = re.compile(r'^[ \t]*```\w*[^\n]*title="([^"]+)"[^\n]*\n(.*?)^[ \t]*```', re.S | re.M)
 
 
 def script(name: str) -> types.ModuleType:
@@ -168,10 +170,21 @@ def plugin_as_mypkg(monkeypatch):
 
 
 @pytest.mark.parametrize(("where", "text"), CONFIG_BLOCKS, ids=[w for w, _ in CONFIG_BLOCKS])
-def test_a_config_block_validates_with_check_config(where, text, tmp_path, plugin_as_mypkg):
+def test_a_config_block_validates_with_check_config(
+    where, text, tmp_path, monkeypatch, plugin_as_mypkg
+):
     """The block as a config file (a part of one gets a pipeline to stand in for the
-    rest), through ``check-config``'s own function: settings, models and featurizers."""
+    rest), through ``check-config``'s own function: settings, models and featurizers.
+    The files a page shows (a fenced block with ``title="FILE"``: an Avro schema) are
+    written where its configs name them, and as ``schemas/1.avsc`` (Confluent's)."""
     from stream_trainer.cli.commands import cmd_check_config
+
+    monkeypatch.chdir(tmp_path)
+    page = (REPO / where.split(":")[0]).read_text()
+    for m in TITLED.finditer(page):
+        (tmp_path / "schemas").mkdir(exist_ok=True)
+        for name in (m.group(1), "schemas/1.avsc"):
+            (tmp_path / name).write_text(textwrap.dedent(m.group(2)))
 
     doc = yaml.safe_load(text)
     assert isinstance(doc, dict) and doc, f"{where}: not a config (a mapping of settings)"

@@ -34,8 +34,11 @@ from support import (
 
 from stream_trainer.edges.admin import create_topics
 from stream_trainer.edges.source import offset_and_metadata
+from stream_trainer.events.avro import encode
 from stream_trainer.local.broker import LocalBroker, free_port
 from stream_trainer.producers import make_generator
+
+CLICK_SCHEMA = json.loads((REPO / "tests" / "fixtures" / "avro" / "1.avsc").read_text())
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +53,22 @@ def own_broker():
     if b.proc is not None:
         os.kill(b.proc.pid, signal.SIGCONT)
     b.stop()
+
+
+# a click log in its owner's shape, and the mapping to the clicks kind (docs/how-to)
+MAPPED_GOOD = {
+    "uid": "u1",
+    "product": {"sku": "i1"},
+    "event": "click",
+    "event_time": "2026-01-01T00:00:00Z",
+    "device": {"os": "ios"},
+    "hour": 3,
+}
+MAPPED_FIELDS = {
+    "ts": {"field": "event_time", "unit": "iso8601"}, "user_id": "uid",
+    "item_id": "product.sku", "context": {"device": "device.os"},
+    "label": {"field": "event", "positive": ["click", "purchase"], "negative": ["view"]},
+}  # fmt: skip
 
 
 def clicks_pipeline(topic: str, **extra) -> dict:
@@ -386,6 +405,27 @@ def test_poison_input_is_dead_lettered_counted_and_never_stops_training(broker, 
         ],
         "non_finite": [enc(tick).replace(b"10.0", b"NaN")],
     }
+    # the user's own events (a fields: mapping, Avro): each bad one names its field's path
+    mapped_good = enc(MAPPED_GOOD)
+    mapped_poison = {  # reason -> (raw payload, the dead letter's detail starts with)
+        "missing_field": [(enc({**MAPPED_GOOD, "product": {}}), "product.sku")],
+        "wrong_type": [(enc({**MAPPED_GOOD, "uid": ["u"]}), "uid: ")],
+        "out_of_range": [(enc({**MAPPED_GOOD, "event": "hover"}), "event: ")],
+        "bad_timestamp": [(enc({**MAPPED_GOOD, "event_time": "soon"}), "event_time: ")],
+    }
+    (workdir / "click.avsc").write_text(json.dumps(CLICK_SCHEMA))
+    avro_good = encode(MAPPED_GOOD, CLICK_SCHEMA)
+    avro_poison = {
+        "not_avro": [(avro_good[:-4], "not Avro"), (mapped_good, "")],
+        "bad_timestamp": [(encode({**MAPPED_GOOD, "event_time": "soon"}, CLICK_SCHEMA),
+                           "event_time: ")],
+    }  # fmt: skip
+    for name, good_raw, table in (("mapped", mapped_good, mapped_poison),
+                                  ("avro", avro_good, avro_poison)):  # fmt: skip
+        bad = [raw for cases in table.values() for raw, _ in cases]
+        create_topics(bs, {f"{topic}-{name}": 1})
+        others = [good_raw.replace(b"u1", b"u%d" % i) for i in (0, *range(2, 10))]
+        produce(bs, f"{topic}-{name}", others + bad + [good_raw])
     clean = [enc(e) for e in make_generator("clicks", seed=27, count=2000)]
     unknown = enc({**good, "user_id": "u-unknown", "campaign": "x", "nested": {"a": [1]}})
     stream = clean[:1000] + [enc({**good, "user_id": "dup"}), unknown]
@@ -401,10 +441,17 @@ def test_poison_input_is_dead_lettered_counted_and_never_stops_training(broker, 
         [
             clicks_pipeline(topic),
             {"name": "ticks", "kind": "ticks", "topics": [ticks_topic]},
+            {"name": "mapped", "kind": "clicks", "topics": [f"{topic}-mapped"],
+             "fields": MAPPED_FIELDS},
+            {"name": "avro", "kind": "clicks", "topics": [f"{topic}-avro"],
+             "fields": MAPPED_FIELDS, "format": "avro",
+             "avro": {"schema": str(workdir / "click.avsc")}},
         ],
-    )
+    )  # fmt: skip
     d = Daemon(cfg, workdir).start()
     n_bad = sum(len(v) for v in poison.values())
+    n_user_bad = {"mapped": sum(map(len, mapped_poison.values())),
+                  "avro": sum(map(len, avro_poison.values()))}  # fmt: skip
     n_tick_bad = sum(len(v) for v in tick_poison.values())
     try:
         m = d.wait_for(
@@ -412,6 +459,10 @@ def test_poison_input_is_dead_lettered_counted_and_never_stops_training(broker, 
                 sample(m, "stream_trainer_events_consumed_total", pipeline="clicks") == len(stream)
                 and sample(m, "stream_trainer_events_consumed_total", pipeline="ticks")
                 == 1000 + n_tick_bad
+                and all(
+                    sample(m, "stream_trainer_events_consumed_total", pipeline=p) == 10 + n
+                    for p, n in n_user_bad.items()
+                )
             ),
             what="everything consumed",
         )
@@ -432,6 +483,15 @@ def test_poison_input_is_dead_lettered_counted_and_never_stops_training(broker, 
         (reason, raw) for reason, raws in poison.items() for raw in raws
     )
     assert len(consume_all(bs, f"{ticks_topic}.dlq", n_tick_bad)) == n_tick_bad
+    for name, table in (("mapped", mapped_poison), ("avro", avro_poison)):
+        assert sample(m, "stream_trainer_events_trained_total", pipeline=name) == 10
+        dead = consume_all(bs, f"{topic}-{name}.dlq", n_user_bad[name])
+        got = sorted((dict(r.headers)["reason"].decode(), r.value) for r in dead)
+        assert got == sorted((reason, raw) for reason, cases in table.items() for raw, _ in cases)
+        starts = {r.value: dict(r.headers)["detail"].decode() for r in dead}
+        for cases in table.values():
+            for raw, start in cases:
+                assert starts[raw].startswith(start), (name, starts[raw], start)
     for name in ("clicks", "ticks"):
         state = newest_checkpoint(workdir / "ckpt", name)
         for k, v in state["learner"]["model"].items():

@@ -51,6 +51,10 @@ def cmd_produce(a: argparse.Namespace) -> int:
 
     if bool(a.kind) == bool(a.from_file):
         raise StreamTrainerError("give either a KIND (clicks, ticks, sensors) or --from-file FILE")
+    if a.from_file and a.config:
+        _pipeline_file(a)
+    elif a.pipeline or a.format:
+        raise StreamTrainerError("--pipeline and --format go with --config")
     events, count, key_field = _file_events(a) if a.from_file else _synthetic_events(a)
     topic = a.topic or a.kind
     topics = {topic: int(a.partitions)}
@@ -122,9 +126,35 @@ def _file_events(a: argparse.Namespace) -> tuple[Any, int | None, str | None]:
         events = itertools.islice(events, count)
     else:  # a total for the progress bar: one quick pass that only counts lines
         count = sum(1 for _ in read_jsonl(a.from_file))
-    if a.key_field:
+    if getattr(a, "wire", False) is not False:  # --config: keys by path, maybe Avro
+        from stream_trainer.producers.files import pipeline_lines
+
+        events = pipeline_lines(events, a.wire, a.key_field, a.format)
+    elif a.key_field:
         events = (_keyed(line, a.key_field) for line in events)
     return events, count, None
+
+
+def _pipeline_file(a: argparse.Namespace) -> None:
+    """``--config`` (and ``--pipeline``): the topic, key path and format of the file's
+    events, from the pipeline that learns them, where the flags leave them unset."""
+    from stream_trainer import domains
+    from stream_trainer.config import load_settings
+
+    settings = load_settings(a.config)
+    names = [p.name for p in settings.pipelines]
+    if a.pipeline is None and len(names) != 1:
+        raise StreamTrainerError(f"--pipeline: which one of {', '.join(names)}?")
+    p = next((p for p in settings.pipelines if p.name == (a.pipeline or names[0])), None)
+    if p is None:
+        raise StreamTrainerError(f"--pipeline {a.pipeline}: not in {a.config} ({', '.join(names)})")
+    a.topic = a.topic or p.topics[0]
+    key = domains.get(p.kind).key_field
+    if not a.key_field and key is not None:
+        mapped = p.fields.spec().get(key) if p.fields is not None else None
+        a.key_field = mapped if isinstance(mapped, str) else key
+    a.format = a.format or p.format
+    a.wire = p.wire()
 
 
 def _synthetic_events(a: argparse.Namespace) -> tuple[Any, int | None, str | None]:

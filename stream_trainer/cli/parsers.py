@@ -73,6 +73,19 @@ def _produce(sub: Subparsers) -> argparse.ArgumentParser:
         help="with --delayed-labels: the longest click delay (the heavy tail is cut here)",
     )
     flag("--key-field", help="with --from-file: JSON field to use as the message key")
+    flag(
+        "--config",
+        help="with --from-file: the pipelines YAML; --pipeline names the one whose events "
+        "the file holds (its topic, its key field's path, its format)",
+    )
+    flag("--pipeline", help="with --config: the pipeline (default: the only one)")
+    flag(
+        "--format",
+        choices=["json", "avro"],
+        help="with --config: publish the JSON lines as they are, or encoded as Avro with "
+        "the pipeline's schema (schemas: DIR: the highest id's, Confluent-framed; default: "
+        "the pipeline's format)",
+    )
     flag("--partitions", type=int, default=2, help="partitions if the topic is created")
     flag(
         "--linger-ms",

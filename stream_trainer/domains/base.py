@@ -96,6 +96,10 @@ class Domain:
     channels_from_featurizer: bool = False
     # how ``evaluate`` treats its streams (None: not offered by evaluate)
     evaluation: Evaluation | None = None
+    # the canonical event's fields a pipeline's ``fields:`` may map to the user's paths
+    # (events/mapping.py), and those of them an event may lack; () : no mapping (custom)
+    mapped: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
 
     @property
     def builtin(self) -> bool:

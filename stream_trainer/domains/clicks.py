@@ -16,4 +16,6 @@ DOMAIN = Domain(
     quality="binary",
     by_key=False,
     evaluation=Evaluation(task="binary", baselines="clicks"),
+    mapped=("ts", "user_id", "item_id", "label", "context"),
+    optional=("context",),
 )

@@ -27,4 +27,5 @@ DOMAIN = Domain(
         channels=True,
         anomaly_rate=True,
     ),
+    mapped=("ts", "sensor_id", "values"),
 )

@@ -21,4 +21,6 @@ DOMAIN = Domain(
         feature_key="symbol",
         scalar=True,
     ),
+    mapped=("ts", "symbol", "price", "volume"),
+    optional=("volume",),
 )

@@ -131,7 +131,7 @@ class IngestSource:
         group_id: str,
         client_id: str,
         security: Mapping[str, Any],
-        decoder_spec: tuple[str, tuple[str, ...], int],
+        decoder_spec: tuple[str, tuple[str, ...], int, dict[str, Any] | None],
         positions: Callable[[], Mapping[TP, int]],
         name: str,
         featurizer_spec: tuple[str, Any] | None = None,

@@ -66,7 +66,7 @@ def _worker(
     group_id: str,
     client_id: str,
     security: Mapping[str, Any],
-    decoder_spec: tuple[str, tuple[str, ...], int],
+    decoder_spec: tuple[str, tuple[str, ...], int, dict[str, Any] | None],
     featurizer_spec: tuple[str, Any] | None,
     log_setup: tuple[str, str],
 ) -> None:
@@ -84,8 +84,8 @@ def _worker(
     from stream_trainer.events import Rejected
     from stream_trainer.events.dedup import digest
 
-    kind, channels, max_bytes = decoder_spec
-    decode = batch_decoder(kind, channels=channels, max_bytes=max_bytes)
+    kind, channels, max_bytes, wire = decoder_spec
+    decode = batch_decoder(kind, channels=channels, max_bytes=max_bytes, wire=wire)
     featurizer = None
     if featurizer_spec is not None:
         from stream_trainer.models.registry import build_featurizer
@@ -161,7 +161,8 @@ def _worker(
             msg.timestamps.extend([r.timestamp for r in recs])
             msg.keys.extend([r.key for r in recs])
             msg.values.extend([r.value for r in recs])
-        for row, (value, result) in enumerate(zip(msg.values, decode(msg.values), strict=True)):
+        results = decode(msg.values, msg.timestamps)
+        for row, (value, result) in enumerate(zip(msg.values, results, strict=True)):
             if type(result) is dict:
                 msg.events.append(result)
                 assert value is not None  # (a tombstone never decodes to an event)

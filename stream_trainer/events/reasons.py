@@ -11,6 +11,8 @@ WRONG_TYPE = "wrong_type"
 NON_FINITE = "non_finite"
 OUT_OF_RANGE = "out_of_range"
 BAD_TIMESTAMP = "bad_timestamp"
+NOT_AVRO = "not_avro"  # bytes that are not Avro for their schema (or bad framing)
+UNKNOWN_SCHEMA = "unknown_schema"  # a Confluent schema id with no schema file
 DUPLICATE = "duplicate"
 FEATURIZER_ERROR = "featurizer_error"
 
@@ -26,6 +28,8 @@ ALL = (
     NON_FINITE,
     OUT_OF_RANGE,
     BAD_TIMESTAMP,
+    NOT_AVRO,
+    UNKNOWN_SCHEMA,
     DUPLICATE,
     FEATURIZER_ERROR,
 )

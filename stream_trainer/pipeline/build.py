@@ -3,7 +3,7 @@ monitors and adaptation policy. Bad settings become one ConfigError naming the p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -36,23 +36,26 @@ def shard_root(settings: Settings, spec: PipelineSettings) -> Path:
     return settings.checkpoint.dir / spec.name / "shards"
 
 
-def decoder_spec(spec: PipelineSettings, featurizer: Any) -> tuple[str, tuple[str, ...], int]:
-    """What an ingest worker needs to build the same decoder: kind, channels, max bytes."""
+# kind, channels, max bytes, and the wire settings (PipelineSettings.wire)
+DecoderSpec = tuple[str, tuple[str, ...], int, dict[str, Any] | None]
+
+
+def decoder_spec(spec: PipelineSettings, featurizer: Any) -> DecoderSpec:
+    """What an ingest worker needs to build the same decoder."""
     channels = domains.get(spec.kind).decoder_channels(featurizer)
-    return spec.kind, tuple(channels), spec.max_event_bytes
+    return spec.kind, tuple(channels), spec.max_event_bytes, spec.wire()
 
 
-Decode = Callable[[Sequence[bytes | None]], list[Any]]
+Decode = Callable[..., list[Any]]  # (values, timestamps=None) -> events or Rejected
 
 
-def featurizer_and_decoder(
-    spec: PipelineSettings,
-) -> tuple[Any, Decode, tuple[str, tuple[str, ...], int]]:
+def featurizer_and_decoder(spec: PipelineSettings) -> tuple[Any, Decode, DecoderSpec]:
     """The featurizer, the decoder of a whole poll's values (domains/decoders.py), and what an
-    ingest worker needs to build the same decoder (kind, channels, max bytes)."""
+    ingest worker needs to build the same decoder."""
     featurizer = build_featurizer(spec.kind, spec.featurizer)
-    kind, channels, max_bytes = what = decoder_spec(spec, featurizer)
-    return featurizer, batch_decoder(kind, channels=channels, max_bytes=max_bytes), what
+    kind, channels, max_bytes, wire = what = decoder_spec(spec, featurizer)
+    decode = batch_decoder(kind, channels=channels, max_bytes=max_bytes, wire=wire)
+    return featurizer, decode, what
 
 
 def learner_factory(

@@ -166,7 +166,7 @@ class Pipeline(AfterUpdate, Checkpointing):
         decoded = getattr(records, "decoded", None)  # an ingest worker decoded them
         if decoded is None:
             keys: Sequence[Any] = [r.value for r in records]
-            seen, decoded = self.dedup.seen, self.decode(keys)
+            seen, decoded = self.dedup.seen, self.decode(keys, [r.timestamp_ms for r in records])
         else:
             seen, keys = self.dedup.seen_digest, records.digests  # type: ignore[attr-defined]
         accepted: list[Item] = []

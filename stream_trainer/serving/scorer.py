@@ -72,6 +72,14 @@ class Scorer:
             dec, convert = d.fast(channels)
             self.fast = (dec.type, convert)
         self.needs_label = spec.kind == "clicks"  # the schema wants one: any 0/1 will do
+        # a ``fields:`` mapping: requests come in the user's shape too (JSON), less the
+        # label; ``ts: kafka`` takes the time of the request
+        self.mapped: Any = None
+        if spec.fields is not None:
+            from stream_trainer.domains.decoders import mapped_check
+
+            unlabelled = {k: v for k, v in spec.fields.spec().items() if k != "label"}
+            self.mapped = mapped_check(spec.kind, channels, unlabelled)
 
     def validate(self, doc: Any) -> dict[str, Any] | Rejected:
         """A request's event as the pipeline would decode it (a label is not needed)."""
@@ -79,6 +87,13 @@ class Scorer:
             return Rejected(reasons.NOT_OBJECT, f"got {type(doc).__name__}")
         if self.needs_label:
             doc = {**doc, "label": 0}
+        if self.mapped is not None:
+            try:
+                return self.mapped(doc, None)
+            except _Reject as rej:
+                return rej.rejected
+            except RecursionError:
+                return Rejected(reasons.TOO_DEEP, "nesting too deep")
         if self.fast is not None:
             typ, convert = self.fast
             try:
