@@ -7,7 +7,12 @@ can show: tests/test_cuda.py."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +26,6 @@ from stream_trainer.learner.device import device_for, pick_device
 from stream_trainer.learner.optim import RowAdagrad
 from stream_trainer.models.clicks import build
 from stream_trainer.producers.generators import make_generator
-from stream_trainer.serving import Publisher
-from stream_trainer.serving.process import ServingProcess, Slots
 
 
 def click_batches(sizes: list[int], seed: int = 3) -> list[tuple[dict, np.ndarray]]:
@@ -153,6 +156,9 @@ def test_a_capture_waits_for_the_one_under_way_in_another_thread():
 
 # ---- finding 7: serving slots -----------------------------------------------------------------
 def test_serving_slots_hold_host_copies_taken_whole_from_a_model_that_learns_on():
+    from stream_trainer.serving import Publisher  # (here: tests/test_cuda.py imports this
+    from stream_trainer.serving.process import ServingProcess, Slots  # file without them)
+
     learner = tick_learner()
     inputs, y = tick_batch()
     proc = ServingProcess(
@@ -179,3 +185,23 @@ def test_serving_slots_hold_host_copies_taken_whole_from_a_model_that_learns_on(
     assert any(not torch.equal(live[k], at_publish[k]) for k in live)
     assert int(slots.seqs[proc.newest["ticks"].slot]) == proc.newest["ticks"].seq  # even: whole
     assert Slots.like(learner.model).signature() == slots.signature()
+
+
+# ---- the device check (scripts/device_check.sh): its CPU part ----------------------------------
+def test_the_device_check_s_cpu_part_writes_its_figures(tmp_path):
+    out = tmp_path / "check.md"
+    done = subprocess.run(
+        ["bash", "scripts/device_check.sh", "--cpu", str(out)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "check.json").read_text())
+    assert [(r["model"], r["batch"], r["mode"]) for r in rows] == [
+        ("ticks", 32, "eager"),
+        ("ticks", 32, "eager, varying"),
+    ]
+    assert all(r["updates_per_s"] > 0 and r["events_per_s"] > 0 for r in rows)
+    text = out.read_text()
+    assert "| ticks | 32 | eager, varying |" in text and "scripts/bench_gpu.py" in text
