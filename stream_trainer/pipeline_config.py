@@ -41,8 +41,9 @@ class OptimizerSettings(_Frozen):
     lr: float = Field(0.003, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip_norm: float | None = Field(5.0, gt=0)
-    # Embeddings: sparse gradients (only the rows a batch touches are updated) with their
-    # own optimizer. null = sparse on the CPU, dense on a GPU.
+    # Embeddings: their own optimizer (embedding_optimizer) whatever their gradients;
+    # sparse gradients update only the rows a batch touches. null = sparse on the CPU,
+    # dense on a GPU (fixed shapes, CUDA graphs); checkpoints move between the two.
     sparse_embeddings: bool | None = None
     embedding_optimizer: Literal["sparse_adam", "adagrad", "sgd"] = "adagrad"
     embedding_lr: float | None = Field(0.1, gt=0)  # null = lr
