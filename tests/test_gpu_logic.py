@@ -156,8 +156,10 @@ def test_a_capture_waits_for_the_one_under_way_in_another_thread():
 
 # ---- finding 7: serving slots -----------------------------------------------------------------
 def test_serving_slots_hold_host_copies_taken_whole_from_a_model_that_learns_on():
-    from stream_trainer.serving import Publisher  # (here: tests/test_cuda.py imports this
-    from stream_trainer.serving.process import ServingProcess, Slots  # file without them)
+    for needed in ("msgspec", "pydantic"):  # (always here; a bare GPU image may lack
+        pytest.importorskip(needed)  # them: the device check runs this file there too)
+    from stream_trainer.serving import Publisher
+    from stream_trainer.serving.process import ServingProcess, Slots
 
     learner = tick_learner()
     inputs, y = tick_batch()
