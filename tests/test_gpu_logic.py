@@ -82,7 +82,7 @@ def test_one_optimizer_layout_whatever_the_embedding_gradients(sparse):
 def test_dense_embedding_gradients_learn_what_the_sparse_ones_do():
     """Adagrad on a zero gradient row leaves the row and its sum alone: dense gradients
     learn what sparse ones do (before: dense Adam on the tables, 5% worse on the bench)."""
-    batches = click_batches([256] * 12)
+    batches = click_batches([256] * 8)
     means = {}
     for sparse in (True, False):
         learner = click_learner(sparse_embeddings=sparse)
