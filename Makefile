@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # groups: tests/conftest.py. PYTEST_WORKERS=0 runs in one process.
 PYTEST_WORKERS ?= 4
 
-.PHONY: setup tools run test test-slow soak bench bench-ab bench-gpu bench-replicas bench-serving docs lint fmt clean
+.PHONY: setup tools run test test-slow soak bench bench-ab bench-gpu device-check bench-replicas bench-serving docs lint fmt clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,14 @@ bench-ab: setup
 # The GPU figures (torch and numpy only): fills the GPU section of BENCHMARKS.md.
 bench-gpu: setup
 	$(BIN)/python scripts/bench_gpu.py --out BENCHMARKS.md $(BENCH_ARGS)
+
+# The GPU device check (docs/gpu.md), ~3 minutes, no network and no setup: the CUDA tests
+# (graphs on batches of varying size, captures on two threads at once, checkpoints between
+# CPU and GPU, ...), then bench_gpu.py on fixed and varying batches, graphs on and off;
+# figures and the tests' outcome in DEVICE_CHECK_OUT. Uses the torch already installed.
+DEVICE_CHECK_OUT ?= device-check.md
+device-check:
+	bash scripts/device_check.sh $(DEVICE_CHECK_OUT)
 
 bench-replicas: setup
 	$(BIN)/python scripts/bench_replicas.py --out BENCHMARKS.md $(BENCH_ARGS)

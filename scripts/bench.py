@@ -142,7 +142,7 @@ def main() -> int:
             runs = [core_run(events, bs) for _ in range(reps)]
             r["core"][bs] = {"rate": [x[0] for x in runs], "ll": [x[1] for x in runs]}
             say(f"core batch {bs}: {med(r['core'][bs]['rate']):,.0f}/s")
-        # the step as it was before sparse embeddings: dense gradients, Adam on everything
+        # dense embedding gradients (a GPU's default), the tables still under Adagrad
         runs = [core_run(events, 1024, sparse_embeddings=False) for _ in range(reps)]
         r["core_dense"] = {"rate": [x[0] for x in runs], "ll": [x[1] for x in runs]}
         say(f"core batch 1024, dense embeddings: {med(r['core_dense']['rate']):,.0f}/s")

@@ -7,7 +7,12 @@ finiteness guards, clipping, the optimizer — eagerly and with CUDA graphs (fix
 batches from pinned buffers), optionally with bf16 autocast. Inputs are real
 featurized events from the project's generators, tiled to the batch size.
 
-    .venv/bin/python scripts/bench_gpu.py [--device cuda] [--seconds 2] [--out BENCHMARKS.md]
+``--vary`` adds, per model and batch, a run on batches whose sizes vary as lag and replay
+make them (half the batch to a quarter over it, one in five over: those take the eager
+path beside the captured graph); events/s then counts the rows of each batch.
+
+    .venv/bin/python scripts/bench_gpu.py [--device cuda] [--seconds 2] [--vary]
+        [--out BENCHMARKS.md]
 
 The results replace the GPU section of ``--out`` (between its gpu markers), so
 BENCHMARKS.md keeps the figures of the last GPU run next to the CPU ones.
@@ -16,6 +21,7 @@ BENCHMARKS.md keeps the figures of the last GPU run next to the CPU ones.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -58,52 +64,71 @@ def real_batch(kind: str, size: int) -> tuple[Any, dict[str, np.ndarray], np.nda
     return f, inputs, np.concatenate([fb.targets] * reps)[:size]
 
 
-def time_steps(learner: Learner, inputs: dict, targets: np.ndarray, seconds: float) -> float:
-    """Updates per second of ``learner.step`` over about ``seconds`` (after warm-up)."""
-    for _ in range(10):  # warm-up: allocator, cuBLAS handles, graph capture
-        learner.step(inputs, targets)
+def varied(inputs: dict, targets: np.ndarray, size: int) -> list[tuple[dict, np.ndarray]]:
+    """Batches cut from one of ``size * 5 // 4`` rows, of sizes from half of ``size`` to a
+    quarter over it (seeded; about one in five over ``size``)."""
+    sizes = np.random.default_rng(0).integers(max(1, size // 2), size * 5 // 4 + 1, 20)
+    return [({k: v[:n] for k, v in inputs.items()}, targets[:n]) for n in sizes.tolist()]
+
+
+def time_steps(learner: Learner, batches: list, seconds: float) -> tuple[float, float]:
+    """(updates/s, events/s) of ``learner.step`` over about ``seconds`` (after warm-up),
+    cycling through ``batches``."""
+    for i in range(10):  # warm-up: allocator, cuBLAS handles, graph capture
+        learner.step(*batches[i % len(batches)])
     sync = torch.cuda.synchronize if learner.device.type == "cuda" else (lambda: None)
     sync()
-    steps, t0 = 0, time.perf_counter()
+    steps = events = 0
+    t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(10):
+            inputs, targets = batches[steps % len(batches)]
             res = learner.step(inputs, targets)
-        steps += 10
+            steps, events = steps + 1, events + len(targets)
+            if res.skipped:
+                raise RuntimeError(f"benchmark step was refused: {res.skipped}")
     sync()
-    if res.skipped:
-        raise RuntimeError(f"benchmark step was refused: {res.skipped}")
-    return steps / (time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    return steps / dt, events / dt
 
 
-def run(device: str, seconds: float, bf16: bool, batches: tuple[int, ...]) -> list[dict]:
+def run(
+    device: str,
+    seconds: float,
+    bf16: bool,
+    batches: tuple[int, ...],
+    vary: bool = False,
+    models: tuple[str, ...] = tuple(MODELS),
+) -> list[dict]:
     dev = torch.device(device)
     modes = [("eager", False)] + ([("cuda graphs", True)] if dev.type == "cuda" else [])
     rows = []
-    for kind, (_, build) in MODELS.items():
+    for kind in models:
+        build = MODELS[kind][1]
         for bs in batches:
-            f, inputs, targets = real_batch(kind, bs)
-            for label, graphs in modes:
-                for half in (False, True) if bf16 else (False,):
-                    torch.manual_seed(0)
-                    learner = Learner(
-                        build(dict(f.input_spec)),
-                        f.task,
-                        device=dev,
-                        fixed_batch=bs if graphs else None,
-                        cuda_graphs=graphs,
-                        bf16=half,
-                    )
-                    ups = time_steps(learner, inputs, targets, seconds)
-                    rows.append(
-                        {
-                            "model": kind,
-                            "batch": bs,
-                            "mode": label + (" + bf16" if half else ""),
-                            "updates_per_s": ups,
-                            "events_per_s": ups * bs,
-                        }
-                    )
-                    print(json.dumps(rows[-1]), flush=True)
+            f, inputs, targets = real_batch(kind, bs * 5 // 4 if vary else bs)
+            shapes = [("", [({k: v[:bs] for k, v in inputs.items()}, targets[:bs])])]
+            if vary:
+                shapes.append((", varying", varied(inputs, targets, bs)))
+            for (label, graphs), (shape, work), half in itertools.product(
+                modes, shapes, (False, True) if bf16 else (False,)
+            ):
+                torch.manual_seed(0)
+                learner = Learner(
+                    build(dict(f.input_spec)),
+                    f.task,
+                    device=dev,
+                    fixed_batch=bs if graphs else None,
+                    cuda_graphs=graphs,
+                    bf16=half,
+                )
+                ups, eps = time_steps(learner, work, seconds)
+                mode = label + (" + bf16" if half else "") + shape
+                rows.append(
+                    {"model": kind, "batch": bs, "mode": mode,
+                     "updates_per_s": ups, "events_per_s": eps}
+                )  # fmt: skip
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -156,6 +181,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per figure")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 rows")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="batch sizes")
+    ap.add_argument("--vary", action="store_true", help="also batches of varying sizes")
+    ap.add_argument("--models", default=",".join(MODELS), help="which models")
     ap.add_argument("--out", help="replace the GPU section of this markdown file")
     ap.add_argument("--json", help="also write the raw rows here")
     a = ap.parse_args()
@@ -164,7 +191,11 @@ def main() -> int:
         return 2
     name = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "CPU"
     batches = tuple(int(x) for x in a.batches.split(","))
-    rows = run(a.device, a.seconds, bf16=not a.no_bf16, batches=batches)
+    models = tuple(a.models.split(","))
+    if unknown := set(models) - set(MODELS):
+        print(f"unknown model(s) {sorted(unknown)}: one of {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    rows = run(a.device, a.seconds, not a.no_bf16, batches, vary=a.vary, models=models)
     if a.out:
         write_section(Path(a.out), render(rows, ["scripts/bench_gpu.py", *sys.argv[1:]], name))
     if a.json:

@@ -136,7 +136,10 @@ def init_world(device: torch.device, stall_timeout_s: float) -> tuple[World, Hea
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
         with stopping.default_action():  # (a stop before it: the first round's)
-            dist.init_process_group(backend, timeout=timedelta(seconds=stall_timeout_s))
+            dist.init_process_group(  # NCCL: this rank's own GPU (pick_device's)
+                backend, timeout=timedelta(seconds=stall_timeout_s),
+                device_id=device if device.type == "cuda" else None,
+            )  # fmt: skip
     except Exception as err:
         raise StreamTrainerError(
             f"could not join the replicas' process group ({backend}, rank {world.rank} of "
@@ -353,7 +356,9 @@ class Replicas:
             Part = tuple[torch.Tensor, Callable[[torch.Tensor], Any]]  # sum in, put out
             by_dtype: dict[torch.dtype, list[Part]] = {}
             for t in tensors:
-                by_dtype.setdefault(t.dtype, []).append((t.detach() * mine, _mean_into(t, total)))
+                # on this replica's device: optimizers keep some state (``step``) on the host
+                summand = t.detach().to(self.device) * mine
+                by_dtype.setdefault(t.dtype, []).append((summand, _mean_into(t, total)))
             for group, (ids, den, mask) in zip(tables, union, strict=True):
                 for t in group:
                     share = (mask * mine).to(t.dtype).view(-1, *([1] * (t.dim() - 1)))

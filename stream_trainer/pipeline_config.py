@@ -54,10 +54,11 @@ class OptimizerSettings(_Frozen):
     """Clip the gradient norm to this (counted in ``stream_trainer_updates_clipped_total``);
     null: no clipping."""
     sparse_embeddings: bool | None = None
-    """Embeddings with sparse gradients (only the rows a batch touches are updated) and
-    their own optimizer; null = sparse on the CPU, dense (with fused optimizers) on a GPU."""
+    """Embeddings with sparse gradients (only the rows a batch touches are updated);
+    null = sparse on the CPU, dense on a GPU (fixed shapes, CUDA graphs). Either way the
+    embeddings keep their own optimizer, and checkpoints move between the two."""
     embedding_optimizer: Literal["sparse_adam", "adagrad", "sgd"] = "adagrad"
-    """Optimizer of sparse embeddings."""
+    """Optimizer of the embeddings (with dense gradients, ``sparse_adam`` is Adam)."""
     embedding_lr: float | None = Field(0.1, gt=0)
     """Learning rate of ``embedding_optimizer``; null = ``lr``."""
 

@@ -65,7 +65,8 @@ class Service:
         self.metrics = Metrics(self.registry)
         self.stop = threading.Event()
         try:
-            self.device = pick_device(settings.device)
+            # replicas on one machine: each its own GPU (its torchrun local rank)
+            self.device = pick_device(settings.device, distributed.World.from_env().local_rank)
         except ValueError as err:
             raise StreamTrainerError(str(err)) from None
         torch.set_num_threads(settings.torch_threads)

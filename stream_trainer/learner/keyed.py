@@ -116,7 +116,11 @@ class KeyedLearner:
         self.evict(self.max_models - 1)  # room first: never the model about to learn
         learner = self.factory()
         if key in self.files:
-            state = torch.load(self.dir / self.files[key], weights_only=True)
+            # on the host first, as the checkpoint store loads: a file written on a GPU
+            # loads on a CPU-only machine, and each tensor then goes where its model's
+            # parameter is (the optimizer keeps some state, e.g. ``step``, on the host)
+            path = self.dir / self.files[key]
+            state = torch.load(path, map_location="cpu", weights_only=True)
             if self.upgrade is not None and self.files[key] in self.legacy:
                 state = self.upgrade(state, learner.state_dict())
             learner.load_state_dict(state)

@@ -3,9 +3,13 @@
 A step touches a few hundred embedding rows out of hundreds of thousands. Dense Adam
 rewrites every row and both moment buffers at every step (`make bench` times the click
 model both ways); with sparse embedding gradients only the touched rows move.
-So a learner holds two optimizers: one for sparse-gradient parameters (embeddings)
-and one for the rest, behind the small part of the ``torch.optim.Optimizer`` interface
-the learner uses.
+So a learner holds two optimizers: one for the embedding tables (part ``sparse``) and
+one for the rest (``dense``), behind the small part of the ``torch.optim.Optimizer``
+interface the learner uses. The tables keep their optimizer (Adagrad by default) whether
+their gradients are sparse (the CPU's default) or dense (a GPU's: fixed shapes, CUDA
+graphs): one layout on every device, so a checkpoint moves between CPU and GPU as it is,
+and dense Adagrad on a zero gradient row leaves the row and its sum as they are, so
+both learn the same.
 """
 
 from __future__ import annotations
@@ -98,8 +102,15 @@ class RowAdagrad(torch.optim.Adagrad):
         return None
 
 
-def _sparse(params: list[nn.Parameter], name: str, lr: float) -> torch.optim.Optimizer:
+def _sparse(
+    params: list[nn.Parameter], name: str, lr: float, sparse_grads: bool = True
+) -> torch.optim.Optimizer:
+    """The tables' optimizer. ``sparse_grads=False`` (dense embedding gradients):
+    ``sparse_adam`` becomes Adam (same state: ``step``, ``exp_avg``, ``exp_avg_sq``),
+    which takes dense gradients; Adagrad and SGD take either."""
     if name == "sparse_adam":
+        if not sparse_grads:
+            return torch.optim.Adam(params, lr=lr)
         return torch.optim.SparseAdam(params, lr=lr)
     if name == "adagrad":
         return RowAdagrad(params, lr=lr, initial_accumulator_value=ADAGRAD_INITIAL)
@@ -119,10 +130,12 @@ class SplitOptimizerArgs(TypedDict):
     sparse_name: str
     sparse_lr: float | None
     fused: bool
+    sparse_grads: bool
 
 
 class SplitOptimizer:
-    """Dense parameters -> ``name``; sparse-gradient parameters -> ``sparse_name``.
+    """Dense parameters -> ``name``; embedding tables -> ``sparse_name`` (their gradients
+    sparse or not: ``sparse_grads``).
 
     Every param group remembers its ``base_lr``; ``set_lr_multiplier`` scales all of
     them together (the drift policy's temporary learning-rate boost).
@@ -140,6 +153,7 @@ class SplitOptimizer:
         sparse_lr: float | None = DEFAULT_EMBEDDING_LR,
         lr_multiplier: float = 1.0,
         fused: bool = False,
+        sparse_grads: bool = True,
     ) -> None:
         self.parts: dict[str, torch.optim.Optimizer] = {}
         self.per_event = sparse_name == "adagrad"
@@ -147,7 +161,7 @@ class SplitOptimizer:
         if dense:
             self.parts["dense"] = _dense(dense, name, lr, weight_decay, fused)
         if sparse:
-            self.parts["sparse"] = _sparse(sparse, sparse_name, sparse_lr or lr)
+            self.parts["sparse"] = _sparse(sparse, sparse_name, sparse_lr or lr, sparse_grads)
         if not self.parts:
             raise ValueError("the model has no parameters to train")
         for group in self.param_groups:
@@ -162,9 +176,24 @@ class SplitOptimizer:
         for group in self.param_groups:
             group["lr"] = group["base_lr"] * m
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, in_place: bool = False) -> None:
+        """Forget the gradients. ``in_place``: zero dense gradients where they are, so
+        the tensors stay the same ones (a captured CUDA graph writes into those very
+        tensors at each replay; a new one would leave its replays writing where no
+        optimizer reads: a stale gradient applied at every step). Sparse gradients are
+        dropped either way."""
         for opt in self.parts.values():
-            opt.zero_grad(set_to_none=True)
+            if not in_place:
+                opt.zero_grad(set_to_none=True)
+                continue
+            dense = []
+            for p in (p for g in opt.param_groups for p in g["params"]):
+                if p.grad is not None and p.grad.is_sparse:
+                    p.grad = None
+                elif p.grad is not None:
+                    dense.append(p.grad)
+            if dense:
+                torch._foreach_zero_(dense)
 
     def step(self, rows: int = 0) -> None:
         """Apply the gradients of a batch of ``rows`` events' mean loss. Adagrad's rows
@@ -203,6 +232,16 @@ def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
     Returns the total 2-norm before clipping (``inf``/``nan`` when a gradient is not
     finite: the caller then skips the update).
     """
+    total = clip_grads(params, max_norm)
+    return 0.0 if total is None else float(total)
+
+
+def clip_grads(params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor | None:
+    """:func:`clip_grad_norm` without reading the norm back to the host on a GPU: the
+    total 2-norm before clipping as a 0-dim tensor on the gradients' device (None: no
+    gradients), the gradients scaled there by ``max_norm / norm`` when the norm is
+    finite and above it (``torch.where``: no host sync). On the CPU, reading the norm
+    costs nothing, and the gradients are only touched when they are clipped."""
     grads = []
     for p in params:
         g = p.grad
@@ -214,9 +253,16 @@ def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
         else:
             grads.append(g)
     if not grads:
-        return 0.0
+        return None
     norms = torch._foreach_norm(grads)  # one fused kernel per device and dtype
-    total = float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
-    if math.isfinite(total) and total > max_norm:
-        torch._foreach_mul_(grads, max_norm / (total + 1e-6))
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]))
+    if total.device.type == "cpu":
+        value = float(total)
+        if math.isfinite(value) and value > max_norm:
+            torch._foreach_mul_(grads, max_norm / (value + 1e-6))
+        return total
+    if math.isfinite(max_norm):
+        above = torch.isfinite(total) & (total > max_norm)
+        scale = torch.where(above, max_norm / (total + 1e-6), torch.ones_like(total))
+        torch._foreach_mul_(grads, scale)
     return total

@@ -20,30 +20,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from stream_trainer.learner.graphs import capture
 from stream_trainer.learner.mixture import Mixture
 from stream_trainer.learner.optim import (
     DEFAULT_EMBEDDING_LR,
     DEFAULT_EMBEDDING_OPTIMIZER,
     SplitOptimizer,
     SplitOptimizerArgs,
-    clip_grad_norm,
+    clip_grads,
     use_sparse_embeddings,
 )
 from stream_trainer.learner.result import SKIP_NON_FINITE_GRAD, SKIP_NON_FINITE_LOSS, StepResult
 from stream_trainer.learner.static import StaticBatch
 from stream_trainer.learner.sync import Reduce, ReplicaSync
 from stream_trainer.models.baseline import OFFSET, Baseline
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU. Asking for ``cuda`` without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "device 'cuda' requested but torch sees no CUDA device; use device: auto or cpu"
-        )
-    return torch.device(name)
 
 
 def _sparse_or_dense(
@@ -82,10 +72,11 @@ class _LearnerArgs(TypedDict):
 class Learner(ReplicaSync):
     """Owns a model and its optimizer; ``step`` is the only place weights change.
 
-    ``sparse_embeddings=None`` means sparse on the CPU (a step then touches only the rows
-    of its batch), dense on a GPU (where a dense fused update is cheap and keeps shapes
-    fixed). Sparse embeddings use ``embedding_optimizer`` at ``embedding_lr`` (``None``:
-    ``lr``); weight decay applies to dense weights only.
+    ``sparse_embeddings=None`` means sparse gradients on the CPU (a step then touches only
+    the rows of its batch), dense on a GPU (where a dense update is cheap and keeps shapes
+    fixed). Either way the embedding tables use ``embedding_optimizer`` at
+    ``embedding_lr`` (``None``: ``lr``), in the optimizer's part ``sparse``: one layout on
+    every device (learner/optim.py); weight decay applies to dense weights only.
 
     ``fixed_batch``: pad every batch of up to that many rows to exactly that many (padded
     rows are masked out of the loss). ``cuda_graphs`` (CUDA only, implies fixed batches
@@ -120,11 +111,12 @@ class Learner(ReplicaSync):
         self.grad_clip_norm = grad_clip_norm
         cuda = self.device.type == "cuda"
         sparse_embeddings = _sparse_or_dense(cuda, sparse_embeddings, cuda_graphs, fixed_batch)
-        sparse = use_sparse_embeddings(self.model, sparse_embeddings) if sparse_embeddings else []
-        sparse_ids = {id(p) for p in sparse}
+        tables = use_sparse_embeddings(self.model, sparse_embeddings)
+        table_ids = {id(p) for p in tables}
+        self.sparse_grads = sparse_embeddings  # the tables' gradients (their part is the same)
         self._groups = (
-            [p for p in self.model.parameters() if id(p) not in sparse_ids],
-            sparse,
+            [p for p in self.model.parameters() if id(p) not in table_ids],
+            tables,
         )
         self._opt_args: SplitOptimizerArgs = {
             "name": optimizer,
@@ -133,6 +125,7 @@ class Learner(ReplicaSync):
             "sparse_name": embedding_optimizer,
             "sparse_lr": embedding_lr,
             "fused": cuda,
+            "sparse_grads": sparse_embeddings,
         }
         self.base_lr = lr
         self.lr_multiplier = 1.0
@@ -162,6 +155,8 @@ class Learner(ReplicaSync):
             "bf16": bf16,
         }
         self._pin = cuda
+        self._staging: dict[str, torch.Tensor] = {}  # pinned host buffers, reused (GPU)
+        self._back: torch.Tensor | None = None  # pinned: each step's numbers come back here
         # replicas: embeddings sync as the rows a step touched (see ``_local_grads``);
         # ``touched`` (average mode) collects the rows local steps changed since the
         # last averaging, per sparse table
@@ -221,14 +216,23 @@ class Learner(ReplicaSync):
             child.track_rows()
         return child
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+    def _tensor(self, array: np.ndarray, name: str) -> torch.Tensor:
+        """``array`` on the device. On a GPU through a page-locked buffer of this name,
+        kept and reused (pinning anew at each call costs more than the copy): the copy
+        runs asynchronously, and every step and prediction ends with a copy back that
+        waits for it, so the buffer is free again at the next call."""
         t = torch.from_numpy(np.ascontiguousarray(array))
-        if self._pin:  # page-locked host memory: the copy below runs asynchronously
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=True)
+        if not self._pin:
+            return t.to(self.device)
+        buf = self._staging.get(name)
+        if buf is None or buf.dtype != t.dtype or buf.numel() < t.numel():
+            buf = self._staging[name] = torch.empty(t.numel(), dtype=t.dtype, pin_memory=True)
+        host = buf[: t.numel()].view(t.shape)
+        host.copy_(t)
+        return host.to(self.device, non_blocking=True)
 
     def _tensors(self, inputs: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        return {k: self._tensor(v) for k, v in inputs.items()}
+        return {k: self._tensor(v, k) for k, v in inputs.items()}
 
     def _per_example_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.task == "binary":
@@ -272,24 +276,12 @@ class Learner(ReplicaSync):
             return out, per, per.mean()
         return out, per, (per * mask).sum() / mask.sum().clamp_min(1.0)
 
-    def _capture(self, x: Mapping[str, torch.Tensor], y: torch.Tensor, m: torch.Tensor) -> None:
-        """Record forward + backward on the static batch (torch's recipe: warm up on a
-        side stream, then capture). Gradients become static tensors that every replay
-        overwrites, so they must never be set to None afterwards."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self.optimizer.zero_grad()
-                self._forward(x, y, m)[2].backward()
-        torch.cuda.current_stream().wait_stream(side)
-        self.optimizer.zero_grad()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out, per, loss = self._forward(x, y, m)
-            loss.backward()
-        self._graph, self._graph_out = graph, (out, per, loss)
-        self._graph_shapes = self.static.shapes if self.static else None
+    def _fwd_bwd(
+        self, x: Mapping[str, torch.Tensor], y: torch.Tensor, m: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, per, loss = self._forward(x, y, m)
+        loss.backward()
+        return out, per, loss
 
     def _to_numpy(self, out: torch.Tensor) -> np.ndarray:
         if self.task == "binary":
@@ -321,39 +313,60 @@ class Learner(ReplicaSync):
             if offsets is not None:
                 inputs = {**inputs, OFFSET: offsets.astype(np.float32)}
         out, per, loss, graphed = self._score(inputs, targets)
-        result = StepResult(per[:n].detach().cpu().numpy(), self._to_numpy(out[:n]))
-        if not torch.isfinite(loss):
+        if not graphed:  # (a replay has written the gradients already)
+            # in place once there are fixed-shape buffers: a graph's gradients stay its own
+            self.optimizer.zero_grad(in_place=self.static is not None)
+            loss.backward()  # before the finiteness check: that waits for the copy back
+        max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else math.inf
+        norm = clip_grads(self.model.parameters(), max_norm) if reduce is None else None
+        losses, outputs, mean, grad_norm = self._fetch(per[:n], out[:n], loss, norm)
+        result = StepResult(losses, outputs)
+        if not math.isfinite(mean):
             result.skipped = SKIP_NON_FINITE_LOSS
             if reduce is not None:
                 self._synced_update(reduce, 0, None)  # the others may still have data
             return result
-        if self.baseline is not None and experts is not None:
-            self._score_mixture(result, experts[:n], targets[:n])
-        if not graphed:  # a replay has already written the gradients
-            self.optimizer.zero_grad()
-            loss.backward()
         if reduce is not None:
             grads = self._local_grads(n)
             if grads is None:
                 result.skipped = SKIP_NON_FINITE_GRAD
                 self._synced_update(reduce, 0, None)
-                return result
-            self._synced_update(reduce, n, grads, result)
-            return result
-        max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else math.inf
-        norm = clip_grad_norm(self.model.parameters(), max_norm)
-        result.grad_norm = norm
-        if not math.isfinite(norm):
-            if not graphed:
-                self.optimizer.zero_grad()
-            result.skipped = SKIP_NON_FINITE_GRAD
-            return result
-        result.clipped = norm > max_norm
-        self.optimizer.step(n)
-        self.updates += 1
-        if self.touched is not None:
-            self._touch()
+            else:
+                self._synced_update(reduce, n, grads, result)
+        elif not math.isfinite(grad_norm):
+            result.grad_norm, result.skipped = grad_norm, SKIP_NON_FINITE_GRAD
+        else:
+            result.grad_norm, result.clipped = grad_norm, grad_norm > max_norm
+            self.optimizer.step(n)  # on a GPU, queued: the mixture below runs meanwhile
+            self.updates += 1
+            if self.touched is not None:
+                self._touch()
+        if self.baseline is not None and experts is not None:
+            self._score_mixture(result, experts[:n], targets[:n])
         return result
+
+    def _fetch(
+        self, per: torch.Tensor, out: torch.Tensor, loss: torch.Tensor, norm: torch.Tensor | None
+    ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """(per-example losses, outputs in model units, mean loss, gradient norm) on the
+        host, in one copy back: on a GPU the step's only wait for the device."""
+        if self.task == "binary":
+            out = torch.sigmoid(out)
+        out = out.detach().float()
+        norm = norm if norm is not None else torch.zeros_like(loss)
+        parts = [per.detach().float().reshape(-1), out.reshape(-1), loss.detach().reshape(1)]
+        flat = torch.cat([*parts, norm.reshape(1)])
+        if self._pin:
+            if self._back is None or self._back.numel() < flat.numel():
+                self._back = torch.empty(2 * flat.numel(), pin_memory=True)
+            back = self._back[: flat.numel()]
+            back.copy_(flat, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            host = back.numpy().copy()  # (the buffer is reused at the next step)
+        else:
+            host = flat.numpy()
+        n, k = per.shape[0], out.numel()
+        return host[:n], host[n : n + k].reshape(out.shape), float(host[n + k]), float(host[-1])
 
     def _score_mixture(self, result: StepResult, experts: np.ndarray, targets: np.ndarray) -> None:
         """The scored events' targets join the baseline; the mixture of the model and the
@@ -373,15 +386,18 @@ class Learner(ReplicaSync):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """Forward with the pre-update weights: outputs, per-example and mean loss, and
         whether a captured graph ran (then the gradients are written already)."""
-        if self.static is None or targets.shape[0] > self.static.size:
-            out, per, loss = self._forward(self._tensors(inputs), self._tensor(targets), None)
-            return out, per, loss, False
+        if self.static is None or targets.shape[0] > self.static.size:  # (larger: eager)
+            x, y = self._tensors(inputs), self._tensor(targets, "__targets__")
+            return (*self._forward(x, y, None), False)
         x, y, m = self.static.load(inputs, targets)
         if not self.cuda_graphs:
             return (*self._forward(x, y, m), False)
         if self._graph is None or self._graph_shapes != self.static.shapes:
-            self._capture(x, y, m)
-        assert self._graph is not None and self._graph_out is not None
+            self._graph, self._graph_out = capture(
+                lambda: self._fwd_bwd(x, y, m), self.optimizer.zero_grad
+            )
+            self._graph_shapes = self.static.shapes
+        assert self._graph_out is not None
         self._graph.replay()
         return (*self._graph_out, True)
 

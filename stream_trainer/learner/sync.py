@@ -32,6 +32,7 @@ class ReplicaSync:
     grad_clip_norm: float | None
     updates: int
     sparse_sync: bool
+    sparse_grads: bool
     touched: list[list[torch.Tensor]] | None
     _groups: tuple[list[nn.Parameter], list[nn.Parameter]]
 
@@ -46,8 +47,9 @@ class ReplicaSync:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def _synced_tables(self) -> list[nn.Parameter]:
-        """The embedding tables that sync as rows (none without sparse sync)."""
-        if not self.sparse_sync:
+        """The embedding tables that sync as rows (none without sparse sync, or with dense
+        embedding gradients: those sync whole, with the dense buffer)."""
+        if not self.sparse_sync or not self.sparse_grads:
             return []
         return [p for p in self._groups[1] if p.requires_grad]
 
@@ -74,10 +76,8 @@ class ReplicaSync:
             else:
                 parts.append((g.to_dense() if g.is_sparse else g).reshape(-1))
         flat = torch.cat(parts) * n if parts else torch.zeros(0, device=self.device)
-        finite = bool(torch.isfinite(flat).all()) and all(
-            bool(torch.isfinite(v).all()) for _, v in rows
-        )
-        return (flat, rows) if finite else None
+        ok = torch.stack([torch.isfinite(t).all() for t in (flat, *(v for _, v in rows))])
+        return (flat, rows) if bool(ok.all()) else None  # (one read back, not one per part)
 
     def _synced_update(
         self,
@@ -108,18 +108,18 @@ class ReplicaSync:
                 continue
             g = flat[i : i + p.numel()].view_as(p)
             i += p.numel()
-            if id(p) in sparse:  # back to the rows touched, for the sparse optimizer
+            if id(p) in sparse and self.sparse_grads:  # back to the rows touched
                 p.grad = g.to_sparse(sparse_dim=1).coalesce()
-            elif p.grad is None:
+            elif p.grad is None or p.grad.is_sparse:
                 p.grad = g.clone()
             else:
-                p.grad.copy_(g)
+                p.grad.copy_(g)  # in place: a CUDA graph's gradients stay its own
         max_norm = self.grad_clip_norm if self.grad_clip_norm is not None else math.inf
         norm = clip_grad_norm(params, max_norm)  # the same on every replica
         if result is not None:
             result.grad_norm, result.clipped = norm, norm > max_norm
         if not math.isfinite(norm):
-            self.optimizer.zero_grad()
+            self.optimizer.zero_grad(in_place=True)
             if result is not None:
                 result.skipped = SKIP_NON_FINITE_GRAD
             return False

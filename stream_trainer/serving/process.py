@@ -73,7 +73,11 @@ class Slots:
 
     @classmethod
     def like(cls, model: nn.Module) -> Slots:
-        modules = [_frozen_copy(model).share_memory() for _ in range(SLOTS)]
+        """Host copies whatever the model's device: ``share_memory`` does nothing for a
+        CUDA tensor, and a copy from the GPU into host memory that is not page-locked
+        returns only once it is complete (after the optimizer step queued before it),
+        so the sequence numbers bracket a finished copy."""
+        modules = [_frozen_copy(model).cpu().share_memory() for _ in range(SLOTS)]
         return cls(modules, torch.zeros(SLOTS, dtype=torch.int64).share_memory_())
 
     def signature(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -176,7 +180,7 @@ class ServingProcess:
             with torch.no_grad():
                 src = served.module.state_dict()
                 for k, dst in slots.modules[slot].state_dict().items():
-                    dst.copy_(src[k])
+                    dst.copy_(src[k])  # (from a GPU: returns once copied, see Slots.like)
             seqs[slot] += 1
             pub = Published(
                 name, slot, int(seqs[slot]), served.version, served.task, served.published_at,

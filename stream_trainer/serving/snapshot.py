@@ -72,6 +72,15 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return out.eval()
 
 
+def _settled(module: nn.Module) -> None:
+    """Wait until a copy into ``module`` on a GPU is done: it was queued behind the
+    optimizer's step, asynchronously, and a reader on another thread (and stream) must
+    never score half-written weights. Once per publication; nothing on the CPU."""
+    p = next(module.parameters(), None)
+    if p is not None and p.device.type == "cuda":
+        torch.cuda.current_stream(p.device).synchronize()
+
+
 class Publisher:
     """The trainer calls :meth:`updated` after each step; readers use :meth:`use`."""
 
@@ -133,6 +142,7 @@ class Publisher:
                 src = learner.model.state_dict()
                 for k, dst in spare.module.state_dict().items():
                     dst.copy_(src[k])
+            _settled(spare.module)
         else:  # the live model, read by the mirror now, between two steps
             spare = ServedModel(learner.model)
         spare.baseline = copy.deepcopy(getattr(learner, "baseline", None))
