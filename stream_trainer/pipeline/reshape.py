@@ -28,8 +28,9 @@ What the challenger starts from (:func:`carry`):
   learned from that batch (no label leaks into the challenger's prequential loss)
   (:class:`RowCarry`). Rows a colliding id shared in the smaller table start shared;
 - anything else (a new layer, a tensor that shrank): the fresh model's initialisation.
-  The optimizer's moments start afresh; the trivial baselines and the mixture are the
-  champion's.
+  The optimizer's state follows the values (a kept tensor's, a grown one's old block, a
+  carried row's: :func:`carry_optimizer`), so the carried weights go on moving as the
+  champion's do; the trivial baselines and the mixture are the champion's.
 
 While the race runs, a checkpoint holds both (``reshape``: the challenger's settings,
 featurizer state, race and which new rows were carried; format 4), so a restart resumes
@@ -76,6 +77,55 @@ def saved_shape(settings_json: str) -> dict[str, Any]:
 
 
 # ---- what the challenger starts from -----------------------------------------------------
+def _grow_into(t: torch.Tensor, o: torch.Tensor) -> None:
+    """``o``'s values in the leading block of the larger ``t``; a weight's new input
+    columns (the new units' outgoing weights, in the next layer) zero."""
+    if t.dim() >= 2:
+        t[:, o.shape[1] :] = 0.0
+    t[tuple(slice(0, s) for s in o.shape)] = o.to(t.dtype)
+
+
+def _param_states(learner: Any) -> dict[str, tuple[nn.Parameter, dict[str, Any]]]:
+    """{parameter name: (parameter, its optimizer state)} of a learner."""
+    names = {id(q): n for n, q in learner.model.named_parameters()}
+    return {names[id(q)]: (q, opt.state[q]) for opt in learner.optimizer.parts.values()
+            for g in opt.param_groups for q in g["params"] if id(q) in names}  # fmt: skip
+
+
+def row_states(learner: Any, table: str) -> list[torch.Tensor]:
+    """The optimizer's per-row state of embedding ``table`` (Adagrad's sums, Adam's
+    moments): its tensors of the weight's shape."""
+    q, state = _param_states(learner).get(f"{table}.weight", (None, {}))
+    if q is None:
+        return []
+    return [v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == q.shape]
+
+
+def carry_optimizer(old: Any, new: Any, done: Mapping[str, list[str]]) -> None:
+    """The optimizer's state of the tensors :func:`carry` kept or grew, like their
+    values (a grown tensor's new entries: no history), so that the carried weights go on
+    moving as the champion's do, not by a fresh optimizer's first large steps."""
+    if type(old.optimizer.parts.get("dense")) is not type(new.optimizer.parts.get("dense")):
+        return
+    before = _param_states(old)
+    with torch.no_grad():
+        for name, (q, state) in _param_states(new).items():
+            if name not in done["kept"] and name not in done["grown"] or name not in before:
+                continue
+            oq, ostate = before[name]
+            if not ostate:
+                continue
+            out: dict[str, Any] = {}
+            for k, v in ostate.items():
+                if isinstance(v, torch.Tensor) and v.shape == oq.shape and v.dim():
+                    out[k] = torch.zeros_like(q, memory_format=torch.preserve_format)
+                    _grow_into(out[k], v)
+                else:
+                    out[k] = v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            state.clear()
+            state.update(out)
+
+
 def carry(old: nn.Module, new: nn.Module) -> dict[str, list[str]]:
     """Copy into ``new`` what fits of ``old`` (see the module's note); what was done to
     each tensor: ``{"kept": [...], "grown": [...], "by_id": [...], "fresh": [...]}``."""
@@ -93,9 +143,7 @@ def carry(old: nn.Module, new: nn.Module) -> dict[str, list[str]]:
             elif k in tables:
                 out["by_id" if o.shape[1:] == t.shape[1:] else "fresh"].append(k)
             elif all(a <= b for a, b in zip(o.shape, t.shape, strict=True)):
-                if t.dim() >= 2:  # the new inputs (a grown layer's new units) count 0
-                    t[:, o.shape[1] :] = 0.0
-                t[tuple(slice(0, s) for s in o.shape)] = o.to(t.dtype)
+                _grow_into(t, o)
                 out["grown"].append(k)
             else:
                 out["fresh"].append(k)
@@ -110,23 +158,25 @@ class RowCarry:
     Positions match because both featurizers made the rows from the same events (a batch
     whose shapes differ carries nothing)."""
 
-    def __init__(self, champion: nn.Module, challenger: nn.Module, names: list[str]) -> None:
+    def __init__(self, champion: Any, challenger: Any, names: list[str]) -> None:
         self.names = [n.removesuffix(".weight") for n in names]
-        mods = dict(challenger.named_modules())
+        self.challenger = challenger
+        mods = dict(challenger.model.named_modules())
         self.seen = {n: torch.zeros(mods[n].num_embeddings, dtype=torch.bool) for n in self.names}
-        self._noted: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # per table: the ids the champion's batch used, its rows and their optimizer state
+        self._noted: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         self._hooks = [mods[n].register_forward_pre_hook(self._carrier(n)) for n in self.names]
-        self.champion: nn.Module | None = None
+        self.champion: Any = None
         self.follow(champion)
 
-    def follow(self, champion: nn.Module) -> None:
-        """Note the rows of ``champion`` (again after a drift race replaced it)."""
+    def follow(self, champion: Any) -> None:
+        """Note the rows of learner ``champion`` (again after a drift race replaced it)."""
         if champion is self.champion:
             return
         for h in self._hooks[len(self.names) :]:
             h.remove()
         del self._hooks[len(self.names) :]
-        mods = dict(champion.named_modules())
+        mods = dict(champion.model.named_modules())
         self._hooks += [mods[n].register_forward_pre_hook(self._noter(n))
                         for n in self.names if isinstance(mods.get(n), nn.Embedding)]  # fmt: skip
         self.champion = champion
@@ -141,7 +191,8 @@ class RowCarry:
             if module.training:
                 ids, weight = args[0], module.weight
                 assert isinstance(weight, torch.Tensor)
-                self._noted[name] = (ids, weight.detach()[ids].clone())
+                rows = [t.detach()[ids] for t in (weight, *row_states(self.champion, name))]
+                self._noted[name] = (ids, rows)
 
         return note
 
@@ -154,12 +205,15 @@ class RowCarry:
             flat = ids.reshape(-1).cpu()
             seen = self.seen[name]
             if noted is not None and noted[0].shape == ids.shape:
-                rows = noted[1].reshape(flat.shape[0], -1)
                 new = ~seen[flat] & (flat != 0)  # (row 0: the padding row)
-                if bool(new.any()):
+                into = [weight, *row_states(self.challenger, name)]
+                if bool(new.any()) and len(into) == len(noted[1]):
+                    at = flat[new].to(weight.device)
                     with torch.no_grad():
-                        at = flat[new].to(weight.device)
-                        weight[at] = rows[new.to(rows.device)].to(weight.dtype)
+                        for dst, rows in zip(into, noted[1], strict=True):
+                            dst[at] = rows.reshape(flat.shape[0], -1)[new.to(rows.device)].to(
+                                dst.dtype
+                            )
             seen[flat] = True
 
         return carry_rows
@@ -213,9 +267,10 @@ class Reshape:
         champion = self.p.learner
         child = self.make()
         self.carried = carry(champion.model, child.model)
+        carry_optimizer(champion, child, self.carried)
         if self.rows is not None:
             self.rows.close()
-        self.rows = RowCarry(champion.model, child.model, self.carried["by_id"])
+        self.rows = RowCarry(champion, child, self.carried["by_id"])
         for part in ("baseline", "mixture"):  # the trivial experts are the stream's
             mine, theirs = getattr(child, part), getattr(champion, part)
             if mine is not None and theirs is not None:
@@ -226,7 +281,7 @@ class Reshape:
     def step(self, fb: Any, champion_losses: np.ndarray) -> tuple[str, Any] | None:
         """The challenger learns from the champion's batch (its own examples of it)."""
         if self.rows is not None:
-            self.rows.follow(self.p.learner.model)
+            self.rows.follow(self.p.learner)
         if self.paired:
             fb = getattr(fb, "second", None)
             if fb is None or len(fb) == 0:
