@@ -39,7 +39,9 @@ def registered_metrics() -> dict[str, set[str]]:
 def readme_metrics() -> dict[str, set[str]]:
     """{name: label names} from the rows of the README's metrics table."""
     out: dict[str, set[str]] = {}
-    for line in _section("Metrics").splitlines():
+    # (and the docs pages' tables of the same form: the README moves into them)
+    docs = "\n".join(f.read_text() for f in sorted((REPO / "docs").glob("*.md")))
+    for line in (_section("Metrics") + "\n" + docs).splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 3 or not cells[0].startswith("`stream_trainer_"):
             continue

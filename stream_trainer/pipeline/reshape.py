@@ -245,6 +245,8 @@ class Paired:
         return fb
 
     def __getattr__(self, name: str) -> Any:  # the rest is the champion's
+        if name in ("champion", "challenger") or name.startswith("__"):
+            raise AttributeError(name)  # (not set yet: a copy being made)
         return getattr(self.champion, name)
 
 
@@ -254,6 +256,7 @@ class Reshape:
 
     def __init__(self, p: Any, new_spec: PipelineSettings, new_featurizer: Any) -> None:
         self.p, self.spec, self.featurizer = p, new_spec, new_featurizer
+        self.features = p.learner.features  # the champion's featurizer settings (serving)
         self.paired = p.spec.featurizer != new_spec.featurizer
         device = p.learner.device
         self.make = build.learner_factory(p.settings, new_spec, new_featurizer, device)
@@ -280,8 +283,11 @@ class Reshape:
 
     def step(self, fb: Any, champion_losses: np.ndarray) -> tuple[str, Any] | None:
         """The challenger learns from the champion's batch (its own examples of it)."""
+        champion = self.p.learner
+        if getattr(champion, "features", None) is None:  # a drift race's winner: serving
+            champion.features = self.features  # scores it with the champion's featurizer
         if self.rows is not None:
-            self.rows.follow(self.p.learner)
+            self.rows.follow(champion)
         if self.paired:
             fb = getattr(fb, "second", None)
             if fb is None or len(fb) == 0:
@@ -325,6 +331,12 @@ def begin(p: Any, doc: Mapping[str, Any]) -> None:
     settings (its learner, featurizer, decoder) and set the configured ones aside for the
     race (``p.reshape``), started or resumed by :func:`resume`."""
     p.reshape = None
+    if doc["kind"] != p.spec.kind:
+        raise StreamTrainerError(
+            f"pipeline {p.name}: the checkpoint in {p.store.dir} is of kind "
+            f"{doc['kind']!r}, the config says {p.spec.kind!r}; restore the old config, or "
+            "move the checkpoint directory away to start fresh"
+        )
     saved = saved_shape(doc["settings"])
     if saved == shape_settings(p.spec):
         if doc.get("reshape"):
@@ -336,16 +348,16 @@ def begin(p: Any, doc: Mapping[str, Any]) -> None:
     new_spec, new_featurizer = p.spec, p.featurizer
     try:
         old = PipelineSettings.model_validate({**p.spec.model_dump(mode="json"), **saved})
-    except ValueError as err:
-        raise _refuse(p, f"its settings are not valid today ({str(err)[:200]})") from None
-    featurizer = build_featurizer(old.kind, old.featurizer)
+        featurizer = build_featurizer(old.kind, old.featurizer)
+        champion = build.learner_factory(p.settings, old, featurizer, p.learner.device)()
+    except Exception as err:  # (settings, or a plugin, that today's code cannot build)
+        raise _refuse(p, f"its own cannot be built today ({str(err)[:200]})") from None
     if old.featurizer != new_spec.featurizer:
         if p.joiner is not None:
             raise _refuse(p, "a new featurizer does not race yet with delayed labels")
         if build.decoder_spec(old, featurizer) != p.decoder_spec:
             raise _refuse(p, "the events it decodes differ (a featurizer's channels)")
-    device = p.learner.device
-    p.learner = build.learner_factory(p.settings, old, featurizer, device)()
+    p.learner = champion
     p.learner.features = saved["featurizer"]  # (serving scores it with its own)
     p.spec = old
     p.reshape = Reshape(p, new_spec, new_featurizer)
