@@ -138,6 +138,29 @@ def test_a_restart_mid_race_resumes_it(tmp_path):
     }  # fmt: skip
 
 
+def test_serving_scores_each_served_model_with_its_own_featurizer(tmp_path):
+    """/predict's scorer is built from the config (before the restore): while the race
+    runs it serves the restored model with the checkpoint's featurizer (its old
+    id_buckets), and the new model with the config's once it won."""
+    from stream_trainer.serving.scorer import Scorer
+    from stream_trainer.serving.snapshot import Publisher
+
+    data = first_run(tmp_path)
+    p = pipeline(tmp_path / "a", 32, 1024)
+    scorer, publisher = Scorer(p.spec, Publisher(0.0)), Publisher(0.0)
+    scorer.publisher = publisher
+    docs = list(make_generator("clicks", seed=5, count=8))
+    assert p.restore() and p.reshape is not None
+    for phase in ("racing", "won"):
+        publisher.publish(p.learner)
+        want = p.learner.predict(p.featurizer.featurize([{**d, "label": 0} for d in docs]).inputs)
+        got = scorer.score(docs)
+        assert not got.errors, (phase, got.errors)
+        np.testing.assert_allclose(got.scores, want, rtol=1e-5, atol=1e-6, err_msg=phase)
+        run(p, data, FIRST + SECOND)
+    assert p.reshape is None and p.featurizer.id_buckets == 1024  # (it won)
+
+
 def test_carry_keeps_what_fits_and_widens_without_changing_the_output():
     from stream_trainer.models.clicks import ClickModel
 
