@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 
 import numpy as np
@@ -20,6 +21,7 @@ from stream_trainer.metrics import Metrics
 from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.pipeline.reshape import carry
 from stream_trainer.producers import make_generator
+from stream_trainer.serving.process import Slots
 
 FIRST, SECOND = 300, 400  # events per partition in run 1, then in run 2
 
@@ -119,6 +121,9 @@ def test_a_restart_mid_race_resumes_it(tmp_path):
     p = pipeline(tmp_path / "a", 32, 1024, window=10_000)  # (no verdict in this test)
     assert p.restore()
     run(p, data, FIRST + SECOND // 2)
+    # what serving copies (and sends to its process) holds no hook of the race
+    for model in (p.learner.model, p.reshape.race.challenger.model):
+        pickle.dumps(Slots.like(model).modules[0])
     doc = newest(tmp_path / "a")
     held = doc["reshape"]
     assert held["race"]["active"] and held["race"]["seen"] == 2 * (SECOND // 2)

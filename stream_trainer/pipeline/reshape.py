@@ -152,11 +152,12 @@ def carry(old: nn.Module, new: nn.Module) -> dict[str, list[str]]:
 
 class RowCarry:
     """The rows of resized embedding tables, carried by the ids of the events both models
-    see: the champion's rows a batch uses are noted before it learns (a forward pre-hook,
-    in training mode only: serving's copies never note), and the first time the
-    challenger's same batch uses a row of its table, the row starts as the champion's.
-    Positions match because both featurizers made the rows from the same events (a batch
-    whose shapes differ carries nothing)."""
+    see: the champion's rows a batch uses are noted before it learns (a forward pre-hook),
+    and the first time the challenger's same batch uses a row of its table, the row starts
+    as the champion's. Positions match because both featurizers made the rows from the
+    same events (a batch whose shapes differ carries nothing). The hooks are on the
+    modules only during each model's step, so the copies serving makes of a model (and
+    sends to the serving process) never hold them."""
 
     def __init__(self, champion: Any, challenger: Any, names: list[str]) -> None:
         self.names = [n.removesuffix(".weight") for n in names]
@@ -165,7 +166,7 @@ class RowCarry:
         self.seen = {n: torch.zeros(mods[n].num_embeddings, dtype=torch.bool) for n in self.names}
         # per table: the ids the champion's batch used, its rows and their optimizer state
         self._noted: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-        self._hooks = [mods[n].register_forward_pre_hook(self._carrier(n)) for n in self.names]
+        self._hooked(challenger, self._carrier)
         self.champion: Any = None
         self.follow(champion)
 
@@ -173,18 +174,31 @@ class RowCarry:
         """Note the rows of learner ``champion`` (again after a drift race replaced it)."""
         if champion is self.champion:
             return
-        for h in self._hooks[len(self.names) :]:
-            h.remove()
-        del self._hooks[len(self.names) :]
-        mods = dict(champion.model.named_modules())
-        self._hooks += [mods[n].register_forward_pre_hook(self._noter(n))
-                        for n in self.names if isinstance(mods.get(n), nn.Embedding)]  # fmt: skip
+        if self.champion is not None:
+            self.champion.__dict__.pop("step", None)
+        self._hooked(champion, self._noter)
         self.champion = champion
 
+    def _hooked(self, learner: Any, hook: Callable[[str], Any]) -> None:
+        """``learner.step`` with ``hook(table)`` on its tables for the step's duration."""
+        step = type(learner).step.__get__(learner)
+
+        def hooked_step(*args: Any, **kw: Any) -> Any:
+            mods = dict(learner.model.named_modules())
+            handles = [mods[n].register_forward_pre_hook(hook(n)) for n in self.names
+                       if isinstance(mods.get(n), nn.Embedding)]  # fmt: skip
+            try:
+                return step(*args, **kw)
+            finally:
+                for h in handles:
+                    h.remove()
+
+        learner.step = hooked_step
+
     def close(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
+        for learner in (self.champion, self.challenger):
+            if learner is not None:
+                learner.__dict__.pop("step", None)
 
     def _noter(self, name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def note(module: nn.Module, args: tuple[Any, ...]) -> None:
