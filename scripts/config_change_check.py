@@ -19,10 +19,12 @@ the final checkpoint holds. Exit 0 when the ledger is exact and the ratio is met
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,34 @@ from stream_trainer.metrics.scrape import sample
 from stream_trainer.producers import make_generator
 
 PIPELINE = "clicks"  # (upgrade_check's newest() reads this pipeline's directory)
+
+
+class Asker(threading.Thread):
+    """Asks the daemon's /predict for one event's score every 0.2 s while it runs:
+    the answers' statuses and the model versions they were scored with."""
+
+    def __init__(self, address: str, event: dict[str, Any]) -> None:
+        super().__init__(daemon=True)
+        self.address, self.body = address, json.dumps(event).encode()
+        self.statuses: dict[int, int] = {}
+        self.versions: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        host, port = self.address.rsplit(":", 1)
+        while not self.done.wait(0.2):
+            try:
+                conn = http.client.HTTPConnection(host, int(port), timeout=5)
+                conn.request("POST", f"/predict/{PIPELINE}", self.body,
+                             {"Content-Type": "application/json"})  # fmt: skip
+                resp = conn.getresponse()
+                doc = json.loads(resp.read() or b"{}")
+                conn.close()
+            except (OSError, ValueError):
+                continue  # (not serving yet, or stopping)
+            self.statuses[resp.status] = self.statuses.get(resp.status, 0) + 1
+            if resp.status == 200:
+                self.versions.append(int(doc["model_version"]))
 
 
 def main() -> int:
@@ -76,8 +106,14 @@ def main() -> int:
         shutil.copytree(ckpt, work / "ckpt-same")
         for q, n in produce(bs, "clicks", second).items():
             sent[q] = sent.get(q, 0) + n
-        changed = Run(work, "2-changed", ROOT, cfg(ckpt, "out.changed", 128, 2 * b))
+        serving = f"127.0.0.1:{free_port()}"  # run 2 serves /predict (its own process)
+        changed_cfg = {**cfg(ckpt, "out.changed", 128, 2 * b), "serving": {"address": serving}}
+        changed = Run(work, "2-changed", ROOT, changed_cfg)
+        asker = Asker(serving, {k: v for k, v in second[0].items() if k != "label"})
+        asker.start()
         changed.until_caught_up(a.partitions, expect=a.after)
+        asker.done.set()
+        asker.join()
         after = newest(ckpt)
         # the unchanged run 2 on the same events (its checkpoint's offsets rule)
         same = Run(work, "3-unchanged", ROOT, cfg(work / "ckpt-same", "out.same", 64, b))
@@ -97,12 +133,15 @@ def main() -> int:
                           pipeline=PIPELINE, outcome="promoted") or 0.0  # fmt: skip
         racing = sample(s, "stream_trainer_challenger_racing", pipeline=PIPELINE, cause="config")
         log_text = changed.log.read_text()
+        errors = [ln for ln in log_text.splitlines() if " error " in ln or "Traceback" in ln]
         applied = [ln for ln in log_text.splitlines() if "config applied" in ln]
         settings = json.loads(after["settings"])
         holds = (f"hidden {settings['model'].get('hidden')}, id_buckets "
                  f"{settings['featurizer'].get('id_buckets')}"
                  + (", a race in progress" if after["reshape"] else ""))  # fmt: skip
-        met = exact and ratio <= 1.01 and len(losses["changed"]) == a.after
+        served = asker.statuses.get(200, 0)
+        versions = f"{min(asker.versions)}..{max(asker.versions)}" if asker.versions else "-"
+        met = exact and ratio <= 1.01 and len(losses["changed"]) == a.after and not errors
         lines = [
             f"### Config change: hidden 64 -> 128, id_buckets {b} -> {2 * b} "
             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
@@ -119,6 +158,9 @@ def main() -> int:
             f"- the race in the metrics before the stop: challenger_outcomes_total"
             f"{{outcome=\"promoted\"}} {promoted:.0f}, challenger_racing{{cause=\"config\"}} "
             f"{racing}; 'config applied' log lines: {len(applied)}",
+            f"- /predict during run 2 (every 0.2 s): answers by status {asker.statuses}, "
+            f"model versions {versions}; {served} scored; error lines in its log: "
+            f"{len(errors)}",
             f"- the final checkpoint holds: {holds} (model version "
             f"{int(before['learner']['updates'])} -> {int(after['learner']['updates'])})",
             "",
