@@ -15,7 +15,7 @@ import torch
 from fakes import ListSink, ListSource, run_until
 from prometheus_client import CollectorRegistry
 
-from stream_trainer.checkpoint.summary import ledger_ranges
+from stream_trainer.checkpoint.summary import ledger_ranges, render, summarize
 from stream_trainer.config import parse_settings
 from stream_trainer.metrics import Metrics
 from stream_trainer.pipeline.core import Pipeline
@@ -127,6 +127,9 @@ def test_a_restart_mid_race_resumes_it(tmp_path):
     doc = newest(tmp_path / "a")
     held = doc["reshape"]
     assert held["race"]["active"] and held["race"]["seen"] == 2 * (SECOND // 2)
+    said = summarize(sorted((tmp_path / "a" / "clicks").glob("ckpt-*.pt"))[-1])
+    assert said["racing"]["events_raced"] == 2 * (SECOND // 2)
+    assert said["racing"]["settings"]["model"]["hidden"] == 32 and "racing" in render(said)
     assert int(held["rows"]["user"].sum()) > 0  # rows carried by id, remembered
     q = pipeline(tmp_path / "a", 32, 1024, window=10_000)
     assert q.restore()
