@@ -86,10 +86,12 @@ class Run:
         self.log = work / f"{name}.log"
         self.name, self.tree = name, tree
         self.proc: subprocess.Popen[bytes] | None = None
+        self.scraped: dict[str, Any] = {}  # the last /metrics read before the stop
 
-    def until_caught_up(self, partitions: int, timeout_s: float = 600.0) -> float:
-        """Start, wait until every partition is read to its end and trained, stop
-        (SIGTERM: the final checkpoint); the seconds it ran."""
+    def until_caught_up(self, partitions: int, timeout_s: float = 600.0, expect: int = 0) -> float:
+        """Start, wait until every partition is read to its end and trained (and at
+        least ``expect`` events trained by this process: a lag of 0 can be read before
+        the first fetch), stop (SIGTERM: the final checkpoint); the seconds it ran."""
         env = {**os.environ, "PYTHONPATH": str(self.tree)}
         t0 = time.monotonic()
         with open(self.log, "wb") as log:
@@ -110,7 +112,10 @@ class Run:
                 assigned = per_pipeline(s, "stream_trainer_assigned_partitions")
                 pending = sum(per_pipeline(s, "stream_trainer_batch_pending").values())
                 done = sum(assigned.values()) == partitions and not sum(lags.values())
+                trained = sum(per_pipeline(s, "stream_trainer_events_trained_total").values())
+                done = done and trained >= expect
                 quiet = quiet + 1 if done and not pending else 0
+                self.scraped = s
                 if quiet >= 4:  # two seconds with nothing left to read or train
                     break
             else:

@@ -21,6 +21,7 @@ def state(n: int) -> dict:
         "ledger": {},
         "dedup": {},
         "counters": {"trained": n},
+        "reshape": {},
     }
 
 

@@ -43,7 +43,7 @@ BASE_KEYS = frozenset(
     }
 )
 # today's keys: every version's, and what later versions added
-KEYS = BASE_KEYS | {"package_version", "kind", "settings"}
+KEYS = BASE_KEYS | {"package_version", "kind", "settings", "reshape"}
 OPTIONAL_KEYS = frozenset({"joiner"})  # a pipeline with delayed labels: its pending state
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
 

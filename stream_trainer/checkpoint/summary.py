@@ -5,6 +5,7 @@ without upgrading it (the upgrade needs the pipeline's config)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +49,12 @@ def summarize(path: Path) -> dict[str, Any]:
     params = sum(int(v.numel()) for v in model.values() if isinstance(v, torch.Tensor))
     size = sum(_bytes(v) for v in doc.values())
     joiner = doc.get("joiner") or {}
+    reshape = doc.get("reshape") or {}  # a model of the config's new shape racing this one
+    racing = None
+    if isinstance(reshape, Mapping) and reshape:
+        settings = json.loads(reshape["settings"])
+        racing = {"settings": {k: settings.get(k) for k in ("model", "featurizer")},
+                  "events_raced": int(reshape["race"].get("seen", 0))}  # fmt: skip
     return {
         "path": str(path),
         "format_version": version,
@@ -65,6 +72,7 @@ def summarize(path: Path) -> dict[str, Any]:
         "tensors": tensors,
         "optimizers": sorted(learner.get("optimizer", {})),
         "labels_pending": len(joiner.get("pending_ids", [])) if isinstance(joiner, Mapping) else 0,
+        "racing": racing,
         "bytes_in_tensors": size,
         "file_bytes": path.stat().st_size,
     }
@@ -111,6 +119,10 @@ def render(s: Mapping[str, Any]) -> str:
         ("model version", f"{s['model_version']:,} updates, {s['events_trained']:,} events"),
         ("model", f"{s['parameters']:,} parameters; optimizers: {', '.join(s['optimizers'])}"),
     ]
+    if s.get("racing"):
+        r = s["racing"]
+        rows.append(("racing", f"a model of {json.dumps(r['settings'], sort_keys=True)} races "
+                     f"this one ({r['events_raced']:,} events raced)"))  # fmt: skip
     if s["labels_pending"]:
         rows.append(("labels", f"{s['labels_pending']:,} impressions waiting"))
     rows += [(f"  {k}", "x".join(map(str, v)) or "scalar") for k, v in s["tensors"].items()]

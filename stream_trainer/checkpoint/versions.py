@@ -18,6 +18,9 @@ The versions (what each added to the one before):
    in the drift signal; delayed labels' joiner state (an optional key).
 3. 0.2.0: the package version that wrote the file, the pipeline's kind and its settings
    (JSON; an upgraded file gets those of the config it was restored with).
+4. (unreleased): ``reshape``: a model of the config's new shape racing the restored one,
+   with its settings, featurizer state, race and carried rows (pipeline/reshape.py);
+   empty when no such race runs, as in every file written before.
 
 A migration cannot invent what an older release never kept; for that it takes today's
 fresh state (:class:`Context`: the document a new pipeline of the same config would
@@ -33,7 +36,7 @@ from typing import Any
 
 import torch
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # (v1 -> v2, clicks) the pseudo-events at rate 1/2 that the recent click rate of a model
 # from before the baselines starts with: its half-life (models/baseline.py)
 LEGACY_RATE_EVENTS = 50_000.0
@@ -152,7 +155,12 @@ def _v2_to_v3(doc: Doc, ctx: Context) -> Doc:
             "settings": ctx.fresh["settings"]}  # fmt: skip
 
 
-MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3}
+def _v3_to_v4(doc: Doc, ctx: Context) -> Doc:
+    """No race of a new model shape ran before format 4 (a new shape refused to start)."""
+    return {**doc, "reshape": {}}
+
+
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 # what a step could not carry (said in the log when a file passes through it)
 NOT_CARRIED: dict[int, str] = {
     1: "the trivial baseline and mixture start afresh (not kept before); the duplicate "

@@ -151,6 +151,13 @@ class Metrics:
             "Challenger models (drift action) promoted to champion or dropped",
             "outcome",
         )
+        self.racing = self._make(
+            Gauge,
+            "challenger_racing",
+            "1 while a challenger races the champion: cause drift (the drift action) or "
+            "config (a model of the config's new shape beside the restored one)",
+            "cause",
+        )
         self.quality = self._make(
             Gauge,
             "quality",
@@ -302,6 +309,9 @@ class PipelineMetrics(PipelineHooks):
 
     def on_challenger(self, outcome: str) -> None:
         self.m.challenger.labels(self.name, outcome).inc()
+
+    def on_race(self, cause: str, active: bool) -> None:
+        self.m.racing.labels(self.name, cause).set(1.0 if active else 0.0)
 
     def on_quality(self, values: dict[str, float]) -> None:
         for metric, value in values.items():

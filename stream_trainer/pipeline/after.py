@@ -14,6 +14,7 @@ import numpy as np
 from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonitor
 from stream_trainer.learner.quality import Quality
 from stream_trainer.learner.replay import ReplayBuffer
+from stream_trainer.pipeline import reshape
 from stream_trainer.pipeline.hooks import PipelineHooks
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class AfterUpdate:
     replay: ReplayBuffer | None
     smoothed_loss: float
     last_batch_loss: float
+    reshape: Any = None  # a model of the config's new shape racing (pipeline/reshape.py)
 
     def learned(self, fb: Any, res: Any, extra: Mapping[str, np.ndarray]) -> None:
         batch_loss = self.last_batch_loss = res.mean_loss
@@ -68,10 +70,14 @@ class AfterUpdate:
                 fb.inputs, fb.targets, fb.keys if getattr(self, "keyed", False) else None
             )
         self._compete(fb, res.losses)
+        if self.reshape is not None:
+            reshape.step(self, fb, res.losses)
 
     def drift_detected(self) -> None:
         """Act on a detection now (replicas: in the next round, all together)."""
         self.policy.on_drift(self.learner)
+        if self.policy.race is not None:
+            self.hooks.on_race("drift", True)
 
     def _compete(self, fb: Any, losses: np.ndarray) -> None:
         """A running challenger learns from the same batch; promote or drop it."""
@@ -87,6 +93,7 @@ class AfterUpdate:
             winner.updates = self.learner.updates  # the model version keeps counting up
             self.learner = winner
         self.hooks.on_challenger(verdict)
+        self.hooks.on_race("drift", False)
         log.info(
             f"challenger {verdict}",
             extra={"pipeline": self.name, "model_version": self.learner.updates},

@@ -40,6 +40,10 @@ class PipelineHooks:
 
     def on_challenger(self, outcome: str) -> None: ...
 
+    def on_race(self, cause: str, active: bool) -> None:
+        """A challenger started (``active``) or ended racing; ``cause``: ``drift`` (the
+        drift policy's) or ``config`` (a new model shape: pipeline/reshape.py)."""
+
     def on_drift(self, detector: str, timestamp: float) -> None: ...
 
     def on_input_drift(self, timestamp: float) -> None: ...

@@ -27,6 +27,7 @@ from stream_trainer.drift import AdaptationPolicy, DriftMonitor, InputDriftMonit
 from stream_trainer.errors import StreamTrainerError
 from stream_trainer.events.dedup import Deduper
 from stream_trainer.learner.replay import ReplayBuffer
+from stream_trainer.pipeline import reshape
 from stream_trainer.pipeline.joiner import Joiner
 from stream_trainer.pipeline.offsets import Offsets, fmt_offsets
 from stream_trainer.pipeline_config import PipelineSettings
@@ -72,6 +73,8 @@ def document(p: Stateful) -> dict[str, Any]:
         "dedup": p.dedup.state_dict(),
         "counters": {**p.counters, "smoothed_loss": p.smoothed_loss},
         **({"joiner": p.joiner.state_dict()} if p.joiner is not None else {}),
+        # a model of the config's shape racing the restored one (pipeline/reshape.py)
+        "reshape": reshape.state(p),
     }
 
 
@@ -99,6 +102,7 @@ def load(p: Stateful, doc: Mapping[str, Any]) -> None:
     if path and hasattr(p.learner, "legacy"):  # by_key: its models' files, as they load
         kind, version = p.spec.kind, path[0]
         p.learner.upgrade = lambda state, fresh: upgrade_learner(state, version, kind, fresh)
+    reshape.begin(p, doc)  # the config's model shape differs: the checkpoint's is champion
     afresh = _afresh(p, doc)
     try:
         p.learner.load_state_dict(doc["learner"])
@@ -122,12 +126,20 @@ def load(p: Stateful, doc: Mapping[str, Any]) -> None:
             f"pipeline {p.name}: checkpoint in {p.store.dir} does not match the "
             f"config ({str(err)[:300]}); restore the old config, or move the "
             "checkpoint directory away to start fresh"
+            + (
+                " (this file is from before 0.2.0 and does not record its settings: run "
+                "once with the old config, then change it, and a model of the new shape "
+                "races the restored one)"
+                if path
+                else ""
+            )
         ) from None
     if afresh:
         log.warning(
             "config changed since the checkpoint; kept all else",
             extra={"pipeline": p.name, "afresh": "; ".join(afresh)},
         )
+    reshape.resume(p, doc)
     p.counters.update({k: int(v) for k, v in doc["counters"].items() if k in p.counters})
     p.smoothed_loss = float(doc["counters"].get("smoothed_loss", math.nan))
     log.info(

@@ -96,6 +96,7 @@ class Published:
     published_at: float
     baseline: Any
     mixture: Any
+    features: Any = None  # (ServedModel.features)
 
 
 class SlotReader:
@@ -125,7 +126,7 @@ class SlotReader:
         seqs = slots.seqs
         yield ServedModel(
             slots.modules[p.slot], p.baseline, p.mixture, p.version, p.task, p.published_at,
-            check=lambda: int(seqs[p.slot]) == p.seq,
+            check=lambda: int(seqs[p.slot]) == p.seq, features=p.features,
         )  # fmt: skip
 
 
@@ -184,7 +185,7 @@ class ServingProcess:
             seqs[slot] += 1
             pub = Published(
                 name, slot, int(seqs[slot]), served.version, served.task, served.published_at,
-                served.baseline, served.mixture,
+                served.baseline, served.mixture, served.features,
             )  # fmt: skip
             self.newest[name] = pub
             self._send(("published", pub))

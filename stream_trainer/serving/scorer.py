@@ -10,6 +10,7 @@ clicks, and custom ones whose class sets ``stateless = True``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ class Scorer:
     def __init__(self, spec: PipelineSettings, publisher: Weights) -> None:
         self.name, self.publisher = spec.name, publisher
         self.featurizer = build_featurizer(spec.kind, spec.featurizer)
+        # a served model of other featurizer settings (a model of the checkpoint's shape,
+        # racing the config's: pipeline/reshape.py) is scored with a featurizer of its own
+        self.kind, self.features = spec.kind, spec.model_dump(mode="json")["featurizer"]
+        self._others: dict[str, Any] = {}
         if not serveable(spec, self.featurizer):
             raise ConfigError(
                 f"pipeline {spec.name}: serving needs a stateless featurizer (clicks, or a "
@@ -123,18 +128,19 @@ class Scorer:
                 where.append(i)
         if not events:
             return out
-        try:
-            fb = self.featurizer.featurize(events)
-        except Exception as err:  # a user featurizer may fail on odd events
-            why = Rejected(reasons.FEATURIZER_ERROR, repr(err)[:200])
-            out.errors.extend((i, why) for i in where)
-            return out
+        fbs: dict[str, Any] = {}
         for _ in range(TRIES):
             with self.publisher.use() as served:
                 if served is None:
                     out.errors.extend(
                         (i, Rejected(NOT_READY, "no weights published yet")) for i in where
                     )
+                    return out
+                try:
+                    fb = self._featurize(events, served.features, fbs)
+                except Exception as err:  # a user featurizer may fail on odd events
+                    why = Rejected(reasons.FEATURIZER_ERROR, repr(err)[:200])
+                    out.errors.extend((i, why) for i in where)
                     return out
                 preds = self._forward(served, fb.inputs)
                 if served.intact():  # else rewritten meanwhile: again, with the newer copy
@@ -148,6 +154,16 @@ class Scorer:
             v = preds[j]
             out.scores[where[int(pos)]] = float(v) if np.ndim(v) == 0 else v.tolist()
         return out
+
+    def _featurize(self, events: list[dict[str, Any]], features: Any, done: dict[str, Any]) -> Any:
+        """The events' examples for a served model of featurizer settings ``features``
+        (None: this scorer's own); ``done``: those made already for this request."""
+        key = "" if features is None or features == self.features else json.dumps(features)
+        if key not in done:
+            if key and key not in self._others:
+                self._others = {key: build_featurizer(self.kind, features)}  # (one at a time)
+            done[key] = (self._others[key] if key else self.featurizer).featurize(events)
+        return done[key]
 
     @staticmethod
     def _forward(served: ServedModel, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -46,6 +46,9 @@ class ServedModel:
     task: str = "binary"
     published_at: float = field(default=0.0)  # the publisher's clock
     users: int = 0
+    # the featurizer settings it scores with, when not the pipeline's config's (a model
+    # of the checkpoint's shape racing one of the config's: pipeline/reshape.py)
+    features: Any = None
     # whether the weights are still those published (None: always, they are never
     # rewritten while held; a serving process's shared slot can be: see process.py)
     check: Callable[[], bool] | None = None
@@ -148,6 +151,7 @@ class Publisher:
         spare.baseline = copy.deepcopy(getattr(learner, "baseline", None))
         spare.mixture = copy.deepcopy(getattr(learner, "mixture", None))
         spare.version, spare.task, spare.published_at = int(learner.updates), learner.task, now
+        spare.features = getattr(learner, "features", None)
         if self.local:
             with self._lock:
                 self.current = spare
