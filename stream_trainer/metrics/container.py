@@ -148,7 +148,7 @@ class Metrics:
         self.challenger = self._make(
             Counter,
             "challenger_outcomes",
-            "Challenger models (drift action) promoted to champion or dropped",
+            "Challengers (drift action, new model shape) promoted to champion or dropped",
             "outcome",
         )
         self.racing = self._make(

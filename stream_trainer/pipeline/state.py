@@ -156,8 +156,9 @@ def load(p: Stateful, doc: Mapping[str, Any]) -> None:
 def _afresh(p: Stateful, doc: dict[str, Any]) -> list[str]:
     """Parts of ``doc`` that a config change made meaningless, replaced in ``doc`` by the
     pipeline's own fresh ones (so the strict load keeps everything else): a new drift
-    detector starts its watch afresh; an optimizer of other parts (``sparse_embeddings``
-    switched) starts its moments afresh under the carried weights. What they are."""
+    detector starts its watch afresh; an optimizer of other parts (a 0.2.0 file written
+    with dense embedding gradients has no ``sparse`` part) starts its moments afresh under
+    the carried weights. What they are."""
     out = []
     drift = doc["drift"]
     monitor = p.monitor
