@@ -153,6 +153,25 @@ class PipelineSettings(_Frozen):
     predictions_topic: str | None = None
     labels: LabelSettings | None = None  # delayed labels (see LabelSettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        """The kind's own defaults for sections the pipeline leaves out or leaves partly
+        unset (tabular: small batches), below whatever the pipeline sets."""
+        if not isinstance(data, dict) or data.get("kind") not in domains.ALL_KINDS:
+            return data
+        defaults = domains.get(data["kind"]).defaults
+        if not defaults:
+            return data
+        out = dict(data)
+        for section, values in defaults.items():
+            given = out.get(section)
+            if given is None:
+                out[section] = dict(values)
+            elif isinstance(given, dict):
+                out[section] = {**values, **given}
+        return out
+
     @field_validator("kind", mode="before")
     @classmethod
     def _known_kind(cls, v: Any) -> Any:
