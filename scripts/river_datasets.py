@@ -4,7 +4,7 @@ lines through the tabular kind with a config only, and compared with River's mod
 folder, runs ``evaluate --input FILE --config FILE --json`` on it, and writes the table
 to docs/results/river-datasets.md.
 
-    python scripts/river_datasets.py [--only phishing,bananas] [--out docs/results/river-datasets.md]
+    python scripts/river_datasets.py [--only phishing,bananas] [--out FILE.md]
 
 The configs name the fields and the task only (the defaults are the product); every
 config also sets ``dedup_window: 0``: these tables have identical rows that are distinct
@@ -33,7 +33,10 @@ DATASETS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
 }
 # bundled but not tabular: AirlinePassengers and WaterFlow (a timestamp is the only
 # feature: series forecasting), SolarFlare (multi-output regression), Yeast (multi-label)
-LEFT_OUT = "AirlinePassengers, WaterFlow (a timestamp is their only feature), SolarFlare (multi-output), Yeast (multi-label)"
+LEFT_OUT = (
+    "AirlinePassengers, WaterFlow (a timestamp is their only feature), SolarFlare "
+    "(multi-output), Yeast (multi-label)"
+)
 
 
 def _jsonable(v: Any) -> Any:

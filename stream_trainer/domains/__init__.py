@@ -22,8 +22,7 @@ from stream_trainer.domains.base import Domain
 from stream_trainer.errors import ConfigError
 
 _REGISTRY: dict[str, Domain] = {
-    d.name: d
-    for d in (clicks.DOMAIN, ticks.DOMAIN, sensors.DOMAIN, tabular.DOMAIN, custom.DOMAIN)
+    d.name: d for d in (clicks.DOMAIN, ticks.DOMAIN, sensors.DOMAIN, tabular.DOMAIN, custom.DOMAIN)
 }
 KINDS: tuple[str, ...] = tuple(name for name, d in _REGISTRY.items() if d.builtin)
 ALL_KINDS: tuple[str, ...] = tuple(_REGISTRY)

@@ -24,7 +24,7 @@ before each event, so a fresh model predicts the running mean.
 >>> f = TabularFeaturizer("regression", "y", numeric=["a"], categorical=["b"])
 >>> fb = f.featurize([{"x": [1.0], "c": ["u"], "y": 2.0}, {"x": [3.0], "c": ["v"], "y": 4.0}])
 >>> fb.inputs["num"].shape, fb.inputs["cat"].shape, fb.targets.tolist()
-((2, 1), (2, 1), [2.0, 2.0])
+((2, 1), (2, 1), [2.0, 1.0])
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def _spec(
 ) -> tuple[TabularSpec, int]:
     """The decoder's spec and the number of classes (0: not multiclass), checked."""
     if task not in TASKS:
-        raise ConfigError(f"tabular featurizer: task must be one of {', '.join(TASKS)}, not {task!r}")
+        raise ConfigError(
+            f"tabular featurizer: task must be one of {', '.join(TASKS)}, not {task!r}"
+        )
     t = {"field": target} if isinstance(target, str) else dict(target)
     unknown = set(t) - {"field", "positive", "classes", "max_classes"}
     if unknown or not isinstance(t.get("field"), str):
@@ -73,7 +75,9 @@ def _spec(
     if positive and task != "binary":
         raise ConfigError(f"tabular featurizer: target positive needs task binary, not {task}")
     if features not in (None, "auto", "declared"):
-        raise ConfigError(f"tabular featurizer: features must be 'auto' or left out, not {features!r}")
+        raise ConfigError(
+            f"tabular featurizer: features must be 'auto' or left out, not {features!r}"
+        )
     auto = features == "auto" or not (numeric or categorical)
     if auto and (numeric or categorical):
         raise ConfigError("tabular featurizer: features: auto takes no numeric/categorical list")
@@ -114,7 +118,7 @@ class TabularFeaturizer:
         s = self.spec
         n_num = max_numeric if s.auto else len(s.numeric)
         n_cat = max_categorical if s.auto else len(s.categorical)
-        self.input_spec = {
+        self.input_spec: dict[str, Any] = {
             "numeric": max(1, n_num),
             "categorical": max(1, n_cat),
             "buckets": buckets,
@@ -131,7 +135,9 @@ class TabularFeaturizer:
         self.target_moments = np.array([0.0, 0.0, 1.0])  # count, mean, var
 
     # ---- events -> arrays ---------------------------------------------------------------
-    def _auto_columns(self, events: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[list[str]]]:
+    def _auto_columns(
+        self, events: Sequence[Mapping[str, Any]]
+    ) -> tuple[np.ndarray, list[list[str]]]:
         """``features: auto``: the numeric matrix (NaN: absent) and each event's tokens."""
         d, types, cols = self.input_spec["numeric"], self.types, self.columns
         x = np.full((len(events), d), np.nan)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from stream_trainer.models.baseline import Baseline, ClassPrior, MeanBaseline, RateBaseline
+from stream_trainer.models.baseline import ClassPrior, MeanBaseline, RateBaseline
 
 
 class TabularModel(nn.Module):
@@ -45,7 +45,7 @@ class TabularModel(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
-    def make_baseline(self) -> Baseline:
+    def make_baseline(self) -> RateBaseline | ClassPrior | MeanBaseline:
         if self.task == "binary":
             return RateBaseline()
         if self.task == "multiclass":
