@@ -39,6 +39,7 @@ from bench_runs import (
     gil_overlap,
     river_run,
     stage_profile,
+    tabular_events,
     vw_run,
 )
 
@@ -65,7 +66,7 @@ def main() -> int:
     ap.add_argument("--rates", default="1000,5000,20000", help="produce rates for latency")
     ap.add_argument("--latency-seconds", type=float, default=15.0, help="seconds per rate")
     ap.add_argument("--warmup", type=float, default=2.0, help="latency: seconds left out")
-    ap.add_argument("--kinds", default="clicks,ticks,sensors", help="end-to-end pipelines")
+    ap.add_argument("--kinds", default="clicks,ticks,sensors,tabular", help="end-to-end pipelines")
     ap.add_argument(
         "--worker-counts", help="ingest.workers values for the clicks rows (0,1,2,cores)"
     )
@@ -136,7 +137,10 @@ def main() -> int:
         r["e2e"], r["rss"], r["peak_rss"], r["paired"], r["workers_used"] = {}, {}, {}, {}, {}
         for kind in a.kinds.split(","):
             topic = "bench.clicks"
-            if kind != "clicks":
+            if kind == "tabular":  # a shop's orders, read through a config (bench_runs.py)
+                topic = f"bench.{kind}"
+                fill_topic(b, kind, topic, tabular_events(n))
+            elif kind != "clicks":
                 topic = f"bench.{kind}"
                 fill_topic(b, kind, topic, list(make_generator(kind, seed=SEED, count=n)))
             runs, pairs = [], []

@@ -83,6 +83,9 @@ class ReplaySettings(_Frozen):
 
     capacity: int = Field(0, ge=0)
     fraction: float = Field(0.25, gt=0.0, le=4.0)  # replayed rows per new row
+    # at most this many replayed rows per update (null: no cap): many per event while
+    # batches are small, few once a backlog makes them large (tabular: 32)
+    max_rows: int | None = Field(None, ge=1)
 
 
 class SyncSettings(_Frozen):

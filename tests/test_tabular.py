@@ -142,3 +142,26 @@ def test_on_chick_weights_ours_beats_the_running_mean_near_rivers_linear_model(t
     ours = mae.pop(next(iter(mae)))
     assert ours < mae["running mean"] / 1.5
     assert ours <= 1.05 * mae["River LinearRegression"]
+
+
+def test_the_fast_path_decodes_exactly_as_the_reference():
+    from stream_trainer.domains.decoders import batch_decoder
+
+    f = build_featurizer("tabular", FEATURIZER)
+    auto = build_featurizer("tabular", {"task": "binary", "target": "ok"})
+    values = [
+        json.dumps(_event()).encode(),
+        json.dumps(_event(weight=float("nan"))).encode(),  # NaN: refused by both
+        json.dumps(_event(animal="horse")).encode(),
+        b'{"size": {"weight": 1e400}, "age": 1, "device": {"os": "x"}, "animal": "cat"}',
+        b"[1, 2]",
+        b"\xff",
+        b"",
+        json.dumps({"a": {"b": 1.5, "c": "x"}, "d": True, "ok": 1, "e": [1]}).encode(),
+    ]
+    for spec in (f, auto):
+        slow = decoder_for("tabular", channels=spec.channels)
+        assert batch_decoder("tabular", channels=spec.channels)(values) == [slow(v) for v in values]
+    got = decoder_for("tabular", channels=auto.channels)(values[-1])
+    assert got == {"n": {"a.b": 1.5}, "cat": {"a.c": "x", "d": "true"}, "y": 1, "ts": None,
+                   "key": None}  # fmt: skip

@@ -201,3 +201,22 @@ def _flatten(doc: dict[str, Any], skip: set[str]) -> tuple[dict[str, float], dic
 def tabular_schema(channels: Sequence[str] = ()) -> Check:
     """Tabular: the declared fields (``channels``: :meth:`TabularSpec.channels`)."""
     return TabularSpec.from_channels(channels).check()
+
+
+def tabular_fast(channels: Sequence[str] = ()) -> tuple[Any, Callable[[Any], Any]]:
+    """A whole poll's fast path: msgspec parses (in C, into plain dicts and lists), the
+    same check reads the fields. What it refuses (a NaN, bad UTF-8, a refused field)
+    goes to :func:`tabular_schema`'s decoder for the reason, so only speed differs."""
+    import msgspec
+
+    check = tabular_schema(channels)
+
+    def convert(doc: Any) -> dict[str, Any] | None:
+        if type(doc) is not dict:
+            return None
+        try:
+            return check(doc)
+        except _Reject:
+            return None
+
+    return msgspec.json.Decoder(), convert
