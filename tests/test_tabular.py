@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from fakes import ListSink
 
 from stream_trainer.config import parse_settings
 from stream_trainer.domains.decoders import decoder_for
@@ -17,7 +18,6 @@ from stream_trainer.events import Rejected
 from stream_trainer.models.registry import build_featurizer, build_model
 from stream_trainer.pipeline.core import Pipeline
 from stream_trainer.pipeline.ports import Record
-from tests.fakes import ListSink
 
 FEATURIZER = {
     "task": "multiclass",
@@ -165,3 +165,66 @@ def test_the_fast_path_decodes_exactly_as_the_reference():
     got = decoder_for("tabular", channels=auto.channels)(values[-1])
     assert got == {"n": {"a.b": 1.5}, "cat": {"a.c": "x", "d": "true"}, "y": 1, "ts": None,
                    "key": None}  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # a daemon of its own: ~15-30 s here (pytest -m slow)
+def test_a_shops_own_stream_through_the_real_broker(broker, topic, workdir):
+    """The walkthrough's stream (docs/how-to/your-own-stream.md): odd field names, a
+    nested object, ISO timestamps and a string label, with a config only. Bad orders
+    reach the dead-letter topic with the reason and the field's path in the headers;
+    every good one is learned and its prediction published."""
+    from support import Daemon, base_config, consume_all, produce, sample
+
+    from stream_trainer.edges.admin import create_topics
+
+    bs = broker.bootstrap
+    create_topics(bs, {topic: 1})
+    rng = np.random.default_rng(5)
+    orders = []
+    for i in range(300):
+        items = int(rng.integers(1, 9))
+        orders.append({
+            "order_id": f"a-{i}", "placed_at": f"2026-12-07T10:{i // 60:02d}:{i % 60:02d}Z",
+            "basket": {"items": items, "total": float(rng.gamma(2.0, 30.0))},
+            "device": {"os": ["ios", "web"][i % 2]},
+            "outcome": "returned" if items + 3 * (i % 2) > 6 else "kept",
+        })  # fmt: skip
+    good = orders[0]
+    bad = {
+        "missing_field: basket.total": {**good, "basket": {"items": 2}},
+        "wrong_type: basket.items must be a number, got str": {
+            **good, "basket": {"items": "2", "total": 1.0}},
+        "out_of_range: outcome='lost' is not one of the classes": {**good, "outcome": "lost"},
+        "bad_timestamp: placed_at='yesterday' is not ISO-8601": {**good, "placed_at": "yesterday"},
+    }  # fmt: skip
+    produce(bs, topic, orders[:150] + list(bad.values()) + orders[150:])
+    featurizer = {
+        "task": "multiclass",
+        "target": {"field": "outcome", "classes": ["kept", "returned"]},
+        "numeric": ["basket.items", "basket.total"],
+        "categorical": ["device.os"],
+        "ts": "placed_at",
+    }
+    pipeline = {"name": "returns", "kind": "tabular", "topics": [topic],
+                "output_topic": f"{topic}.predictions", "featurizer": featurizer}  # fmt: skip
+    d = Daemon(base_config(bs, workdir / "ckpt", [pipeline]), workdir).start()
+    try:
+        m = d.wait_for(
+            lambda m: sample(m, "stream_trainer_events_trained_total", pipeline="returns") == 300,
+            what="every good order trained",
+        )
+    finally:
+        assert d.terminate() == 0
+    rejected = sample(m, "stream_trainer_events_rejected_total", pipeline="returns",
+                      reason="out_of_range")  # fmt: skip
+    assert rejected == 1
+    dead = consume_all(bs, f"{topic}.dlq", len(bad))
+    got = {
+        f"{h['reason'].decode()}: {h['detail'].decode()}"
+        for h in map(dict, (r.headers for r in dead))
+    }
+    assert got == set(bad)
+    out = [json.loads(r.value) for r in consume_all(bs, f"{topic}.predictions", 300)]
+    assert len(out) == 300 and out[0]["ts"] == 1796637600.0  # the ISO time, in Unix seconds
+    assert all(len(o["prediction"]) == 2 for o in out)
