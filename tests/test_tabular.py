@@ -228,3 +228,33 @@ def test_a_shops_own_stream_through_the_real_broker(broker, topic, workdir):
     out = [json.loads(r.value) for r in consume_all(bs, f"{topic}.predictions", 300)]
     assert len(out) == 300 and out[0]["ts"] == 1796637600.0  # the ISO time, in Unix seconds
     assert all(len(o["prediction"]) == 2 for o in out)
+
+
+def test_evaluate_takes_the_kind_and_fields_from_the_config(tmp_path, capsys):
+    """``evaluate --input FILE --config FILE``: no --kind, the config names the pipeline;
+    a markdown table with ours, the class prior and River's linear model."""
+    from stream_trainer.cli import main
+
+    rng = np.random.default_rng(1)
+    lines = []
+    for _ in range(200):
+        w = float(rng.uniform(0, 3))
+        lines.append(json.dumps(_event(["cat", "dog", "cow"][int(w)], weight=w)))
+    data = tmp_path / "animals.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "animals.yaml"
+    pipeline = {"name": "animals", "kind": "tabular", "topics": ["a"], "dedup_window": 0,
+                "featurizer": FEATURIZER, "batch": {"max_size": 16}}  # fmt: skip
+    config.write_text(json.dumps({"pipelines": [pipeline]}))
+    argv = ["evaluate", "--input", str(data), "--config", str(config), "--no-trees", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "**tabular (multiclass)**: 200 events scored of 200" in out
+    rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ")]
+    assert rows[1:] == [
+        "| ours (tabular, batch 16)",
+        "| class prior (running counts)",
+        "| River SoftmaxRegression",
+    ]
+    assert main(["evaluate", "--kind", "tabular", "--input", str(data)]) != 0
+    assert "needs --config" in capsys.readouterr().err
