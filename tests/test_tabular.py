@@ -258,3 +258,21 @@ def test_evaluate_takes_the_kind_and_fields_from_the_config(tmp_path, capsys):
     ]
     assert main(["evaluate", "--kind", "tabular", "--input", str(data)]) != 0
     assert "needs --config" in capsys.readouterr().err
+
+
+def test_a_checkpoint_restores_the_featurizers_statistics_and_the_class_prior(tmp_path):
+    spec = {"task": "multiclass", "target": {"field": "animal", "max_classes": 4}}
+    settings = _settings(tmp_path, featurizer=spec, batch={"max_size": 16})
+    p = Pipeline(settings, settings.pipelines[0])
+    raw = [json.dumps(_event(["cat", "dog"][i % 2], weight=i / 10)).encode() for i in range(64)]
+    p.handle([Record("t", 0, i, 0, None, v) for i, v in enumerate(raw)])
+    p.flush()
+    assert p.checkpoint()
+    q = Pipeline(settings, settings.pipelines[0])
+    assert q.restore()
+    assert q.featurizer.classes == ["cat", "dog"] and q.featurizer.columns == p.featurizer.columns
+    assert np.array_equal(q.featurizer.mean, p.featurizer.mean)
+    assert np.array_equal(q.learner.baseline.counts, [32.0, 32.0, 0.0, 0.0])
+    event = decoder_for("tabular", channels=q.featurizer.channels)(raw[0])
+    x = q.featurizer.featurize([event]).inputs
+    assert np.allclose(q.learner.predict(x), p.learner.predict(x))
