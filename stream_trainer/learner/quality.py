@@ -55,13 +55,16 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def macro_f1(predicted: np.ndarray, actual: np.ndarray) -> float:
-    """The mean of the F1 scores of the classes that occur (predicted or actual).
+    """The mean of the F1 scores of the classes that occur (predicted or actual); a
+    negative prediction is none (a model that could not predict yet), not a class.
 
     >>> macro_f1(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]))
     0.7777777777777777
+    >>> macro_f1(np.array([-1, 1]), np.array([0, 1]))
+    0.5
     """
     scores = []
-    for c in np.union1d(predicted, actual):
+    for c in np.union1d(predicted[predicted >= 0], actual):
         tp = float(np.sum((predicted == c) & (actual == c)))
         denom = float(np.sum(predicted == c) + np.sum(actual == c))
         scores.append(2 * tp / denom if denom else 0.0)
