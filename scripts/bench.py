@@ -42,6 +42,7 @@ from bench_runs import (
     gil_overlap,
     river_run,
     stage_profile,
+    tabular_events,
     vw_run,
 )
 
@@ -78,7 +79,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="latency: seconds left out")
     ap.add_argument(
         "--kinds",
-        default="clicks,ticks,sensors,clicks-avro",
+        default="clicks,ticks,sensors,clicks-avro,tabular",
         help="end-to-end pipelines (clicks-avro: the click stream as Confluent-framed Avro)",
     )
     ap.add_argument(
@@ -155,6 +156,9 @@ def main() -> int:
             if avro:  # the same click events as Avro: the client decodes with fastavro
                 topic, extra = "bench.clicks.avro", avro_pipeline(work)
                 fill_avro_topic(b, topic, events)
+            elif kind == "tabular":  # a shop's orders, read through a config (bench_runs.py)
+                topic = f"bench.{kind}"
+                fill_topic(b, kind, topic, tabular_events(n))
             elif kind != "clicks":
                 topic = f"bench.{kind}"
                 fill_topic(b, kind, topic, list(make_generator(kind, seed=SEED, count=n)))

@@ -89,6 +89,10 @@ def daemon_worker(a: argparse.Namespace) -> dict[str, Any]:
             {"name": a.kind, "kind": a.kind, "topics": [a.topic], **json.loads(a.pipeline_extra)}
         ],
     }
+    if a.kind == "tabular":  # the only settings it needs: the shop stream's fields
+        from bench_runs import TABULAR_FEATURIZER
+
+        doc["pipelines"][0]["featurizer"] = TABULAR_FEATURIZER
     svc = Service(parse_settings(doc, "bench"))
     p = svc.pipelines[0]
     c = p.counters

@@ -113,6 +113,9 @@ class ReplaySettings(_Frozen):
     """Examples kept in the uniform reservoir (0: replay off)."""
     fraction: float = Field(0.25, gt=0.0, le=4.0)
     """Replayed rows mixed into an update per new row."""
+    max_rows: int | None = Field(None, ge=1)
+    """At most this many replayed rows per update (null: no cap): many per event while
+    batches are small, few once a backlog makes them large (tabular: 32)."""
 
 
 class SyncSettings(_Frozen):
@@ -228,6 +231,25 @@ class PipelineSettings(_Frozen):
     fields: FieldMapping | None = None
     """Where the kind's fields are in your events: dotted paths, timestamps' units, labels
     from values, context features; see docs/how-to/field-mapping.md."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        """The kind's own defaults for sections the pipeline leaves out or leaves partly
+        unset (tabular: small batches), below whatever the pipeline sets."""
+        if not isinstance(data, dict) or data.get("kind") not in domains.ALL_KINDS:
+            return data
+        defaults = domains.get(data["kind"]).defaults
+        if not defaults:
+            return data
+        out = dict(data)
+        for section, values in defaults.items():
+            given = out.get(section)
+            if given is None:
+                out[section] = dict(values)
+            elif isinstance(given, dict):
+                out[section] = {**values, **given}
+        return out
 
     @field_validator("kind", mode="before")
     @classmethod

@@ -22,7 +22,7 @@ def test_unknown_kind_names_the_known_ones():
     with pytest.raises(ConfigError) as info:
         domains.get("clickz")
     assert str(info.value) == (
-        "unknown kind 'clickz': should be 'clicks', 'ticks', 'sensors' or 'custom'"
+        "unknown kind 'clickz': should be 'clicks', 'ticks', 'sensors', 'tabular' or 'custom'"
     )
     with pytest.raises(ConfigError, match="decode"):
         decoder_for("decode")
@@ -30,18 +30,19 @@ def test_unknown_kind_names_the_known_ones():
     with pytest.raises(ConfigError) as info:
         parse_settings(doc)
     assert str(info.value).startswith(
-        "config: pipelines.0.kind: Input should be 'clicks', 'ticks', 'sensors' or 'custom'"
+        "config: pipelines.0.kind: Input should be 'clicks', 'ticks', 'sensors', 'tabular' or "
+        "'custom'"
     )
 
 
 def test_the_builtin_kinds():
-    assert domains.KINDS == ("clicks", "ticks", "sensors")
-    assert domains.ALL_KINDS == ("clicks", "ticks", "sensors", "custom")
+    assert domains.KINDS == ("clicks", "ticks", "sensors", "tabular")
+    assert domains.ALL_KINDS == ("clicks", "ticks", "sensors", "tabular", "custom")
     custom = domains.get("custom")
     assert not custom.builtin and custom.generator is None and custom.key_field is None
 
 
-@pytest.mark.parametrize("kind", domains.KINDS)
+@pytest.mark.parametrize("kind", [k for k in domains.KINDS if domains.get(k).generator])
 def test_builtin_domain_builds_from_defaults_and_decodes_its_own_stream(kind):
     d = domains.get(kind)
     featurizer = d.featurizer()
@@ -67,9 +68,11 @@ def test_default_output_topics_and_quality_profiles():
             p |= {"model": "m:f", "featurizer": "f:C"}
         return parse_settings({"pipelines": [p]}).pipelines[0]
 
-    assert [output_topic(spec(k)) for k in domains.ALL_KINDS] == [None, None, "in.anomalies", None]
+    outputs = [output_topic(spec(k)) for k in domains.ALL_KINDS]
+    assert outputs == [None, None, "in.anomalies", None, None]
     profiles = [domains.get(k).quality_profile("regression") for k in domains.ALL_KINDS]
-    assert profiles == ["binary", "direction", "regression", "regression"]
+    assert profiles == ["binary", "direction", "regression", "errors", "regression"]
+    assert domains.get("tabular").quality_profile("multiclass") == "classification"
     assert domains.get("ticks").quality_profile("binary") == "binary"
 
 

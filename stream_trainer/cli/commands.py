@@ -161,6 +161,8 @@ def _synthetic_events(a: argparse.Namespace) -> tuple[Any, int | None, str | Non
     """The kind's generator, its count (``None``: unbounded) and its key field."""
     from stream_trainer.producers import generators
 
+    if a.kind not in generators.GENERATORS:
+        raise StreamTrainerError(f"kind {a.kind!r} has no synthetic stream: use --from-file FILE")
     count = int(a.count) if a.count is not None else None
     events = generators.make_generator(
         a.kind,

@@ -63,6 +63,17 @@ def _compare(a: argparse.Namespace, say: Say) -> tuple[dict[str, Any], Render]:
     from stream_trainer.evaluation.compare import compare
     from stream_trainer.evaluation.reporting import markdown
 
+    _kind_from_config(a)
+    if a.kind == "tabular":
+        from stream_trainer.evaluation import tabular
+
+        if not a.input:
+            raise StreamTrainerError("evaluate --kind tabular needs --input FILE (JSON lines)")
+        stream = _stream(a)
+        report = tabular.compare_tabular(
+            stream, config=a.config, trees=not a.no_trees, progress=say
+        )
+        return report, tabular.markdown
     report = compare(
         _stream(a), config=a.config, vw=not a.no_vw, trees=not a.no_trees, progress=say
     )
@@ -80,6 +91,14 @@ def _delayed_labels(a: argparse.Namespace, say: Say) -> tuple[dict[str, Any], Re
         stream = streams.generated("clicks", a.events or 100_000, seed=a.seed, drift_at=a.drift_at)
     report = delayed.study(stream, config=a.config, seed=a.seed, progress=say)
     return report, delayed.markdown
+
+
+def _kind_from_config(a: argparse.Namespace) -> None:
+    """No ``--kind``: the kind of the first pipeline of ``--config`` (the stream is its)."""
+    if a.kind is None and a.config and not getattr(a, "scenario", None):
+        from stream_trainer.config import load_settings
+
+        a.kind = load_settings(a.config).pipelines[0].kind
 
 
 def _need_kind(a: argparse.Namespace) -> None:

@@ -5,7 +5,7 @@ when called, not when the domain is declared."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +45,10 @@ class Evaluation:
     False
     """
 
-    task: str  # "binary" or "regression": picks the quality profile and the loss
-    baselines: str  # "clicks" (River classifiers, Vowpal Wabbit) or "series" (regressors)
+    task: str  # "binary" or "regression" (or "config": the pipeline's featurizer says)
+    # "clicks" (River classifiers, Vowpal Wabbit), "series" (regressors) or "tabular"
+    # (River's models on the declared fields)
+    baselines: str
     trivial: str | None = None  # series: "returns" (of a price) or "last_value" baselines
     key_field: str | None = None  # the event field that names a series (the domain's key)
     feature_key: str | None = None  # our featurizer's input that holds the series' key
@@ -85,6 +87,8 @@ class Domain:
     # the quality profile when the featurizer's task is a regression: "direction"
     # (forecasts with a sign) or "regression"; binary tasks are always "binary"
     quality: str = "regression"
+    # the quality profile of classification tasks (binary, multiclass)
+    class_quality: str = "binary"
     # the default output topic is "<first input topic>.<output_suffix>" (None: no output)
     output_suffix: str | None = None
     # the featurizer's ``annotate`` column that flags events (sensors: "anomaly"); a kind
@@ -100,6 +104,9 @@ class Domain:
     # (events/mapping.py), and those of them an event may lack; () : no mapping (custom)
     mapped: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
+    # the kind's defaults of a pipeline's sections, below what the pipeline sets
+    # (``{"batch": {"max_size": 8}}``); the rest are the sections' own defaults
+    defaults: Mapping[str, Mapping[str, Any]] | None = None
 
     @property
     def builtin(self) -> bool:
@@ -118,4 +125,4 @@ class Domain:
 
     def quality_profile(self, task: str) -> str:
         """Which quality metrics fit this domain's pipelines (see learner/quality.py)."""
-        return "binary" if task == "binary" else self.quality
+        return self.class_quality if task in ("binary", "multiclass") else self.quality

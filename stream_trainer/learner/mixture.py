@@ -1,8 +1,8 @@
 """An online mixture of the model and the trivial experts: what the pipeline scores,
 emits and serves. Pure numpy.
 
-Binary tasks: the Bayesian mixture of the experts' probabilities (weights proportional
-to prior x likelihood), whose log loss is at most ``ln(1 / prior_i)`` nats above expert
+Binary and multiclass tasks: the Bayesian mixture of the experts' probabilities (weights
+proportional to prior x likelihood), whose log loss is at most ``ln(1 / prior_i)`` nats above expert
 ``i``'s over the whole stream, whatever the stream. Regressions: exponential weights on
 the squared loss at rate ``1 / (2 m)``, where ``m`` is the best expert's mean squared
 error so far — the Gaussian-likelihood counterpart, free of the targets' scale — and the
@@ -64,8 +64,8 @@ def prior(names: Sequence[str], candidates: Sequence[str] = ()) -> np.ndarray:
 
 class Mixture:
     def __init__(self, task: str, names: Sequence[str], *, candidates: Sequence[str] = ()) -> None:
-        if task not in ("binary", "regression"):
-            raise ValueError(f"task must be 'binary' or 'regression', not {task!r}")
+        if task not in ("binary", "multiclass", "regression"):
+            raise ValueError(f"task must be 'binary', 'multiclass' or 'regression', not {task!r}")
         self.task = task
         self.names = tuple(names)
         self.log_prior = np.log(prior(self.names, candidates))
@@ -74,7 +74,7 @@ class Mixture:
 
     def _log_weights(self, losses: np.ndarray, count: np.ndarray) -> np.ndarray:
         """Unnormalised log weights from loss sums ``[rows, K]`` over ``count`` events."""
-        if self.task == "binary":
+        if self.task != "regression":  # log losses: Bayes
             return self.log_prior - losses
         c = count[:, None]
         # losses / (2 m), m = the best expert's mean loss = its loss sum / count
@@ -92,6 +92,10 @@ class Mixture:
             p = np.clip(preds, EPS, 1.0 - EPS)
             y = targets.reshape(-1, 1)
             return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+        if self.task == "multiclass":  # preds [rows, K, classes]: each expert's p(class)
+            yi = targets.astype(np.int64).reshape(-1, 1, 1)
+            picked = np.take_along_axis(preds, np.broadcast_to(yi, (*preds.shape[:2], 1)), 2)
+            return -np.log(np.clip(picked[..., 0], EPS, 1.0))
         err = preds - targets.reshape(preds.shape[0], 1, *preds.shape[2:])
         return (err**2).reshape(preds.shape[0], preds.shape[1], -1).mean(axis=2)
 
@@ -99,6 +103,9 @@ class Mixture:
         if self.task == "binary":
             p = np.clip(mixed, EPS, 1.0 - EPS)
             return -(targets * np.log(p) + (1.0 - targets) * np.log1p(-p))
+        if self.task == "multiclass":
+            y = targets.astype(np.int64).reshape(-1, 1)
+            return -np.log(np.clip(np.take_along_axis(mixed, y, 1)[:, 0], EPS, 1.0))
         err = (mixed - targets.reshape(mixed.shape)) ** 2
         return err.reshape(err.shape[0], -1).mean(axis=1)
 

@@ -35,6 +35,10 @@ from stream_trainer.learner.static import StaticBatch
 from stream_trainer.learner.sync import Reduce, ReplicaSync
 from stream_trainer.models.baseline import OFFSET, Baseline
 
+# binary: log loss on one logit; multiclass: cross-entropy on a logit per class (the
+# targets are class indices); regression: squared error
+TASKS = ("binary", "multiclass", "regression")
+
 
 def _sparse_or_dense(
     cuda: bool, sparse: bool | None, cuda_graphs: bool, fixed_batch: int | None
@@ -103,8 +107,8 @@ class Learner(ReplicaSync):
         cuda_graphs: bool = False,
         bf16: bool = False,
     ) -> None:
-        if task not in ("binary", "regression"):
-            raise ValueError(f"task must be 'binary' or 'regression', not {task!r}")
+        if task not in TASKS:
+            raise ValueError(f"task must be 'binary', 'multiclass' or 'regression', not {task!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.task = task
@@ -237,11 +241,14 @@ class Learner(ReplicaSync):
     def _per_example_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.task == "binary":
             return F.binary_cross_entropy_with_logits(out, y, reduction="none")
+        if self.task == "multiclass":  # logits [n, classes], targets the class indices
+            return F.cross_entropy(out, y.long(), reduction="none")
         loss = F.mse_loss(out, y, reduction="none")
         return loss.reshape(loss.shape[0], -1).mean(1)
 
     def predict(self, inputs: Mapping[str, np.ndarray], mixed: bool = True) -> np.ndarray:
-        """Outputs in model units (probabilities for binary tasks), without learning:
+        """Outputs in model units (probabilities for binary tasks, a row of them per class
+        for multiclass ones), without learning:
         the mixture's (``mixed``, where the head has one), else the model's own."""
         rows = next(iter(inputs.values())).shape[0]
         experts = None
@@ -286,6 +293,8 @@ class Learner(ReplicaSync):
     def _to_numpy(self, out: torch.Tensor) -> np.ndarray:
         if self.task == "binary":
             out = torch.sigmoid(out)
+        elif self.task == "multiclass":
+            out = torch.softmax(out.float(), -1)
         return out.detach().float().cpu().numpy()
 
     def step(

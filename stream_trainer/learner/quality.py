@@ -8,7 +8,9 @@ these are honest out-of-sample figures on a changing stream:
 - forecasts with a direction (ticks): ``mse`` and ``mae`` in raw units (returns), and
   ``directional_accuracy`` (the predicted and actual return have the same sign);
 - other regressions (sensors): ``mse`` in raw units, ``normalized_mse`` (in running
-  standard deviations, the unit anomaly scores use) and ``anomaly_rate``.
+  standard deviations, the unit anomaly scores use) and ``anomaly_rate``;
+- tabular classification (binary, multiclass): ``log_loss``, ``accuracy`` and
+  ``macro_f1``; tabular regressions: ``mse`` and ``mae`` in raw units.
 
 >>> q = Quality("binary", window=4)
 >>> q.update(np.array([0.9, 0.2, 0.7, 0.4]), np.array([1.0, 0.0, 1.0, 0.0]), np.zeros(4))
@@ -28,7 +30,7 @@ import numpy as np
 from stream_trainer import domains
 
 DEFAULT_WINDOW = 10_000
-PROFILES = ("binary", "direction", "regression")
+PROFILES = ("binary", "direction", "regression", "classification", "errors")
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -50,6 +52,38 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     avg = first + (counts - 1) / 2.0 + 1.0
     ranks[order] = np.repeat(avg, counts)
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def macro_f1(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """The mean of the F1 scores of the classes that occur (predicted or actual); a
+    negative prediction is none (a model that could not predict yet), not a class.
+
+    >>> macro_f1(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]))
+    0.7777777777777777
+    >>> macro_f1(np.array([-1, 1]), np.array([0, 1]))
+    0.5
+    """
+    scores = []
+    for c in np.union1d(predicted[predicted >= 0], actual):
+        tp = float(np.sum((predicted == c) & (actual == c)))
+        denom = float(np.sum(predicted == c) + np.sum(actual == c))
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores)) if scores else math.nan
+
+
+def classification(probs: np.ndarray, labels: np.ndarray, losses: np.ndarray) -> dict[str, float]:
+    """Log loss, accuracy and macro-F1 of probabilities: ``[n, 1]`` (binary, p of 1) or
+    ``[n, classes]``; ``labels`` the class indices."""
+    if probs.shape[1] == 1:
+        predicted = (probs[:, 0] > 0.5).astype(np.int64)
+    else:
+        predicted = probs.argmax(1)
+    actual = labels.astype(np.int64)
+    return {
+        "log_loss": float(losses.mean()),
+        "accuracy": float(np.mean(predicted == actual)),
+        "macro_f1": macro_f1(predicted, actual),
+    }
 
 
 def profile_for(kind: str, task: str) -> str:
@@ -118,7 +152,11 @@ class Quality:
                 "observed_rate": float(y.mean()),
                 "calibration_gap": float(p.mean() - y.mean()),
             }
+        if self.profile == "classification":
+            return classification(pred, target[:, 0], loss)
         err = pred - target
+        if self.profile == "errors":
+            return {"mse": float(np.mean(err**2)), "mae": float(np.mean(np.abs(err)))}
         out = {"mse": float(np.mean(err**2))}
         if self.profile == "direction":
             out["mae"] = float(np.mean(np.abs(err)))

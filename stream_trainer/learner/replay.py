@@ -19,10 +19,13 @@ KEY = "__key__"  # the input column that holds each stored row's key (by_key mod
 
 
 class ReplayBuffer:
-    def __init__(self, capacity: int, fraction: float = 0.25, seed: int = 0) -> None:
+    def __init__(
+        self, capacity: int, fraction: float = 0.25, seed: int = 0, max_rows: int | None = None
+    ) -> None:
         if capacity < 1 or not 0.0 < fraction <= 4.0:
             raise ValueError("replay: capacity must be >= 1 and 0 < fraction <= 4")
         self.capacity, self.fraction, self.seed = capacity, fraction, seed
+        self.max_rows = max_rows  # at most this many replayed rows per update (None: any)
         self.seen = 0
         self.inputs: dict[str, np.ndarray] = {}
         self.targets: np.ndarray | None = None
@@ -79,9 +82,12 @@ class ReplayBuffer:
         self.seen += n
 
     def sample(self, n_new: int) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
-        """About ``fraction * n_new`` stored rows (none while the buffer is empty)."""
+        """About ``fraction * n_new`` stored rows, at most ``max_rows`` (none while the
+        buffer is empty)."""
         size = len(self)
         k = min(size, int(round(self.fraction * n_new)))
+        if self.max_rows is not None:
+            k = min(k, self.max_rows)
         if k == 0 or self.targets is None:
             return None
         idx = self._rng(1).integers(0, size, k)

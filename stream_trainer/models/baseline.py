@@ -185,3 +185,63 @@ class LastValueBaseline(_Stateless):
     ) -> tuple[np.ndarray | None, np.ndarray]:
         last = np.asarray(inputs["window"], np.float64)[:, -1]
         return last, last[:, None]
+
+
+class ClassPrior:
+    """Multiclass: the running class frequencies (tabular). A class seen ``c`` times has
+    weight ``c + 1``, one not seen yet ``1 / classes`` (classes learned as they appear
+    must not take mass before they do); the prior is the weights, normalised. Its log is
+    the head's offset (logits), and it is the trivial expert ``class_prior``."""
+
+    experts = ("class_prior",)
+    candidates: tuple[str, ...] = ()
+
+    def __init__(self, classes: int) -> None:
+        self.counts = np.zeros(classes)
+        self._pending: np.ndarray | None = None
+
+    def probs(self, counts: np.ndarray) -> np.ndarray:
+        w = np.where(counts > 0, counts + 1.0, 1.0 / counts.shape[-1])
+        return w / w.sum(-1, keepdims=True)
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray | None, n: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        rows = next(iter(inputs.values())).shape[0]
+        k = self.counts.shape[0]
+        if targets is None or n == 0:
+            counts = np.broadcast_to(self.counts, (rows, k))
+            self._pending = None
+        else:
+            onehot = np.eye(k)[np.asarray(targets[:n], np.int64).reshape(n)]
+            seq, end = discounted_prefix(onehot, self.counts, 1.0)
+            counts = np.concatenate([seq, np.broadcast_to(end, (rows - n, k))])
+            self._pending = end
+        p = self.probs(counts)
+        return np.log(p), p[:, None, :]
+
+    def commit(self) -> None:
+        if self._pending is not None:
+            self.counts, self._pending = self._pending, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": torch.from_numpy(self.counts.copy())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        counts = np.asarray(state.get("counts", ()), np.float64)
+        if set(state) != {"counts"} or counts.shape != self.counts.shape:
+            raise ValueError(f"class prior state does not fit {self.counts.shape[0]} classes")
+        self.counts = counts.copy()
+
+
+class MeanBaseline(_Stateless):
+    """Regressions on targets the featurizer normalised by their running mean and spread
+    (tabular): the running mean is zero in those units; offset and expert ``running_mean``."""
+
+    experts = ("running_mean",)
+
+    def predict(
+        self, inputs: Mapping[str, np.ndarray], targets: np.ndarray | None, n: int
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        rows = next(iter(inputs.values())).shape[0]
+        return None, np.zeros((rows, 1))

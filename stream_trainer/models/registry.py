@@ -11,6 +11,8 @@ from stream_trainer import domains
 from stream_trainer.errors import PluginError
 from stream_trainer.features.base import Featurizer
 
+TASKS = ("binary", "multiclass", "regression")  # (the learner's; it imports torch)
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -53,9 +55,9 @@ def build_featurizer(kind: str, spec: str | Mapping[str, Any]) -> Featurizer:
         raise _needs_path(kind, "featurizer", "pkg.module:Class")
     else:
         obj = _call(factory, f"{kind} featurizer", **dict(spec))
-    if not isinstance(obj, Featurizer) or obj.task not in ("binary", "regression"):
+    if not isinstance(obj, Featurizer) or obj.task not in TASKS:
         raise PluginError(
-            f"featurizer for {kind!r} must define task ('binary'|'regression'), "
+            f"featurizer for {kind!r} must define task ('binary'|'multiclass'|'regression'), "
             "input_spec, featurize, state_dict and load_state_dict"
         )
     return obj

@@ -90,7 +90,9 @@ class Pipeline(AfterUpdate, Checkpointing):
         self.output_flag = build.output_flag(spec)  # e.g. "anomaly": only those records
         self.quality = Quality(profile_for(spec.kind, self.featurizer.task))
         r = spec.replay
-        self.replay = ReplayBuffer(r.capacity, r.fraction, settings.seed) if r.capacity else None
+        self.replay = (
+            ReplayBuffer(r.capacity, r.fraction, settings.seed, r.max_rows) if r.capacity else None
+        )
         self.offsets = Offsets(replicated=self.replicated)
         self.dedup = Deduper(spec.dedup_window)
         self.reject_watch = RejectWatch()

@@ -182,6 +182,8 @@ class Scorer:
                 y = y + torch.from_numpy(offsets.astype(np.float32)).to(device).to(y.dtype)
             if served.task == "binary":
                 y = torch.sigmoid(y)
+            elif served.task == "multiclass":
+                y = torch.softmax(y.float(), -1)
         own = y.float().cpu().numpy()
         if served.mixture is None or experts is None:
             return own
