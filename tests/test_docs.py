@@ -226,6 +226,8 @@ def commands() -> list[tuple[str, list[str]]]:
             current = ""
         for line in logical:
             argv = shlex.split(line, comments=True)
+            if argv[-1:] == ["&"]:  # started in the background: the command is the rest
+                argv = argv[:-1]
             if argv[:1] == ["stream-trainer"]:
                 out.append((where, argv[1:]))
             elif "stream_trainer" in argv and argv[argv.index("stream_trainer") - 1] == "-m":

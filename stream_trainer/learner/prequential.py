@@ -290,12 +290,17 @@ class Learner(ReplicaSync):
         loss.backward()
         return out, per, loss
 
-    def _to_numpy(self, out: torch.Tensor) -> np.ndarray:
+    def _outputs(self, out: torch.Tensor) -> torch.Tensor:
+        """The model's raw outputs as the task's predictions: a probability (binary), one
+        per class (multiclass), or the value (regression)."""
         if self.task == "binary":
-            out = torch.sigmoid(out)
-        elif self.task == "multiclass":
-            out = torch.softmax(out.float(), -1)
-        return out.detach().float().cpu().numpy()
+            return torch.sigmoid(out)
+        if self.task == "multiclass":
+            return torch.softmax(out.float(), -1)
+        return out
+
+    def _to_numpy(self, out: torch.Tensor) -> np.ndarray:
+        return self._outputs(out).detach().float().cpu().numpy()
 
     def step(
         self,
@@ -359,9 +364,7 @@ class Learner(ReplicaSync):
     ) -> tuple[np.ndarray, np.ndarray, float, float]:
         """(per-example losses, outputs in model units, mean loss, gradient norm) on the
         host, in one copy back: on a GPU the step's only wait for the device."""
-        if self.task == "binary":
-            out = torch.sigmoid(out)
-        out = out.detach().float()
+        out = self._outputs(out).detach().float()
         norm = norm if norm is not None else torch.zeros_like(loss)
         parts = [per.detach().float().reshape(-1), out.reshape(-1), loss.detach().reshape(1)]
         flat = torch.cat([*parts, norm.reshape(1)])
