@@ -194,6 +194,8 @@ class Service:
 
     def _run_pipeline(self, p: Runner) -> None:
         k = self.settings.kafka
+        if self.device.type == "cuda":  # the current device is per thread: cuda:0 at start
+            torch.cuda.set_device(self.device)
         try:
             with ExitStack() as stack:
                 sink = KafkaSink(

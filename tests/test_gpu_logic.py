@@ -139,7 +139,7 @@ def test_a_capture_waits_for_the_one_under_way_in_another_thread():
     def capture() -> None:
         started.set()
         try:
-            graphs.capture(lambda: None, lambda: None)
+            graphs.capture(lambda: None, lambda: None, torch.device("cuda", 0))
         except Exception as err:  # no CUDA here: it fails, but only once it holds the lock
             errors.append(err)
 

@@ -27,19 +27,24 @@ WARMUP = 3  # eager runs on a side stream before capturing (torch's recipe)
 T = TypeVar("T")
 
 
-def capture(run: Callable[[], T], drop_grads: Callable[[], None]) -> tuple[torch.cuda.CUDAGraph, T]:
+def capture(
+    run: Callable[[], T], drop_grads: Callable[[], None], device: torch.device
+) -> tuple[torch.cuda.CUDAGraph, T]:
     """Record ``run`` (forward + backward on the static batch) after warming it up on a
     side stream; ``drop_grads`` unsets the gradients before each run, so the graph's
     backward writes them rather than adding to them. Returns (graph, ``run``'s output:
-    tensors every replay rewrites)."""
-    with CAPTURE_LOCK:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+    tensors every replay rewrites).
+
+    On ``device`` explicitly: the current CUDA device is a thread's own, and a pipeline's
+    thread starts on cuda:0 whatever GPU its replica's main thread chose."""
+    with CAPTURE_LOCK, torch.cuda.device(device):
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP):
                 drop_grads()
                 run()
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         drop_grads()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):

@@ -406,7 +406,7 @@ class Learner(ReplicaSync):
             return (*self._forward(x, y, m), False)
         if self._graph is None or self._graph_shapes != self.static.shapes:
             self._graph, self._graph_out = capture(
-                lambda: self._fwd_bwd(x, y, m), self.optimizer.zero_grad
+                lambda: self._fwd_bwd(x, y, m), self.optimizer.zero_grad, self.device
             )
             self._graph_shapes = self.static.shapes
         assert self._graph_out is not None
