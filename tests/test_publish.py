@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 from kafka import KafkaProducer
 from support import consume_all
 
 from stream_trainer.edges.admin import create_topics
 from stream_trainer.producers import make_generator
+from stream_trainer.producers import publish as publish_module
 from stream_trainer.producers.publish import publish
 
 
@@ -52,3 +54,30 @@ def test_paced_events_carry_their_due_times_and_spread_over_the_partitions(broke
     assert (stamps[-1] - stamps[0]) / 1000 >= 0.9 * (n - 1) / rate  # paced
     assert took >= 0.9 * (n - 1) / rate
     assert {r.partition for r in recs} == {0, 1}  # unkeyed: chunks in turn
+
+
+def test_a_connection_closed_under_a_send_is_sent_again(broker, topic, monkeypatch):
+    """kafka-python raises from ``send`` itself when the connection closed under it
+    ("Transport closed for writes": a clean-clone run's producer thread died of it, and
+    its test waited for events that never came). The chunk is sent again: every event
+    arrives, once."""
+    create_topics(broker.bootstrap, {topic: 2})
+    init, failed = publish_module._Chunks.__init__, []
+
+    def closing_once(self, producer, bootstrap):
+        init(self, producer, bootstrap)
+        send = self.client.send
+
+        def flaky(node, request):
+            if not failed:
+                failed.append(node)
+                raise RuntimeError("Transport closed for writes")
+            return send(node, request)
+
+        self.client = SimpleNamespace(send=flaky)  # the real client, its first send failing
+
+    monkeypatch.setattr(publish_module._Chunks, "__init__", closing_once)
+    values = [b'{"i":%d}' % i for i in range(300)]
+    assert publish(broker.bootstrap, topic, values, progress=False) == 300
+    assert failed
+    assert sorted(r.value for r in consume_all(broker.bootstrap, topic, 300)) == sorted(values)

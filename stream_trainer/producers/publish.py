@@ -190,7 +190,14 @@ class _Chunks:
                 topic_data=[_Topic(name=t, partition_data=ps) for t, ps in topics.items()],
                 min_version=3, max_version=9,
             )  # fmt: skip
-            future = self.client.send(node, request)
+            try:
+                future = self.client.send(node, request)
+            except (KafkaError, OSError, RuntimeError) as err:
+                # a connection that closed under the send raises here, not in the future
+                # ("Transport closed for writes", seen under load): sent again, as a
+                # failed future would be
+                self._retry(part, deadline, repr(err))
+                continue
             self.producer._sender.wakeup()  # noqa: SLF001 - its thread drives the network
             self._flight.append((future, part, deadline))
 
